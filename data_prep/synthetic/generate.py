@@ -1,0 +1,340 @@
+"""The synthetic video re-id benchmark: presets, the dataset plan, MARS-protocol splits, writing.
+
+`generate(out, preset, seed)` plans every identity and tracklet first (cheap, in this process),
+renders the frames (a process pool over identities for the bigger presets), writes them as
+JPEG files with MARS-like names, and writes the manifest through `data_prep.common.write_manifest`
+so the result is read exactly like a real dataset.
+
+Layout of the dataset folder::
+
+    bbox/0001/0001C3T00012F007.jpg     frame 7 of tracklet 12, pid 1, camera 3
+    bbox/0000/...                      distractors (pid 0)      bbox/00-1/...  junk (pid -1)
+    tracklets.csv  splits.json  meta.json  identities.json
+
+Frames are 128×64 (H×W) by default, half of MARS's 256×128: a CPU can train on them, and the
+CPU-sized CaffeNet variant still gets a real pool5 grid. Tracklets are shorter than MARS's
+(mean ~20 frames instead of ~59) to keep the large preset on disk in ~1.5 GB.
+
+Protocol (as MARS): identities 1..num_train_ids train, the rest test, disjoint. Every identity
+is seen by 2-6 of the cameras, one or more tracklets per camera. Query: per test identity, one
+tracklet per camera, kept as a query only while every query of that identity still has a
+same-identity tracklet from another camera in the gallery. Gallery: all other test tracklets,
+plus distractors (pid 0) and junk (pid -1).
+
+Determinism: identity `pid` draws from `default_rng([seed, 1, pid])`, tracklet `t` from
+`default_rng([seed, 2, t])`, camera `c` from `default_rng([seed, 3, c])`; the same seed gives
+the same bytes whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..common import DataPrepError, write_manifest
+from .identity import Identity, change_one_region, perturb_identity, sample_identity
+from .render import Camera, make_camera
+from .tracklet import LABELS, TrackletPlan, render_tracklet
+
+GENERATOR_VERSION = 1
+
+# Shared by every preset unless the preset or an override changes it.
+DEFAULTS: dict = {
+    "num_cameras": 6,
+    "cameras_per_id": (0.3, 0.3, 0.2, 0.12, 0.08),   # P(seen by 2, 3, 4, 5, 6 cameras)
+    "extra_tracklets_per_camera": 0.4,  # tracklets per (identity, camera) = 1 + Poisson(this)
+    "min_len": 8,
+    "median_len": 18,
+    "max_len": 80,
+    "len_sigma": 0.6,                   # log-normal spread of tracklet lengths (long tail)
+    "distractor_frac": 0.15,            # distractor tracklets per real tracklet
+    "junk_frac": 0.04,
+    "hard_negative_frac": 0.15,         # identities drawn as look-alikes of an earlier one
+    "one_region_frac": 0.10,            # identities differing from an earlier one in one region
+    "p_occlusion": 0.35,                # per tracklet: an object / person passes in front
+    "p_crop": 0.2,                      # per tracklet: a few frames of bad crops
+    "p_blur": 0.06,                     # per frame
+    "height": 128,
+    "width": 64,
+    "jpeg_quality": 90,
+    "workers": None,                    # None: os.cpu_count(); 1: no process pool
+}
+
+PRESETS: dict[str, dict] = {
+    # for tests: ~100 tracklets, ~1k frames, a couple of seconds
+    "tiny": {"num_train_ids": 10, "num_test_ids": 10, "min_len": 4, "median_len": 8, "max_len": 16,
+             "extra_tracklets_per_camera": 0.3, "distractor_frac": 0.12, "junk_frac": 0.05,
+             "workers": 1},
+    # the lesson default: ~700 tracklets, ~15k frames, under a minute on 2 cores
+    "small": {"num_train_ids": 60, "num_test_ids": 60},
+    "medium": {"num_train_ids": 200, "num_test_ids": 200, "extra_tracklets_per_camera": 1.0,
+               "median_len": 20, "max_len": 120},
+    # MARS-scale identities and tracklets (625/636 ids, ~17k + ~3k distractor tracklets);
+    # tracklets shorter than MARS (mean ~19 frames) to keep disk use reasonable
+    "large": {"num_train_ids": 625, "num_test_ids": 636, "extra_tracklets_per_camera": 3.0,
+              "min_len": 6, "median_len": 16, "max_len": 120, "distractor_frac": 0.18,
+              "junk_frac": 0.03},
+}
+
+
+def preset_params(preset: str, **overrides) -> dict:
+    """DEFAULTS + PRESETS[preset] + overrides, validated."""
+    if preset not in PRESETS:
+        raise DataPrepError(f"unknown synthetic preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    params = {**DEFAULTS, **PRESETS[preset]}
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise DataPrepError(f"unknown synthetic parameter(s) {unknown}; valid: {', '.join(sorted(params))}")
+    params.update(overrides)
+    if params["num_train_ids"] < 1 or params["num_test_ids"] < 1:
+        raise DataPrepError("num_train_ids and num_test_ids must be >= 1")
+    if not 2 <= params["num_cameras"] <= 9:
+        raise DataPrepError(f"num_cameras = {params['num_cameras']}: expected 2..9")
+    if not 1 <= params["min_len"] <= params["median_len"] <= params["max_len"] <= 999:
+        raise DataPrepError("tracklet lengths: need 1 <= min_len <= median_len <= max_len <= 999")
+    if params["height"] < 32 or params["width"] < 16:
+        raise DataPrepError("frames must be at least 32×16 (H×W)")
+    params["cameras_per_id"] = tuple(float(p) for p in params["cameras_per_id"])
+    return params
+
+
+# --------------------------------------------------------------------------- the plan
+
+@dataclass
+class Plan:
+    identities: dict[int, Identity]
+    relations: list[dict]            # hard negatives: {"pid", "base", "kind", "region"}
+    tracklets: list[TrackletPlan]    # in tracklet_id order
+    train_pids: list[int]
+    test_pids: list[int]
+
+
+def _lengths(rng: np.random.Generator, count: int, params: dict) -> list[int]:
+    raw = np.exp(rng.normal(np.log(params["median_len"]), params["len_sigma"], size=count))
+    return [int(x) for x in np.clip(np.round(raw), params["min_len"], params["max_len"])]
+
+
+def make_plan(params: dict, seed: int) -> Plan:
+    """Identities (appearance, cameras, tracklet lengths) and distractor/junk tracklets."""
+    n_train, n_test = params["num_train_ids"], params["num_test_ids"]
+    n_cams = params["num_cameras"]
+    ks = np.arange(2, 2 + len(params["cameras_per_id"]))
+    probs = np.array(params["cameras_per_id"], dtype=float)
+    probs = np.where(ks <= n_cams, probs, 0.0)
+    probs = probs / probs.sum()
+    identities: dict[int, Identity] = {}
+    relations: list[dict] = []
+    per_pid: list[tuple[int, int, list[int]]] = []   # (pid, camid, lengths)
+    for pid in range(1, n_train + n_test + 1):
+        rng = np.random.default_rng([seed, 1, pid])
+        same_split = list(range(1, pid)) if pid <= n_train else list(range(n_train + 1, pid))
+        r = rng.random()
+        if same_split and r < params["hard_negative_frac"] + params["one_region_frac"]:
+            base = same_split[int(rng.integers(len(same_split)))]
+            if r < params["hard_negative_frac"]:
+                identities[pid] = perturb_identity(identities[base], rng)
+                relations.append({"pid": pid, "base": base, "kind": "similar", "region": None})
+            else:
+                identities[pid], region = change_one_region(identities[base], rng)
+                relations.append({"pid": pid, "base": base, "kind": "one_region", "region": region})
+        else:
+            identities[pid] = sample_identity(rng)
+        k = int(rng.choice(ks, p=probs))
+        cams = sorted(int(c) + 1 for c in rng.choice(n_cams, size=k, replace=False))
+        for camid in cams:
+            count = 1 + int(rng.poisson(params["extra_tracklets_per_camera"]))
+            per_pid.append((pid, camid, _lengths(rng, count, params)))
+    tracklets: list[TrackletPlan] = []
+    for pid, camid, lengths in per_pid:
+        for n in lengths:
+            tracklets.append(TrackletPlan(len(tracklets), pid, camid, n))
+    n_real = len(tracklets)
+    rng = np.random.default_rng([seed, 4])
+    n_dis = int(round(params["distractor_frac"] * n_real))
+    n_junk = max(1, int(round(params["junk_frac"] * n_real)))
+    for pid, count in ((0, n_dis), (-1, n_junk)):
+        cams = rng.integers(1, n_cams + 1, size=count)
+        for camid, n in zip(cams, _lengths(rng, count, params)):
+            tracklets.append(TrackletPlan(len(tracklets), pid, int(camid), n))
+    return Plan(identities, relations, tracklets,
+                list(range(1, n_train + 1)), list(range(n_train + 1, n_train + n_test + 1)))
+
+
+def mars_split(plan: Plan, seed: int) -> dict:
+    """Train / query / gallery tracklet ids under the MARS protocol (see the module docstring)."""
+    rng = np.random.default_rng([seed, 5])
+    train_set = set(plan.train_pids)
+    train = [t.tracklet_id for t in plan.tracklets if t.pid in train_set]
+    by_pid: dict[int, list[TrackletPlan]] = {}
+    for t in plan.tracklets:
+        if t.pid >= 1 and t.pid not in train_set:
+            by_pid.setdefault(t.pid, []).append(t)
+    query: list[int] = []
+    for pid in plan.test_pids:
+        tracks = by_pid[pid]
+        cams = sorted({t.camid for t in tracks})
+        picks = []                                    # one candidate tracklet per camera
+        for c in cams:
+            in_cam = [t for t in tracks if t.camid == c]
+            picks.append(in_cam[int(rng.integers(len(in_cam)))])
+        chosen: list[TrackletPlan] = []
+        for cand in (picks[i] for i in rng.permutation(len(picks))):
+            trial = chosen + [cand]
+            taken = {t.tracklet_id for t in trial}
+            gallery_cams = {t.camid for t in tracks if t.tracklet_id not in taken}
+            if all(gallery_cams - {q.camid} for q in trial):
+                chosen = trial
+        query.extend(sorted(t.tracklet_id for t in chosen))
+    query_set = set(query)
+    gallery = [t.tracklet_id for t in plan.tracklets
+               if t.pid not in train_set and t.tracklet_id not in query_set]
+    return {"train": train, "query": sorted(query), "gallery": gallery}
+
+
+# --------------------------------------------------------------------------- rendering
+
+def pid_folder(pid: int) -> str:
+    return "00-1" if pid == -1 else f"{pid:04d}"
+
+
+def frame_path(t: TrackletPlan, index: int) -> str:
+    """MARS-like name: bbox/<pid>/<pid>C<cam>T<tracklet>F<frame>.jpg (frame numbers from 1)."""
+    p = pid_folder(t.pid)
+    return f"bbox/{p}/{p}C{t.camid}T{t.tracklet_id:05d}F{index + 1:03d}.jpg"
+
+
+_CAMERAS: dict[tuple, Camera] = {}
+
+
+def _camera(camid: int, seed: int, params: dict) -> Camera:
+    key = (camid, seed, params["height"], params["width"])
+    if key not in _CAMERAS:
+        _CAMERAS[key] = make_camera(camid, seed, params["height"], params["width"])
+    return _CAMERAS[key]
+
+
+def _render_job(job: tuple) -> list[dict]:
+    """Render and write a group of tracklets; return their manifest rows (worker entry point)."""
+    out, seed, params, items = job
+    out = Path(out)
+    rows = []
+    for plan, ident in items:
+        frames = render_tracklet(plan, ident, _camera(plan.camid, seed, params), seed, params)
+        paths = [frame_path(plan, i) for i in range(len(frames))]
+        (out / paths[0]).parent.mkdir(parents=True, exist_ok=True)
+        for path, fr in zip(paths, frames):
+            fr.image.save(out / path, format="JPEG", quality=params["jpeg_quality"])
+        rows.append({
+            "tracklet_id": plan.tracklet_id, "pid": plan.pid, "camid": plan.camid,
+            "frames": paths,
+            "visibility": [round(fr.visibility, 4) for fr in frames],
+            "occlusion": [fr.occlusion for fr in frames],
+            "blur": [fr.blur for fr in frames],
+        })
+    return rows
+
+
+def _jobs(plan: Plan, out: Path, seed: int, params: dict, chunk: int = 12) -> list[tuple]:
+    """One job per identity; distractor/junk tracklets in chunks."""
+    groups: dict[int, list] = {}
+    others: list = []
+    for t in plan.tracklets:
+        if t.pid >= 1:
+            groups.setdefault(t.pid, []).append((t, plan.identities[t.pid]))
+        else:
+            others.append((t, None))
+    items = list(groups.values()) + [others[i:i + chunk] for i in range(0, len(others), chunk)]
+    return [(str(out), seed, params, group) for group in items]
+
+
+def _prepare_out(out: Path) -> None:
+    """Create `out`; a previous synthetic dataset there is replaced, anything else is refused."""
+    if out.exists() and any(out.iterdir()):
+        meta = out / "meta.json"
+        try:
+            previous = json.loads(meta.read_text(encoding="utf-8")).get("source")
+        except (OSError, ValueError):
+            previous = None
+        if previous != "synthetic":
+            raise DataPrepError(f"{out}: folder exists and is not a synthetic dataset; choose an empty --out")
+        for name in ("bbox", "tracklets.csv", "splits.json", "meta.json", "identities.json"):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bool = True,
+             **overrides) -> Path:
+    """Render the synthetic benchmark into `out` (frames + manifest) and return the folder.
+
+    `preset` is one of PRESETS (tiny, small, medium, large); `overrides` change any parameter of
+    DEFAULTS/PRESETS (e.g. `num_train_ids=5, workers=1`). Same seed, same bytes.
+    """
+    from tqdm import tqdm
+
+    params = preset_params(preset, **overrides)
+    out = Path(out)
+    _prepare_out(out)
+    start = time.perf_counter()
+    plan = make_plan(params, seed)
+    split = mars_split(plan, seed)
+    jobs = _jobs(plan, out, seed, params)
+    workers = params["workers"] or os.cpu_count() or 1
+    workers = max(1, min(int(workers), len(jobs)))
+    rows: list[dict] = []
+    bar = tqdm(total=len(plan.tracklets), desc=f"synthetic {preset}", unit="tracklet", disable=not progress)
+    if workers == 1:
+        for job in jobs:
+            rows.extend(_render_job(job))
+            bar.update(len(job[3]))
+    else:
+        # spawn: safe even when the caller has threads (torch) running
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap_unordered(_render_job, jobs):
+                rows.extend(result)
+                bar.update(len(result))
+    bar.close()
+    rows.sort(key=lambda r: r["tracklet_id"])
+
+    lengths = np.array([len(r["frames"]) for r in rows if r["pid"] >= 1])
+    labels = [lab for r in rows if r["pid"] >= 1 for lab in r["occlusion"]]
+    params_json = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+    meta = {
+        "name": f"synthetic-{preset}" + (f"-seed{seed}" if seed else ""),
+        "source": "synthetic",
+        "protocol": "mars",
+        "frame_size": [params["height"], params["width"]],
+        "excluded": [],
+        "generator": {"preset": preset, "seed": seed, "version": GENERATOR_VERSION, "params": params_json},
+        "notes": ("Procedurally rendered; frames are half MARS's 256x128 and tracklets shorter than "
+                  "MARS's (~59 frames on average). visibility = visible target pixels / all target "
+                  "pixels (pixel masks); occlusion labels: " + "|".join(LABELS) + "; blur = Gaussian "
+                  "radius in px (0 = sharp). pid 0 / -1 frames: visibility of whatever person is in "
+                  "the box (0 when none)."),
+        "frames_per_tracklet": {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                                "mean": round(float(lengths.mean()), 2), "max": int(lengths.max())},
+        "occlusion_frames": {lab: labels.count(lab) for lab in LABELS},
+        "cameras": [_camera(c, seed, params).describe() for c in range(1, params["num_cameras"] + 1)],
+        "hard_negatives": plan.relations,
+        "train_pids": [plan.train_pids[0], plan.train_pids[-1]],
+        "test_pids": [plan.test_pids[0], plan.test_pids[-1]],
+    }
+    identities = {str(pid): {"split": "train" if pid in set(plan.train_pids) else "test",
+                             **ident.to_dict()} for pid, ident in plan.identities.items()}
+    (out / "identities.json").write_text(json.dumps(identities, indent=1) + "\n", encoding="utf-8")
+    write_manifest(out, rows, [split], meta, check_files=True)
+    if progress:
+        elapsed = time.perf_counter() - start
+        print(f"synthetic {preset} (seed {seed}): {len(rows)} tracklets, "
+              f"{sum(len(r['frames']) for r in rows)} frames in {elapsed:.1f} s -> {out}")
+    return out

@@ -1,0 +1,329 @@
+"""Experiment configuration: one dataclass per section, YAML files and ``key=value`` overrides.
+
+A run is described by four sections::
+
+    data:   where the manifest is, the frame-cache resolution, which protocol split
+    model:  the variant (one of ``reidkit.models.VARIANTS``) and a ``ModelConfig``
+    train:  optimisation, schedule, batch shape, device, checkpoints, logging
+    eval:   the evaluation protocol used after training (and every ``eval_every`` epochs)
+
+``Config.from_yaml("configs/cpu.yaml", ["train.lr=0.01", "model.variant=cnn"])`` reads a file
+and applies overrides. Every value is parsed and checked against the field's type, and an
+error names the key and the value: ``train.lr: expected float, got 'abc'``. Unknown keys are
+errors too, so a typo never silently does nothing.
+
+In YAML and in overrides the variant is ``model.variant``; in Python it is ``config.variant``
+and ``config.model`` is the plain ``ModelConfig`` handed to ``build_model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from reidkit.models import VARIANTS, ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+def _choices(*values):
+    return {"choices": values}
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from. ``height``/``width`` = None take the model's input size."""
+
+    dataset: str | None = None       # manifest folder (tracklets.csv, splits.json, meta.json)
+    height: int | None = None        # frame-cache resolution; must equal the model's input size
+    width: int | None = None
+    split: int = 0                   # index into splits.json (two-camera datasets have ten)
+    cache_dir: str | None = None     # where the uint8 frame cache lives (None: FrameCache's default)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. Steps are optimizer steps; one step = one P×K batch."""
+
+    epochs: int = 10
+    steps_per_epoch: int | None = None   # None: one pass over the training tracklets (≈ n / (P·K))
+    P: int = 8                           # identities per batch
+    K: int = 4                           # tracklets per identity
+    optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    lr: float = 0.01
+    momentum: float = 0.9                # SGD momentum (Adam: beta1)
+    weight_decay: float = 5e-4
+    schedule: str = field(default="step", metadata=_choices("step", "cosine", "none"))
+    lr_step_epochs: int = 10             # "step": multiply the lr by lr_gamma every this many epochs
+    lr_gamma: float = 0.1
+    warmup: int = 0                      # linear warm-up over this many optimizer steps
+    grad_clip: float | None = 5.0        # max global gradient norm; None = no clipping
+    seed: int = 0
+    margin: float = 0.3                  # triplet margin (on L2-normalised features)
+    triplet_weight: float = 1.0
+    bce_weight: float = 1.0
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    amp: bool = True                     # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True           # CUDA only
+    compile: bool = False                # torch.compile the training step (CUDA only)
+    gpu_cache: str = field(default="auto", metadata=_choices("auto", "always", "never"))
+    out_dir: str = "runs/default"
+    keep_last: int | None = None         # keep only the newest n epoch_XXX.pt (None: keep all)
+    eval_every: int = 0                  # evaluate every n epochs (0: never during training)
+    log_every: int = 10                  # steps between host syncs (logs, NaN check, callbacks)
+    progress: bool = True                # tqdm progress bar (rank 0 only)
+
+
+@dataclass
+class EvalConfig:
+    """How a trained model is scored (see ``reidkit.evaluate.evaluate``)."""
+
+    convention: str = field(default="common", metadata=_choices("common", "official"))
+    rerank_top_k: int = 100              # M re-scores the top-K of the feature ranking
+    exact: bool = False                  # all-pairs M (small galleries only)
+    batch_size: int = 64                 # clips per forward pass at test time
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    variant: str = "all"                 # serialised as model.variant
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ---------------------------------------------------------------- derived values
+    @property
+    def height(self) -> int:
+        return self.data.height if self.data.height is not None else self.model.height
+
+    @property
+    def width(self) -> int:
+        return self.data.width if self.data.width is not None else self.model.width
+
+    def validate(self) -> "Config":
+        """Cross-field checks; raises ConfigError naming the key. Returns self."""
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"model.variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        for key, value in (("data.height", self.data.height), ("data.width", self.data.width)):
+            side = key.split(".")[1]
+            if value is not None and value != getattr(self.model, side):
+                raise ConfigError(
+                    f"{key}: {value} differs from model.{side}={getattr(self.model, side)}; the model is built "
+                    f"for its input size, so set model.{side} (data.{side} follows it when left empty)")
+        try:
+            self.model.validate()
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from None
+        t = self.train
+        for key in ("epochs", "P", "K", "log_every"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key}: expected a positive integer, got {getattr(t, key)}")
+        if t.P < 2:
+            raise ConfigError(f"train.P: batch-hard mining needs at least 2 identities, got {t.P}")
+        if t.steps_per_epoch is not None and t.steps_per_epoch < 1:
+            raise ConfigError(f"train.steps_per_epoch: expected a positive integer or null, got {t.steps_per_epoch}")
+        if t.lr <= 0:
+            raise ConfigError(f"train.lr: expected a positive float, got {t.lr}")
+        if t.eval_every < 0:
+            raise ConfigError(f"train.eval_every: expected >= 0, got {t.eval_every}")
+        if t.keep_last is not None and t.keep_last < 1:
+            raise ConfigError(f"train.keep_last: expected a positive integer or null, got {t.keep_last}")
+        return self
+
+    # ---------------------------------------------------------------- dict / YAML
+    def to_dict(self) -> dict:
+        """Plain nested dict (only str/int/float/bool/None/list), safe for YAML, JSON, checkpoints."""
+        model = {"variant": self.variant, **dataclasses.asdict(self.model)}
+        return {
+            "data": dataclasses.asdict(self.data),
+            "model": model,
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
+        """Build from a nested dict (missing keys keep their defaults), then apply overrides."""
+        d = copy.deepcopy(d or {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"config: expected a mapping of sections, got {type(d).__name__}")
+        config = cls()
+        for section, values in d.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown config section {section!r} (expected one of {', '.join(_SECTIONS)})")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: expected a mapping, got {values!r}")
+            for key, value in values.items():
+                config.set(f"{section}.{key}", value)
+        for item in overrides:
+            config.apply_override(item)
+        return config.validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
+        """Read a YAML file (None: the defaults) and apply ``section.key=value`` overrides."""
+        if path is None:
+            return cls.from_dict({}, overrides)
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        try:
+            return cls.from_dict(d, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    # ---------------------------------------------------------------- single keys
+    def apply_override(self, item: str) -> None:
+        """``"train.lr=0.01"``: the value is parsed as YAML, then checked against the field type."""
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        # keep the user's text for error messages and for str fields ("1e-3" stays a string there)
+        self.set(key, value, raw=text)
+
+    def set(self, key: str, value: Any, raw: str | None = None) -> None:
+        """Set ``section.name`` to ``value`` after type checking; errors name the key."""
+        obj, name = self._locate(key)
+        if obj is self:  # model.variant
+            self.variant = _coerce(key, value, str, raw, choices=VARIANTS)
+            return
+        f = {f.name: f for f in dataclasses.fields(obj)}[name]
+        hint = typing.get_type_hints(type(obj)).get(name, type(f.default))
+        setattr(obj, name, _coerce(key, value, hint, raw, choices=f.metadata.get("choices")))
+
+    def get(self, key: str) -> Any:
+        obj, name = self._locate(key)
+        return self.variant if obj is self else getattr(obj, name)
+
+    def _locate(self, key: str):
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise ConfigError(f"unknown config key {key!r} (expected section.name with section in "
+                              f"{', '.join(_SECTIONS)})")
+        section, name = parts
+        if section == "model" and name == "variant":
+            return self, name
+        obj = getattr(self, section)
+        names = [f.name for f in dataclasses.fields(obj)]
+        if name not in names:
+            extra = ["variant"] if section == "model" else []
+            raise ConfigError(f"unknown config key {key!r} (known {section} keys: {', '.join(extra + names)})")
+        return obj, name
+
+
+_SECTIONS = ("data", "model", "train", "eval")
+
+
+def _coerce(key: str, value: Any, hint: Any, raw: str | None, choices=None) -> Any:
+    """Check/convert ``value`` to the annotated type ``hint``; raise ConfigError naming ``key``."""
+    shown = raw if raw is not None else value
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        if len(args) == 1:
+            hint = args[0]
+        else:  # not used by our dataclasses, but keep it general
+            for a in args:
+                try:
+                    return _coerce(key, value, a, raw, choices)
+                except ConfigError:
+                    pass
+            raise ConfigError(f"{key}: expected one of {args}, got {shown!r}")
+    elif value is None:
+        raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got null")
+
+    def bad(kind):
+        return ConfigError(f"{key}: expected {kind}, got {shown!r}")
+
+    if typing.get_origin(hint) is typing.Literal:
+        allowed = typing.get_args(hint)
+        value = raw.strip() if raw is not None and isinstance(value, str) else value
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {shown!r}")
+        out = value
+    elif hint is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+            out = True
+        elif isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+            out = False
+        elif isinstance(value, int) and value in (0, 1):
+            out = bool(value)
+        else:
+            raise bad("bool (true/false)")
+    elif hint is int:
+        if isinstance(value, bool):
+            raise bad("int")
+        if isinstance(value, int):
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str):
+            try:
+                out = int(value.strip())
+            except ValueError:
+                raise bad("int") from None
+        else:
+            raise bad("int")
+    elif hint is float:
+        if isinstance(value, bool):
+            raise bad("float")
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:  # YAML reads "1e-3" as a string; float() does not
+                out = float(value.strip())
+            except ValueError:
+                raise bad("float") from None
+        else:
+            raise bad("float")
+    elif hint is str:
+        if raw is not None:
+            out = raw.strip()
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            out = str(value)
+        else:
+            raise bad("string")
+    elif typing.get_origin(hint) in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad("list")
+        args = typing.get_args(hint)
+        inner = args[0] if args else None
+        out = [(_coerce(key, v, inner, None) if inner not in (None, Ellipsis) else v) for v in value]
+        if typing.get_origin(hint) is tuple or hint is tuple:
+            out = tuple(out)
+    else:  # unknown annotation: accept as is
+        out = value
+    if choices is not None and out not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {shown!r}")
+    return out

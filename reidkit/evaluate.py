@@ -1,0 +1,557 @@
+"""Test-time evaluation: features of every test tracklet, the ranking, CMC/mAP per protocol.
+
+The pipeline (``evaluate``):
+
+1. **Features** (``extract_features``). Every frame of every test tracklet goes through the
+   model, T frames at a time (``reidkit.data.iter_test_clips``: consecutive chunks of T, the last
+   one padded in order), batched across tracklets; a tracklet's feature is the mean of its chunk
+   features. A long tracklet (MARS has tracklets of hundreds of frames) is never one tensor.
+   For variants with a metric branch, the pool5 maps of one evenly spaced T-frame clip per
+   tracklet are kept as well, so M can score any pair later without running the CNN again.
+   Memory: ``T × C × h × w`` values per tracklet: at the paper's size (256 × 6 × 6, T = 6) that
+   is 55k values, 1.35 GB in bf16 for MARS's 12,180 test tracklets, kept on the device.
+   Runs under ``torch.no_grad()`` in ``model.eval()`` (the training mode is restored after),
+   with bf16 autocast on CUDA. With ``feature_cache_dir`` the result is saved to disk, keyed by a
+   hash of the model's weights, variant and config, the frame cache, the tracklets and T: a
+   re-run with the same checkpoint skips extraction.
+
+2. **Ranking** (``rank_gallery``), by the model's ``ranking``:
+
+   - ``"distance"`` (CNN, CNN+RNN, CNN+TAM): Euclidean distance of the L2-normalised features
+     (F of Eq. 2), ascending.
+   - ``"metric"`` (CNN+DIFF, CNN+SRM): M = σ(logits) of the metric branch. M is pairwise, so it
+     re-scores the top-K of the feature ranking (K = ``rerank_top_k``; the shortlist comes from
+     ``features``, which for these variants is the time- and space-averaged pool5 descriptor).
+   - ``"similarity"`` (ALL): S = 1/(1 + F) + λ·M of Eq. 2 on the top-K of the feature ranking.
+
+   Re-scored entries come first, by descending score; the rest of the gallery keeps its
+   feature order below them. ``exact=True`` scores every query × gallery pair (small galleries;
+   K ≥ gallery size gives the same ranking). Ties keep the feature order (stable sorts), and
+   feature-distance ties keep the gallery order. Entries that the metric ignores (junk,
+   same pid and camera) still take shortlist slots: the shortlist does not look at labels.
+
+3. **Metrics** (``reidkit.metrics``): CMC and mAP in the chosen convention.
+
+Protocols (``manifest.protocol``):
+
+- ``"mars"``: one split. ``convention="common"`` (default, what other toolkits report): gallery =
+  the split's gallery without the queries. ``convention="official"``: the MARS MATLAB evaluation,
+  gallery = queries ∪ gallery (all test tracklets). See ``reidkit.metrics`` for the rules and why
+  the two differ by about a point.
+- ``"two_camera"`` (iLIDS-VID, PRID2011): ten splits; features are extracted once for all
+  tracklets of all splits, then per split query = the camera-1 test tracklets and gallery = the
+  camera-2 ones (as listed by the manifest); results are the mean ± std over the splits.
+
+Values in ``EvalResult`` are percentages, like the paper's tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .metrics import FLAG_IGNORED, evaluate_order, match_flags
+
+__all__ = [
+    "TestFeatures", "extract_features", "feature_distances", "Ranking", "rank_gallery",
+    "PerQuery", "EvalResult", "evaluate", "describe_convention", "describe_ranking",
+]
+
+FEATURE_CACHE_VERSION = 1
+RANKS = (1, 5, 10, 20)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class TestFeatures:
+    """Features of a set of tracklets.
+
+    ``positions`` (N,) manifest positions; ``features`` (N, D) float32, the mean of the chunk
+    features (not normalised); ``pool5`` (N, T, C, h, w) of one evenly spaced clip per tracklet,
+    or None for variants without a metric branch; ``key`` the cache key; ``from_cache`` whether
+    they were read from ``feature_cache_dir``; ``seconds`` the extraction (or load) time.
+    """
+
+    positions: np.ndarray
+    features: torch.Tensor
+    pool5: torch.Tensor | None
+    T: int
+    key: str = ""
+    from_cache: bool = False
+    seconds: float = 0.0
+
+    def rows(self, positions) -> np.ndarray:
+        """Row of each manifest position in ``features``/``pool5``."""
+        lookup = {int(p): i for i, p in enumerate(self.positions)}
+        try:
+            return np.array([lookup[int(p)] for p in positions], dtype=np.int64)
+        except KeyError as e:
+            raise KeyError(f"manifest position {e.args[0]} has no extracted features") from None
+
+
+def _needs_pool5(model) -> bool:
+    return bool(getattr(model, "has_metric_branch", False)) and model.ranking in ("metric", "similarity")
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _model_device(model) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def feature_cache_key(model, manifest, cache, positions, T: int, with_pool5: bool, device) -> str:
+    """SHA-256 over what determines the features: weights, variant, config, frames, tracklets, T."""
+    h = hashlib.sha256()
+    h.update(f"v{FEATURE_CACHE_VERSION} T={T} pool5={with_pool5} "
+             f"amp={'bf16' if torch.device(device).type == 'cuda' else 'fp32'}\n".encode())
+    h.update(f"{getattr(model, 'variant', type(model).__name__)}\n".encode())
+    config = getattr(model, "config", None)
+    h.update(repr(asdict(config) if hasattr(config, "__dataclass_fields__") else config).encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(f"cache {cache.height}x{cache.width} {getattr(cache, 'fingerprint', '')}\n".encode())
+    positions = np.asarray(positions, dtype=np.int64)
+    for arr in (positions, manifest.tracklet_ids[positions], manifest.pids[positions],
+                manifest.camids[positions], manifest.lengths[positions]):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    if not getattr(cache, "fingerprint", ""):  # no frame fingerprint: fall back on the frame paths
+        for p in positions:
+            h.update("|".join(manifest.tracklets[p].frames).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def extract_features(model, manifest, cache, positions, T: int | None = None, batch_size: int = 64,
+                     device=None, progress: bool = True, feature_cache_dir=None,
+                     with_pool5: bool | None = None) -> TestFeatures:
+    """Features of the tracklets at manifest ``positions`` (see the module docstring, step 1).
+
+    ``T`` defaults to ``model.config.seq_len``; ``batch_size`` is in clips of T frames;
+    ``device`` defaults to the model's. ``with_pool5`` defaults to whether the model ranks with
+    its metric branch. With ``feature_cache_dir``, a cached result is loaded if its key matches,
+    otherwise the result is computed and saved there (``features_<key>.pt``).
+    """
+    from tqdm.auto import tqdm
+
+    from .data import iter_test_clips, num_test_clips
+
+    start = time.perf_counter()
+    device = torch.device(device) if device is not None else _model_device(model)
+    T = int(T or getattr(getattr(model, "config", None), "seq_len", 6))
+    positions = np.asarray(positions, dtype=np.int64)
+    with_pool5 = _needs_pool5(model) if with_pool5 is None else with_pool5
+
+    path = key = None
+    if feature_cache_dir is not None:
+        key = feature_cache_key(model, manifest, cache, positions, T, with_pool5, device)
+        path = Path(feature_cache_dir) / f"features_{key[:24]}.pt"
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("key") == key:
+                pool5 = saved["pool5"].to(device) if saved["pool5"] is not None else None
+                return TestFeatures(positions, saved["features"].to(device), pool5, T, key, True,
+                                    time.perf_counter() - start)
+
+    was_training = model.training
+    model.eval()
+    try:
+        row_of = np.full(len(manifest.tracklets), -1, dtype=np.int64)
+        row_of[positions] = np.arange(len(positions))
+        sums = counts = None
+        bar = tqdm(total=num_test_clips(manifest, positions, T, "chunks"), unit="clip",
+                   disable=not progress, desc=f"test features ({T}-frame chunks)")
+        with bar:
+            for clips, owners in iter_test_clips(manifest, cache, positions, T, "chunks", batch_size, device):
+                with _autocast(device):
+                    feats = model.features(clips).features.float()
+                if sums is None:
+                    sums = torch.zeros(len(positions), feats.shape[1], device=device)
+                    counts = torch.zeros(len(positions), device=device)
+                rows = torch.from_numpy(row_of[owners]).to(device)
+                sums.index_add_(0, rows, feats)
+                counts.index_add_(0, rows, torch.ones_like(rows, dtype=counts.dtype))
+                bar.update(len(owners))
+        features = sums / counts[:, None]  # every tracklet has >= 1 chunk
+
+        pool5 = None
+        if with_pool5:
+            # one evenly spaced clip per tracklet, in the order of `positions`
+            parts = []
+            for clips, _ in tqdm(iter_test_clips(manifest, cache, positions, T, "even", batch_size, device),
+                                 total=math.ceil(len(positions) / batch_size), disable=not progress,
+                                 desc="pool5 maps for M", unit="batch"):
+                with _autocast(device):
+                    parts.append(model.features(clips).pool5)
+            pool5 = torch.cat(parts)
+    finally:
+        model.train(was_training)
+
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt")
+        torch.save({"key": key, "T": T, "positions": torch.from_numpy(positions),
+                    "features": features.cpu(), "pool5": None if pool5 is None else pool5.cpu()}, tmp)
+        os.replace(tmp, path)  # never leaves a half-written file under the final name
+    return TestFeatures(positions, features, pool5, T, key or "", False, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking
+# --------------------------------------------------------------------------------------------
+
+def feature_distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """F for every query × gallery pair: Euclidean distance of L2-normalised features, (Q, G)."""
+    q = torch.nn.functional.normalize(query.float(), dim=1)
+    g = torch.nn.functional.normalize(gallery.float(), dim=1)
+    return (2.0 - 2.0 * q @ g.T).clamp_min_(0.0).sqrt_()  # ‖q − g‖² = 2 − 2 q·g for unit vectors
+
+
+@dataclass
+class Ranking:
+    """Each query's gallery order, best first: ``order`` (Q, G) int64 on the CPU.
+
+    ``scores`` (Q, K): the re-scores (M or S, higher = better) of the first K entries of
+    ``order`` (K = 0 for a pure distance ranking); ``distances`` (Q, G): the feature distance
+    matrix F the shortlist came from (gallery-indexed, not in ranked order).
+    """
+
+    order: np.ndarray
+    scores: np.ndarray
+    distances: torch.Tensor
+
+
+def rank_gallery(distances: torch.Tensor, score_pairs: Callable | None = None, top_k: int = 100,
+                 exact: bool = False, pair_batch: int = 4096, progress: bool = False) -> Ranking:
+    """Rank a gallery by feature distance, optionally re-scoring the top-K with a pair scorer.
+
+    ``distances`` (Q, G): lower = better. ``score_pairs(q_idx, g_idx) -> scores`` (1-D tensors
+    of query and gallery indices, higher = better) is called on at most ``pair_batch`` pairs at
+    a time. Without it, the order is the stable sort of the distances. With it, the first
+    ``top_k`` (all, with ``exact``) entries of that order are scored and re-sorted by
+    descending score (stable: ties keep the feature order); the rest follow in feature order.
+    """
+    from tqdm.auto import tqdm
+
+    num_q, num_g = distances.shape
+    base = torch.sort(distances, dim=1, stable=True).indices
+    if score_pairs is None or num_g == 0:
+        return Ranking(base.cpu().numpy(), np.zeros((num_q, 0), np.float32), distances)
+    k = num_g if exact else min(int(top_k), num_g)
+    cand = base[:, :k]
+    q_idx = torch.arange(num_q, device=cand.device).repeat_interleave(k)
+    g_idx = cand.reshape(-1)
+    scores = torch.empty(num_q * k, device=cand.device, dtype=torch.float32)
+    for s in tqdm(range(0, len(g_idx), pair_batch), disable=not progress, unit="batch",
+                  desc=f"scoring {len(g_idx)} pairs"):
+        scores[s:s + pair_batch] = score_pairs(q_idx[s:s + pair_batch], g_idx[s:s + pair_batch]).float()
+    scores = scores.view(num_q, k)
+    scores, perm = torch.sort(scores, dim=1, descending=True, stable=True)
+    order = torch.cat([cand.gather(1, perm), base[:, k:]], dim=1)
+    return Ranking(order.cpu().numpy(), scores.cpu().numpy(), distances)
+
+
+def describe_ranking(model, rerank_top_k: int, exact: bool, gallery_size: int | None = None) -> str:
+    """One sentence saying what scored the ranking (goes into every result)."""
+    ranking = model.ranking
+    if ranking == "distance":
+        return "Euclidean distance of L2-normalised features F(x)"
+    lam = getattr(getattr(model, "config", None), "lam", 1.0)
+    what = (f"similarity S (Eq. 2, λ={lam:g}: 1/(1+F) + λ·M)" if ranking == "similarity"
+            else "metric M (σ of the metric branch's logit)")
+    if exact or (gallery_size is not None and rerank_top_k >= gallery_size):
+        return f"{what}, exact: every query × gallery pair scored"
+    shortlist = ("feature ranking" if ranking == "similarity"
+                 else "ranking by the averaged pool5 descriptor")
+    return f"{what}, top-{rerank_top_k} of the {shortlist} re-scored, the rest in feature order"
+
+
+def describe_convention(protocol: str, convention: str, num_splits: int = 1) -> str:
+    """One sentence saying how queries, gallery and averages were defined."""
+    if protocol == "two_camera":
+        return (f"two-camera: query = camera-1 tracklets of the test persons, gallery = camera-2 "
+                f"tracklets; distractors wrong, junk ignored; mean ± std over {num_splits} split(s)")
+    if convention == "official":
+        return ("MARS official (MATLAB): gallery = all test tracklets incl. the queries; same pid "
+                "& same camera (the query itself included) and junk (pid -1) removed; "
+                "distractors (pid 0) wrong; trapezoidal AP; averaged over all queries")
+    return ("MARS common: gallery = test tracklets without the queries; same pid & same camera "
+            "and junk (pid -1) ignored; distractors (pid 0) wrong; queries with no correct "
+            "match skipped")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+@dataclass
+class PerQuery:
+    """The retrieval of every query, for figures: the top ``keep_top`` gallery entries that count.
+
+    Entries the metric ignores (junk, same pid and camera) are left out, so column c is rank c+1
+    as CMC counts it. ``flags``: 1 correct, 0 wrong, 2 distractor (pid 0), -1 padding (gallery
+    shorter than ``keep_top``); ``gallery_ids`` -1 for padding. ``distances``: feature distance
+    F; ``scores``: M or S where the entry was re-scored, NaN otherwise. ``first_hit``: 1-based
+    rank of the first correct match (0: none); ``ap``: AP in [0, 1] (NaN: skipped).
+    """
+
+    query_ids: np.ndarray
+    query_pids: np.ndarray
+    query_camids: np.ndarray
+    gallery_ids: np.ndarray
+    flags: np.ndarray
+    distances: np.ndarray
+    scores: np.ndarray
+    first_hit: np.ndarray
+    ap: np.ndarray
+
+    def to_dict(self) -> dict:
+        return _jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
+
+
+@dataclass
+class EvalResult:
+    """CMC/mAP of one evaluation, in percent, with what produced them.
+
+    ``cmc``: percent at ranks 1..len(cmc). For ``two_camera`` the headline values are means over
+    ``splits`` (one ``EvalResult`` each), ``std`` holds the standard deviations, ``per_query``
+    is split 0's, and ``num_queries``/``num_skipped`` are totals over the splits.
+    """
+
+    rank1: float
+    rank5: float
+    rank10: float
+    rank20: float
+    mAP: float
+    cmc: np.ndarray
+    convention: str
+    ranking: str
+    num_queries: int
+    num_skipped: int
+    num_gallery: int
+    protocol: str = "mars"
+    convention_name: str = "common"
+    dataset: str = ""
+    per_query: PerQuery | None = None
+    splits: list = field(default_factory=list)
+    std: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self, per_query: bool = True) -> dict:
+        """Everything as JSON-serialisable values (NaN → None)."""
+        d = {k: getattr(self, k) for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "cmc",
+                                           "convention", "ranking", "num_queries", "num_skipped",
+                                           "num_gallery", "protocol", "convention_name", "dataset", "std",
+                                           "seconds")}
+        d["splits"] = [s.to_dict(per_query=False) for s in self.splits]
+        d["per_query"] = self.per_query.to_dict() if per_query and self.per_query is not None else None
+        return _jsonable(d)
+
+    def _fmt(self, name: str) -> str:
+        value = getattr(self, name)
+        return f"{value:.1f} ± {self.std[name]:.1f}" if name in self.std else f"{value:.1f}"
+
+    def summary(self) -> str:
+        """One line: the numbers, the protocol and what scored the ranking."""
+        nums = " ".join(f"{label} {self._fmt(name)}" for label, name in
+                        (("rank-1", "rank1"), ("rank-5", "rank5"), ("rank-10", "rank10"),
+                         ("rank-20", "rank20"), ("mAP", "mAP")))
+        extra = f", {len(self.splits)} splits" if self.splits else ""
+        return (f"{self.dataset or 'dataset'} [{self.protocol}/{self.convention_name}{extra}]: {nums} "
+                f"({self.num_queries} queries, {self.num_skipped} skipped; {self.ranking})")
+
+    @staticmethod
+    def table_header() -> str:
+        return "| model | rank-1 | rank-5 | rank-10 | rank-20 | mAP |\n|---|---|---|---|---|---|"
+
+    def table_row(self, label: str = "") -> str:
+        """A Markdown table row (see ``table_header``), e.g. for Table 2."""
+        cells = [self._fmt(n) for n in ("rank1", "rank5", "rank10", "rank20", "mAP")]
+        return f"| {label or self.dataset} | " + " | ".join(cells) + " |"
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+def _pair_scorer(model, feats: TestFeatures, q_rows: np.ndarray, g_rows: np.ndarray, device):
+    """score_pairs for rank_gallery: M or S of query/gallery index pairs, from cached pool5."""
+    if feats.pool5 is None:
+        raise ValueError(f"ranking {model.ranking!r} needs pool5 maps; extract with with_pool5=True")
+    qr = torch.from_numpy(q_rows).to(feats.pool5.device)
+    gr = torch.from_numpy(g_rows).to(feats.pool5.device)
+
+    def score(qi, gi):
+        a, b = qr[qi.to(qr.device)], gr[gi.to(gr.device)]
+        with _autocast(device):
+            logits = model.metric(feats.pool5[a], feats.pool5[b]).float()
+        if model.ranking == "metric":
+            return torch.sigmoid(logits)
+        fa, fb = feats.features[a.to(feats.features.device)], feats.features[b.to(feats.features.device)]
+        return model.similarity(fa, fb, logits.to(fa.device))
+
+    return score
+
+
+def _evaluate_split(model, manifest, feats: TestFeatures, query_ids, gallery_ids, convention, protocol,
+                    rerank_top_k, exact, pair_batch, keep_top, max_rank, progress, device) -> EvalResult:
+    q_pos, g_pos = manifest.positions(query_ids), manifest.positions(gallery_ids)
+    q_rows, g_rows = feats.rows(q_pos), feats.rows(g_pos)
+    t0 = time.perf_counter()
+    dev = feats.features.device
+    dist = feature_distances(feats.features[torch.from_numpy(q_rows).to(dev)],
+                             feats.features[torch.from_numpy(g_rows).to(dev)])
+    scorer = None
+    if model.ranking in ("metric", "similarity"):
+        scorer = _pair_scorer(model, feats, q_rows, g_rows, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ranking = rank_gallery(dist, scorer, rerank_top_k, exact, pair_batch, progress)
+    finally:
+        model.train(was_training)
+    t1 = time.perf_counter()
+
+    q_pids, g_pids = manifest.pids[q_pos], manifest.pids[g_pos]
+    q_cams, g_cams = manifest.camids[q_pos], manifest.camids[g_pos]
+    m = evaluate_order(ranking.order, q_pids, g_pids, q_cams, g_cams, convention, max_rank)
+    per_query = _per_query(ranking, m, np.asarray(query_ids), np.asarray(gallery_ids),
+                           q_pids, g_pids, q_cams, g_cams, keep_top)
+    t2 = time.perf_counter()
+    cmc = 100.0 * m.cmc
+    at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
+    return EvalResult(
+        rank1=at(1), rank5=at(5), rank10=at(10), rank20=at(20), mAP=100.0 * m.mAP, cmc=cmc,
+        convention=describe_convention(protocol, convention), ranking=describe_ranking(
+            model, rerank_top_k, exact, len(gallery_ids)),
+        num_queries=m.num_queries, num_skipped=m.num_skipped, num_gallery=len(gallery_ids),
+        protocol=protocol, convention_name=convention, dataset=getattr(manifest, "name", ""),
+        per_query=per_query,
+        seconds={"ranking": t1 - t0, "metrics": t2 - t1})
+
+
+def _per_query(ranking: Ranking, m, query_ids, gallery_ids, q_pids, g_pids, q_cams, g_cams,
+               keep_top) -> PerQuery:
+    num_q, num_g = ranking.order.shape
+    # Ignored entries are dropped, so look far enough down to still find keep_top that count.
+    ignored = (g_pids[None, :] == -1) | ((g_pids[None, :] == q_pids[:, None]) & (g_cams[None, :] == q_cams[:, None]))
+    width = min(num_g, keep_top + int(ignored.sum(1).max(initial=0)))
+    order = ranking.order[:, :width]
+    flags = match_flags(order, q_pids, g_pids, q_cams, g_cams)
+    dist = ranking.distances.gather(1, torch.from_numpy(order).to(ranking.distances.device)).cpu().numpy()
+    rescored = np.full(order.shape, np.nan, dtype=np.float32)
+    k = min(ranking.scores.shape[1], width)
+    rescored[:, :k] = ranking.scores[:, :k]
+    out = dict(gallery_ids=np.full((num_q, keep_top), -1, np.int64),
+               flags=np.full((num_q, keep_top), -1, np.int8),
+               distances=np.full((num_q, keep_top), np.nan, np.float32),
+               scores=np.full((num_q, keep_top), np.nan, np.float32))
+    for i in range(num_q):
+        keep = np.flatnonzero(flags[i] != FLAG_IGNORED)[:keep_top]
+        n = len(keep)
+        out["gallery_ids"][i, :n] = gallery_ids[order[i, keep]]
+        out["flags"][i, :n] = flags[i, keep]
+        out["distances"][i, :n] = dist[i, keep]
+        out["scores"][i, :n] = rescored[i, keep]
+    return PerQuery(query_ids=query_ids, query_pids=q_pids, query_camids=q_cams,
+                    first_hit=m.first_hit, ap=m.ap, **out)
+
+
+def _resolve_splits(manifest, split) -> list[int]:
+    if split is None:
+        return list(range(len(manifest.splits))) if manifest.protocol == "two_camera" else [0]
+    if isinstance(split, (int, np.integer)):
+        return [int(split)]
+    return [int(s) for s in split]
+
+
+def evaluate(model, manifest, cache, split: int | Sequence[int] | None = None, convention: str = "common",
+             rerank_top_k: int = 100, exact: bool = False, T: int | None = None, batch_size: int = 64,
+             device=None, feature_cache_dir=None, progress: bool = True, keep_top: int = 50,
+             pair_batch: int = 4096, max_rank: int = 20) -> EvalResult:
+    """Evaluate ``model`` on the test tracklets of ``manifest`` (see the module docstring).
+
+    ``split``: None = the protocol's default (MARS: split 0; two_camera: all splits, averaged),
+    an int (that split alone) or a list of split indices (averaged). ``convention``: "common"
+    or "official" (MARS protocol only). ``rerank_top_k``/``exact``: how far M re-scores (ignored
+    by distance-ranked variants). ``T``: frames per test chunk (default ``model.config.seq_len``).
+    ``batch_size``: clips per forward pass. ``device``: default the model's (the model is not
+    moved). ``keep_top``: retrieval entries kept per query in ``per_query``.
+    """
+    if convention not in ("common", "official"):
+        raise ValueError(f"convention must be 'common' or 'official', got {convention!r}")
+    protocol = manifest.protocol
+    if protocol == "two_camera" and convention == "official":
+        raise ValueError("convention='official' is the MARS MATLAB evaluation; two_camera datasets "
+                         "use query = camera 1, gallery = camera 2 (convention='common')")
+    device = torch.device(device) if device is not None else _model_device(model)
+    indices = _resolve_splits(manifest, split)
+    sets = []
+    for i in indices:
+        s = manifest.split(i)
+        query = list(s.query)
+        qset = set(query)
+        if convention == "official":  # all test tracklets, the queries included
+            gallery = query + [t for t in s.gallery if t not in qset]
+        else:  # the common convention's gallery never holds a query
+            gallery = [t for t in s.gallery if t not in qset]
+        sets.append((query, gallery))
+
+    all_ids = sorted({t for q, g in sets for t in (*q, *g)})
+    positions = manifest.positions(all_ids)
+    feats = extract_features(model, manifest, cache, positions, T, batch_size, device, progress,
+                             feature_cache_dir)
+    results = [_evaluate_split(model, manifest, feats, q, g, convention, protocol, rerank_top_k, exact,
+                               pair_batch, keep_top, max_rank, progress, device) for q, g in sets]
+    for r in results:
+        r.seconds["features"] = feats.seconds
+        r.seconds["features_from_cache"] = float(feats.from_cache)
+    if len(results) == 1 and (protocol != "two_camera" or isinstance(split, (int, np.integer))):
+        return results[0]  # one split asked for: its own result, no mean ± std
+
+    names = ("rank1", "rank5", "rank10", "rank20", "mAP")
+    mean = {n: float(np.mean([getattr(r, n) for r in results])) for n in names}
+    std = {n: float(np.std([getattr(r, n) for r in results])) for n in names}
+    return EvalResult(
+        **mean, cmc=np.mean([r.cmc for r in results], axis=0),
+        convention=describe_convention(protocol, convention, len(results)),
+        ranking=results[0].ranking, num_queries=sum(r.num_queries for r in results),
+        num_skipped=sum(r.num_skipped for r in results),
+        num_gallery=int(round(np.mean([r.num_gallery for r in results]))),
+        protocol=protocol, convention_name=convention, dataset=getattr(manifest, "name", ""),
+        per_query=results[0].per_query,
+        splits=results, std=std,
+        seconds={"features": feats.seconds, "features_from_cache": float(feats.from_cache),
+                 "ranking": sum(r.seconds["ranking"] for r in results),
+                 "metrics": sum(r.seconds["metrics"] for r in results)})

@@ -1,0 +1,76 @@
+"""Training losses: triplet loss with hard mining on F(x) and binary cross-entropy on M (Sec. 3.1, 4.2).
+
+The paper trains F with a triplet loss [24] with hard negative mining and M as a binary
+"same person / different people" classifier. Inside a P identities × K tracklets batch we use
+the batch-hard form (hardest positive and hardest negative per anchor) and draw M's pairs from
+the same batch: every positive pair plus as many of the hardest negative pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _unit_distances(features: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between L2-normalised rows, (N, N); F of Eq. 2 for every pair."""
+    x = F.normalize(features.float(), dim=1)
+    sq = (2.0 - 2.0 * x @ x.T).clamp_min(1e-12)  # ‖a−b‖² = 2 − 2a·b on the unit sphere
+    return sq.sqrt()  # the clamp keeps sqrt's gradient finite on the diagonal
+
+
+def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """mean over anchors a of max(0, margin + max_p d(a, p) − min_n d(a, n)) on normalised features.
+
+    p ranges over the other samples with the anchor's pid, n over samples with another pid.
+    Anchors with no positive or no negative in the batch are left out; if none is left the loss
+    is 0 (still connected to the graph, so ``backward`` works).
+    """
+    dist = _unit_distances(features)
+    pids = pids.to(features.device)
+    same = pids[:, None] == pids[None, :]
+    eye = torch.eye(len(pids), dtype=torch.bool, device=features.device)
+    pos, neg = same & ~eye, ~same
+    valid = pos.any(1) & neg.any(1)
+    if not valid.any():
+        return features.sum() * 0.0
+    hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(1)
+    hardest_neg = dist.masked_fill(~neg, float("inf")).amin(1)
+    return F.relu(margin + hardest_pos - hardest_neg)[valid].mean()
+
+
+@torch.no_grad()
+def mine_pairs(
+    features: torch.Tensor, pids: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs for training M: all positive pairs (i < j) and as many hardest negative pairs.
+
+    Hardest negatives are the pairs of different pids with the smallest feature distance (on
+    normalised features; ties broken by index). If the batch has fewer negative pairs than
+    positive ones, the positives are subsampled at random (``generator``) so the two classes are
+    always balanced. Returns ``(idx_a, idx_b, labels)``: long, long, float (1 = same person).
+    """
+    device = features.device
+    pids = pids.to(device)
+    n = len(pids)
+    i, j = torch.triu_indices(n, n, offset=1, device=device)
+    same = pids[i] == pids[j]
+    pos_i, pos_j = i[same], j[same]
+    neg_i, neg_j = i[~same], j[~same]
+    k = min(len(pos_i), len(neg_i))
+    if k < len(pos_i):
+        keep = torch.randperm(len(pos_i), generator=generator, device="cpu")[:k].to(device)
+        pos_i, pos_j = pos_i[keep], pos_j[keep]
+    if k < len(neg_i):
+        dist = _unit_distances(features)[neg_i, neg_j]
+        hardest = torch.sort(dist, stable=True).indices[:k]
+        neg_i, neg_j = neg_i[hardest], neg_j[hardest]
+    idx_a = torch.cat([pos_i, neg_i])
+    idx_b = torch.cat([pos_j, neg_j])
+    labels = torch.cat([torch.ones(k, device=device), torch.zeros(k, device=device)])
+    return idx_a, idx_b, labels
+
+
+def pair_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of M's logits against same-person labels (mean over pairs)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())

@@ -1,0 +1,191 @@
+"""CaffeNet, the per-frame CNN f(x) of the paper (Sec. 3.1, Fig. 2).
+
+CaffeNet is AlexNet with pooling *before* local response normalisation:
+
+    conv1 (96, 11×11, stride 4) → ReLU → maxpool 3/2 → LRN(5, 1e-4, 0.75)
+    conv2 (256, 5×5, pad 2, groups 2) → ReLU → maxpool 3/2 → LRN
+    conv3 (384, 3×3, pad 1) → ReLU → conv4 (384, groups 2) → ReLU → conv5 (256, groups 2) → ReLU
+    maxpool 3/2 (= pool5) → fc6 (1024) → ReLU → dropout → fc7 (1024) → ReLU → dropout
+
+fc6 = fc7 = 1024 as in the paper (Sec. 4.2), not AlexNet's 4096.
+
+Two variants (``ModelConfig.cnn``):
+
+- ``"caffenet"``: exactly the layers above (the paper's setting, 227×227 → pool5 6×6).
+- ``"caffenet_light"``: the same five-conv network with conv1 at stride 2 (pad 5) instead of
+  stride 4, so a small frame keeps a real pool5 grid for the spatial RNNs
+  (128×64 → pool5 8×4; the standard CaffeNet gives 3×1). Combine with ``width_mult`` < 1 to
+  shrink every layer's channel count for CPU training (``ModelConfig.cpu()``).
+
+Max-pooling uses ``ceil_mode=True`` in both variants because Caffe rounds pooling output sizes
+up; at 227×227 this gives the same 55 → 27 → 13 → 6 sizes as floor rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:  # config.py imports this module at run time; avoid the cycle
+    from .config import ModelConfig
+
+# (name, out_channels, kernel, stride, padding, groups) for the five convolutions.
+_CONVS = (
+    ("conv1", 96, 11, 4, 0, 1),
+    ("conv2", 256, 5, 1, 2, 2),
+    ("conv3", 384, 3, 1, 1, 1),
+    ("conv4", 384, 3, 1, 1, 2),
+    ("conv5", 256, 3, 1, 1, 2),
+)
+_POOL_AFTER = ("conv1", "conv2", "conv5")  # 3×3 max-pool, stride 2
+CNN_NAMES = ("caffenet", "caffenet_light")
+
+
+class PretrainedWeightsError(ValueError):
+    """A weights file does not fit the network; the message names every offending key."""
+
+
+def conv_specs(cnn: str, width_mult: float = 1.0) -> list[tuple[str, int, int, int, int, int]]:
+    """The five conv layers of ``cnn`` as (name, out_channels, kernel, stride, padding, groups)."""
+    if cnn not in CNN_NAMES:
+        raise ValueError(f"unknown cnn {cnn!r}; expected one of {CNN_NAMES}")
+    specs = []
+    for name, out, k, s, p, g in _CONVS:
+        if cnn == "caffenet_light" and name == "conv1":
+            s, p = 2, 5  # the lighter stride: twice the resolution everywhere below conv1
+        # channels stay a multiple of 2 so the grouped convs split evenly
+        out = max(2, 2 * int(round(out * width_mult / 2)))
+        specs.append((name, out, k, s, p, g))
+    return specs
+
+
+def _conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _pool_out(size: int, k: int = 3, s: int = 2) -> int:
+    # torch's ceil_mode rule: round up, but the last window must start inside the input
+    if size < k:
+        return 0
+    out = math.ceil((size - k) / s) + 1
+    if (out - 1) * s >= size:
+        out -= 1
+    return out
+
+
+def feature_map_sizes(cnn: str, height: int, width: int) -> list[tuple[str, int, int]]:
+    """Spatial size after every conv and pool layer, e.g. [("conv1", 55, 55), ("pool1", 27, 27), ...]."""
+    sizes, h, w = [], height, width
+    for i, (name, _, k, s, p, _) in enumerate(conv_specs(cnn)):
+        h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+        sizes.append((name, h, w))
+        if name in _POOL_AFTER:
+            h, w = _pool_out(h), _pool_out(w)
+            sizes.append(("pool5" if name == "conv5" else f"pool{i + 1}", h, w))
+    return sizes
+
+
+def pool5_grid(cnn: str, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of the pool5 map for a height×width input (≤ 0 when the input is too small)."""
+    h, w = height, width
+    for _, h, w in feature_map_sizes(cnn, height, width):
+        if h <= 0 or w <= 0:  # the input vanished before pool5
+            return max(h, 0), max(w, 0)
+    return h, w
+
+
+class CaffeNet(nn.Module):
+    """The frame CNN f(x) of Sec. 3.1 (Fig. 2): five convs, pool5, fc6, fc7.
+
+    ``forward(x)`` takes frames ``(N·T, 3, H, W)`` and returns ``(pool5, fc7)``: pool5 feeds the
+    spatial recurrent model (Sec. 3.3), fc7 the temporal model (Sec. 3.2). With
+    ``with_fc=False`` (metric-only variants) fc6/fc7 are not built and fc7 is ``None``.
+    fc6's input size is computed from the config's frame size, so any input size the config
+    validates works (no lazy layers: the parameter count is known at construction).
+    """
+
+    def __init__(self, config: ModelConfig, with_fc: bool = True):
+        super().__init__()
+        self.config, self.with_fc = config, with_fc
+        in_ch = 3
+        for name, out, k, s, p, g in conv_specs(config.cnn, config.width_mult):
+            setattr(self, name, nn.Conv2d(in_ch, out, k, stride=s, padding=p, groups=g))
+            in_ch = out
+        self.out_channels = in_ch
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        # Caffe's LRN divides alpha by the window size, as torch does.
+        self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.grid = pool5_grid(config.cnn, config.height, config.width)
+        if with_fc:
+            self.fc6 = nn.Linear(in_ch * self.grid[0] * self.grid[1], config.fc_dim)
+            self.fc7 = nn.Linear(config.fc_dim, config.fc_dim)
+            self.dropout = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation (fan-in, ReLU) with zero biases.
+
+        torch's default layer init shrinks activations layer after layer (pool5 ends up
+        ~0.03 for unit-variance input), so the pool5 *differences* the metric branch learns
+        from start near zero and M barely trains from scratch. He init keeps the scale.
+        """
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.norm(self.pool(F.relu(self.conv1(x))))  # CaffeNet: pool, then normalise
+        x = self.norm(self.pool(F.relu(self.conv2(x))))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))
+        pool5 = self.pool(F.relu(self.conv5(x)))
+        if not self.with_fc:
+            return pool5, None
+        # flatten (not view): pool5 may be channels_last in memory
+        x = self.dropout(F.relu(self.fc6(torch.flatten(pool5, 1))))
+        fc7 = self.dropout(F.relu(self.fc7(x)))
+        return pool5, fc7
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """Load a local state-dict file (``torch.load(weights_only=True)``); nothing is downloaded.
+
+        Keys are ``conv1.weight`` … ``conv5.bias``, ``fc6.*``, ``fc7.*`` (Caffe's layer names, so
+        converted Caffe weights load as they are; grouped convs have the same weight shapes).
+        A file holding ``{"state_dict": ...}`` is unwrapped. A network built without fc layers
+        ignores the file's fc6/fc7. Any missing or unexpected key, or shape mismatch, raises
+        :class:`PretrainedWeightsError` naming each key (with expected and found shapes).
+        """
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise PretrainedWeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+        if not self.with_fc:
+            state = {k: v for k, v in state.items() if not k.startswith(("fc6.", "fc7."))}
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mismatched = [
+            f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}"
+            for k in sorted(set(own) & set(state))
+            if tuple(own[k].shape) != tuple(state[k].shape)
+        ]
+        problems = []
+        if missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if mismatched:
+            problems.append("shape mismatches: " + "; ".join(mismatched))
+        if problems:
+            raise PretrainedWeightsError(
+                f"{path} does not fit CaffeNet(cnn={self.config.cnn!r}, width_mult={self.config.width_mult}, "
+                f"{self.config.height}×{self.config.width}): " + " | ".join(problems)
+            )
+        self.load_state_dict(state)

@@ -1,0 +1,97 @@
+"""``ModelConfig``: every size of the network in one place; defaults are the paper's (Sec. 4.2)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .caffenet import CNN_NAMES, conv_specs, feature_map_sizes, pool5_grid
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the CNN, the temporal attention model and the spatial recurrent model.
+
+    Defaults follow the paper: T = 6 frames per clip, 227×227 frames, CaffeNet with
+    fc6 = fc7 = 1024, λ = 1 in Eq. 2, dropout 0.5. The paper does not give the RNN sizes;
+    ``rnn_hidden`` (TAM/LSTM state), ``attention_dim`` (the sub-net of Fig. 4), ``srm_in``
+    (channels after the first 1×1 conv of the SRM), ``srm_hidden`` (state of each of the six
+    spatial LSTMs) and ``srm_out`` (channels of the contextual feature) are our choices.
+
+    ``ModelConfig.cpu()`` is the documented CPU-sized setting; every result must say which was used.
+    """
+
+    seq_len: int = 6
+    height: int = 227
+    width: int = 227
+    cnn: str = "caffenet"
+    width_mult: float = 1.0
+    fc_dim: int = 1024
+    rnn_hidden: int = 512
+    attention_dim: int = 256
+    srm_in: int = 64
+    srm_hidden: int = 32
+    srm_out: int = 32
+    lam: float = 1.0
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def cpu(cls, **overrides) -> ModelConfig:
+        """The CPU-sized setting: 128×64 frames, ``caffenet_light`` at a quarter of the channels.
+
+        conv1 runs at stride 2 instead of 4 so pool5 is an 8×4 grid (the standard CaffeNet
+        gives 3×1 at 128×64, leaving the spatial sweeps nothing to sweep); ``width_mult=0.25``
+        gives conv1..conv5 = 24, 64, 96, 96, 64 channels; fc6 = fc7 = 256; the RNNs shrink to
+        match. Sized so all six ablation variants train in minutes on two CPU cores.
+        """
+        base = dict(
+            height=128, width=64, cnn="caffenet_light", width_mult=0.25, fc_dim=256,
+            rnn_hidden=128, attention_dim=64, srm_in=32, srm_hidden=16, srm_out=16,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def pool5_grid(self) -> tuple[int, int]:
+        """(h, w) of the pool5 map this config's frames produce."""
+        return pool5_grid(self.cnn, self.height, self.width)
+
+    @property
+    def pool5_channels(self) -> int:
+        return conv_specs(self.cnn, self.width_mult)[-1][1]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a message that says what to change."""
+        if self.cnn not in CNN_NAMES:
+            raise ValueError(f"unknown cnn {self.cnn!r}; expected one of {CNN_NAMES}")
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1 (the paper uses T = 6), got {self.seq_len}")
+        if self.width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0, got {self.width_mult}")
+        for name in ("fc_dim", "rnn_hidden", "attention_dim", "srm_in", "srm_hidden", "srm_out"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lam < 0:
+            raise ValueError(f"lam (λ of Eq. 2) must be >= 0, got {self.lam}")
+        h, w = self.pool5_grid
+        if h < 1 or w < 1:
+            trace = ", ".join(f"{n} {a}×{b}" for n, a, b in feature_map_sizes(self.cnn, self.height, self.width))
+            raise ValueError(
+                f"input {self.height}×{self.width} is too small for cnn={self.cnn!r}: pool5 would be "
+                f"{h}×{w} ({trace}); use larger frames or cnn='caffenet_light'"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)

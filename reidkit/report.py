@@ -1,0 +1,390 @@
+"""``reidkit report``: execute the lesson notebooks with papermill and write a browsable report.
+
+The six notebooks in ``notebooks/`` (jupytext percent-format ``.py`` files) are the report.
+They run in order, each with parameters injected by papermill after its cell tagged
+``parameters``. What one notebook produces and a later one needs (the dataset, the trained
+``all`` checkpoint, the ablation table) lives under ``<out>/work/`` and is passed on as paths.
+Each notebook writes its numbers to ``<out>/metrics/<notebook>.json`` (plain JSON instead of
+scrapbook, which is no longer maintained); ``index.html`` links the executed notebooks, their
+HTML renderings and those numbers.
+
+Choices worth knowing:
+
+* Notebooks are executed from the ``.py`` source (``jupytext.read`` → notebook object →
+  ``papermill.execute_notebook``), so the paired ``.ipynb`` can never be stale in a report.
+* ``kernel_name="python3"`` and ``cwd`` = the repository root are always passed: a virtual
+  environment without a registered kernel fails otherwise (papermill #251), and a wrong cwd
+  can "succeed" with empty figures. Notebooks resolve relative paths from the repository root.
+* papermill only *warns* about a parameter the notebook does not declare; here it is an error,
+  checked for every notebook before anything runs.
+* On failure the run stops, the partial ``index.html`` is written, and the error names the
+  notebook and the failing cell (its index in the ``.py`` notebook and its first line).
+
+papermill, jupytext and nbconvert are imported inside functions: importing ``reidkit.report``
+(e.g. from ``reidkit.cli``) costs nothing on a machine without the notebook extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import html
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = (
+    "01_data_preparation",
+    "02_training",
+    "03_ablations",
+    "04_temporal_attention",
+    "05_srm_difference_maps",
+    "06_retrieval_report",
+)
+
+# Parameters per profile. "*" goes to every notebook; a notebook's own entry is added on top.
+# Paths (dataset_dir, work_dir, run_dir, ...) and `device` are filled in by `build_parameters`.
+PROFILES: dict[str, dict[str, dict]] = {
+    # ~1 minute on 2 CPU cores: proves every notebook runs end to end, numbers mean nothing.
+    "smoke": {
+        "*": {"profile": "smoke", "seed": 0, "synthetic_preset": "tiny"},
+        "01_data_preparation": {},
+        "02_training": {"epochs": 1, "steps_per_epoch": 3, "P": 4, "K": 2},
+        "03_ablations": {"epochs": 1, "steps_per_epoch": 2, "P": 4, "K": 2},
+        "04_temporal_attention": {"max_tracklets": 24},
+        "05_srm_difference_maps": {"ig_steps": 4},
+        "06_retrieval_report": {},
+    },
+    # ≤ 15 minutes on 2 CPU cores: the CPU-sized model on the small synthetic benchmark,
+    # enough training that attention and ranking move away from chance.
+    "default": {
+        "*": {"profile": "default", "seed": 0, "synthetic_preset": "small"},
+        "01_data_preparation": {},
+        "02_training": {"epochs": 6, "steps_per_epoch": 25, "P": 8, "K": 2},
+        "03_ablations": {"epochs": 2, "steps_per_epoch": 15, "P": 8, "K": 2},
+        "04_temporal_attention": {"max_tracklets": 200},
+        "05_srm_difference_maps": {"ig_steps": 16},
+        "06_retrieval_report": {},
+    },
+    # The paper's setting: 227×227 CaffeNet on a real dataset (--dataset), hours on a GPU.
+    "paper": {
+        "*": {"profile": "paper", "seed": 0, "synthetic_preset": ""},
+        "01_data_preparation": {},
+        "02_training": {"epochs": 60, "steps_per_epoch": 500, "P": 16, "K": 2},
+        "03_ablations": {"epochs": 30, "steps_per_epoch": 500, "P": 16, "K": 2},
+        "04_temporal_attention": {"max_tracklets": 2000},
+        "05_srm_difference_maps": {"ig_steps": 32},
+        "06_retrieval_report": {},
+    },
+}
+
+
+class ReportError(RuntimeError):
+    """A notebook could not be run (bad parameters, or a cell raised)."""
+
+
+class NotebookExecutionError(ReportError):
+    """A cell raised while a notebook ran; names the notebook and the cell."""
+
+    def __init__(self, notebook: str, cell_index: int | None, first_line: str,
+                 ename: str, evalue: str, executed_path: Path | None = None):
+        self.notebook, self.cell_index, self.first_line = notebook, cell_index, first_line
+        self.ename, self.evalue, self.executed_path = ename, evalue, executed_path
+        where = ("the injected parameters cell" if cell_index is None
+                 else f"cell {cell_index} (first line: {first_line!r})")
+        msg = f"notebook {notebook} failed in {where}: {ename}: {evalue}"
+        if executed_path is not None:
+            msg += f"\n  executed notebook with the traceback: {executed_path}"
+        super().__init__(msg)
+
+
+@dataclass
+class NotebookResult:
+    name: str
+    status: str = "not run"          # "ok" | "failed" | "not run"
+    duration_s: float | None = None
+    ipynb: str | None = None         # paths relative to the report folder
+    html: str | None = None
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- notebooks
+
+
+def read_notebook(path: str | Path):
+    """A notebook object from a jupytext ``.py`` file or an ``.ipynb`` file."""
+    import jupytext
+
+    return jupytext.read(str(path))
+
+
+def parameters_cell_index(nb) -> int:
+    for i, cell in enumerate(nb.cells):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return i
+    return -1
+
+
+def declared_parameters(nb) -> list[str]:
+    """Names assigned at top level in the cell tagged ``parameters`` (in order)."""
+    i = parameters_cell_index(nb)
+    if i < 0:
+        return []
+    names: list[str] = []
+    for node in ast.parse(nb.cells[i].source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        for t in targets:
+            if isinstance(t, ast.Name) and t.id not in names:
+                names.append(t.id)
+    return names
+
+
+def check_parameters(name: str, nb, parameters: Mapping) -> None:
+    """Raise ReportError for a parameter the notebook does not declare (papermill only warns)."""
+    declared = declared_parameters(nb)
+    if parameters and parameters_cell_index(nb) < 0:
+        raise ReportError(f"notebook {name} has no cell tagged 'parameters' "
+                          f"but was given {sorted(parameters)}")
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ReportError(f"notebook {name}: unknown parameter(s) {unknown}; "
+                          f"its parameters cell declares {declared}")
+
+
+def _source_cell(nb_source, executed, cell_index: int) -> tuple[int | None, str]:
+    """Map papermill's cell index (in the parameterised notebook) back to the source notebook.
+
+    Returns ``(None, "")`` when the injected parameters cell itself failed.
+    """
+    injected = next((i for i, c in enumerate(executed.cells)
+                     if "injected-parameters" in c.get("metadata", {}).get("tags", [])), -1)
+    if injected == cell_index:
+        return None, ""
+    idx = cell_index - 1 if 0 <= injected < cell_index else cell_index
+    lines = [ln for ln in nb_source.cells[idx].source.splitlines() if ln.strip()]
+    return idx, (lines[0] if lines else "")
+
+
+def export_html(nb, path: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    path.write_text(body, encoding="utf-8")
+
+
+def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
+                  parameters: Mapping[str, Mapping] | Callable[[str], Mapping] | None = None,
+                  *, cwd: str | Path = REPO_ROOT, kernel_name: str = "python3",
+                  html: bool = True, title: str = "reidkit report",
+                  log: Callable[[str], None] = print) -> list[NotebookResult]:
+    """Execute notebooks in order and write ``<out_dir>/index.html``.
+
+    ``paths``: ``.py`` (jupytext) or ``.ipynb`` notebooks. ``parameters``: a mapping from the
+    notebook's stem to its parameters, or a function ``stem -> parameters``. Every parameter
+    is checked against the notebook's ``parameters`` cell before anything runs. Executed
+    notebooks go to ``<out_dir>/<stem>.ipynb`` (+ ``.html``); metrics are read back from
+    ``<out_dir>/metrics/<stem>.json`` when the notebook wrote one. On the first failure the
+    partial index is written and :class:`NotebookExecutionError` is raised.
+    """
+    import nbformat
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in paths]
+    get = parameters if callable(parameters) else (lambda stem: (parameters or {}).get(stem, {}))
+
+    # Read and check everything first: a typo should not cost the minutes of the notebooks before it.
+    sources, params = [], []
+    for p in paths:
+        nb = read_notebook(p)
+        nb.metadata.setdefault("kernelspec", {"name": kernel_name, "display_name": "Python 3",
+                                              "language": "python"})
+        prm = dict(get(p.stem) or {})
+        check_parameters(p.stem, nb, prm)
+        sources.append(nb)
+        params.append(prm)
+
+    results = [NotebookResult(p.stem) for p in paths]
+    started = datetime.now(timezone.utc)
+    for p, nb, prm, res in zip(paths, sources, params, results):
+        out_nb = out_dir / f"{p.stem}.ipynb"
+        log(f"[report] {p.stem} ...")
+        t0 = time.perf_counter()
+        failure: NotebookExecutionError | None = None
+        try:
+            pm.execute_notebook(nb, str(out_nb), parameters=prm, kernel_name=kernel_name,
+                                cwd=str(cwd), progress_bar=False, log_output=False)
+            res.status = "ok"
+        except PapermillExecutionError as e:
+            executed = nbformat.read(str(out_nb), as_version=4)
+            # papermill inserts two marker cells into the saved copy; its index predates them
+            idx, first = _source_cell(nb, _without_error_markers(executed), e.cell_index)
+            failure = NotebookExecutionError(p.stem, idx, first, e.ename, e.evalue, out_nb)
+            res.status, res.error = "failed", str(failure).splitlines()[0]
+        except Exception as e:  # kernel died, timeout, ...
+            failure = NotebookExecutionError(p.stem, -1, "", type(e).__name__, str(e), out_nb)
+            res.status, res.error = "failed", f"{type(e).__name__}: {e}"
+        res.duration_s = round(time.perf_counter() - t0, 2)
+        if out_nb.exists():
+            res.ipynb = out_nb.name
+            if html:
+                try:
+                    export_html(nbformat.read(str(out_nb), as_version=4), out_nb.with_suffix(".html"))
+                    res.html = out_nb.with_suffix(".html").name
+                except Exception as e:  # the HTML is a convenience; never hide the real result
+                    log(f"[report] {p.stem}: HTML export failed: {e}")
+        res.metrics = _read_metrics(out_dir / "metrics" / f"{p.stem}.json")
+        log(f"[report] {p.stem} {res.status} in {res.duration_s:.1f}s")
+        write_index(out_dir, results, title=title, started=started)
+        if failure is not None:
+            raise failure
+    return results
+
+
+def _without_error_markers(nb):
+    nb.cells = [c for c in nb.cells
+                if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    return nb
+
+
+def _read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- index.html
+
+
+def key_metrics(metrics: Mapping) -> dict:
+    """What the index shows: the notebook's ``key`` dict, else its top-level scalars."""
+    src = metrics.get("key") if isinstance(metrics.get("key"), Mapping) else metrics
+    return {k: v for k, v in src.items() if isinstance(v, (int, float, str, bool)) and v is not None}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_index(out_dir: Path, results: Sequence[NotebookResult], *, title: str = "reidkit report",
+                started: datetime | None = None) -> Path:
+    """``index.html`` (a table of the notebooks) and ``run.json`` (the same, machine-readable)."""
+    out_dir = Path(out_dir)
+    rows = []
+    for r in results:
+        links = " ".join(f'<a href="{html.escape(x)}">{x.rsplit(".", 1)[1]}</a>'
+                         for x in (r.html, r.ipynb) if x)
+        km = key_metrics(r.metrics)
+        metrics = "<br>".join(f"{html.escape(k)} = {html.escape(_fmt(v))}" for k, v in km.items())
+        if r.error:
+            metrics = f'<span class="err">{html.escape(r.error)}</span>' + (
+                "<br>" + metrics if metrics else "")
+        dur = "" if r.duration_s is None else f"{r.duration_s:.1f} s"
+        rows.append(f'<tr class="{r.status.replace(" ", "-")}"><td>{html.escape(r.name)}</td>'
+                    f"<td>{r.status}</td><td>{dur}</td><td>{links}</td><td>{metrics}</td></tr>")
+    total = sum(r.duration_s or 0 for r in results)
+    when = (started or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; }}
+table {{ border-collapse: collapse; width: 100%; }}
+td, th {{ border: 1px solid #ccc; padding: .4em .6em; text-align: left; vertical-align: top; }}
+tr.ok td:nth-child(2) {{ color: #1a7f37; }} tr.failed td:nth-child(2), .err {{ color: #cf222e; }}
+tr.not-run {{ color: #888; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Started {when}; {sum(r.status == "ok" for r in results)}/{len(results)} notebooks ran,
+{total:.1f} s in total. Zhou et al., CVPR 2017, "See the Forest for the Trees".</p>
+<table><tr><th>notebook</th><th>status</th><th>duration</th><th>open</th><th>key metrics</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    (out_dir / "index.html").write_text(page, encoding="utf-8")
+    (out_dir / "run.json").write_text(json.dumps(
+        {"title": title, "started": when, "notebooks": [asdict(r) for r in results]}, indent=2),
+        encoding="utf-8")
+    return out_dir / "index.html"
+
+
+# --------------------------------------------------------------------------- profiles, CLI
+
+
+def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
+                     device: str = "auto") -> dict[str, dict]:
+    """Per-notebook parameters for a profile; shared state goes under ``<out_dir>/work``."""
+    if profile not in PROFILES:
+        raise ReportError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+    spec = PROFILES[profile]
+    if profile == "paper" and not dataset:
+        raise ReportError("--profile paper needs --dataset DIR (a manifest written by data_prep)")
+    out_dir = Path(out_dir).resolve()
+    work = out_dir / "work"
+    dataset_dir = str(Path(dataset).resolve()) if dataset else str(work / "dataset")
+    run_dir = str(work / "runs" / "all")
+    common = {**spec.get("*", {}), "device": device, "work_dir": str(work),
+              "dataset_dir": dataset_dir}
+    extra = {
+        "02_training": {"run_dir": run_dir},
+        "03_ablations": {"ablation_dir": str(work / "ablation")},
+        "04_temporal_attention": {"run_dir": run_dir},
+        "05_srm_difference_maps": {"run_dir": run_dir},
+        "06_retrieval_report": {"run_dir": run_dir, "report_dir": str(out_dir)},
+    }
+    return {nb: {**common, **spec.get(nb, {}), **extra.get(nb, {}),
+                 "metrics_path": str(out_dir / "metrics" / f"{nb}.json")}
+            for nb in NOTEBOOKS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="reidkit report",
+        description="Execute the lesson notebooks (papermill) and write an HTML report.")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                    help="smoke: ~1 min check; default: ≤15 min on 2 CPU cores (synthetic); "
+                         "paper: 227×227 CaffeNet on --dataset (long)")
+    ap.add_argument("--dataset", help="dataset folder with a manifest (default: generate the "
+                                      "synthetic benchmark under <out>/work/dataset)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--out", help="report folder (default: reports/<timestamp>)")
+    ap.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 01,02 "
+                                   "(later notebooks need the work/ of earlier ones in --out)")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out) if args.out else (
+        REPO_ROOT / "reports" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    names = list(NOTEBOOKS)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        names = [n for n in NOTEBOOKS if any(n == w or n.split("_", 1)[0] == w.zfill(2) for w in wanted)]
+        if len(names) != len(wanted):
+            print(f"reidkit report: --only {args.only!r} does not name notebooks among {list(NOTEBOOKS)}",
+                  file=sys.stderr)
+            return 2
+    try:
+        params = build_parameters(args.profile, out, dataset=args.dataset, device=args.device)
+        t0 = time.perf_counter()
+        run_notebooks([NOTEBOOK_DIR / f"{n}.py" for n in names], out, params,
+                      title=f"reidkit report ({args.profile} profile)")
+    except ReportError as e:
+        print(f"reidkit report: {e}\n  partial report: {out / 'index.html'}", file=sys.stderr)
+        return 1
+    print(f"[report] done in {time.perf_counter() - t0:.1f}s: {out / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,439 @@
+"""Training: one readable loop, callbacks, checkpoints, exact resume, multi-GPU.
+
+The objective (Sec. 3.1, 4.2 of the paper) on a batch of P identities × K tracklets × T frames::
+
+    L = triplet_weight · batch_hard_triplet(F(x), pids, margin)      feature branch
+      + bce_weight     · pair_bce(M(x_a, x_b), same_person(a, b))     metric branch
+
+Feature-only variants use the first term, metric-only variants the second, ``all`` both. M's
+pairs come from the same batch (``reidkit.losses.mine_pairs``): every positive pair plus as
+many of the hardest negatives; M re-uses the pool5 maps of the one CNN pass.
+
+Usage::
+
+    config = Config.from_yaml("configs/cpu.yaml", ["data.dataset=data/synthetic_small"])
+    trainer = Trainer(config, callbacks=[PrintLoss()])
+    history = trainer.fit()                   # or .fit(resume=True) to continue out_dir/last.pt
+    model, config = load_model("runs/default/last.pt")
+
+Callbacks are objects with any of the methods below, or dicts of plain callables
+(``{"on_step_end": fn}``); a callback may set ``trainer.should_stop = True`` to end the run
+after the current epoch::
+
+    on_step_end(trainer, step, logs)    every ``train.log_every`` steps (and at each epoch's
+                                         last step); logs = mean of loss, triplet, bce, grad_norm
+                                         over those steps + lr, frames_per_s, epoch
+    on_epoch_end(trainer, epoch, logs)  after the epoch's checkpoint is written; logs = the
+                                         epoch's history row (+ eval metrics when evaluated)
+
+Host syncs: the loss values stay on the device and are read every ``log_every`` steps (GPU
+speed); the NaN/inf check happens then, and once more before any checkpoint is written, so a
+diverged run raises ``TrainingDiverged`` and never overwrites the last good checkpoint.
+
+Resume is exact at epoch boundaries: a checkpoint holds the model, optimiser, step counters,
+the RNG states of torch (CPU and CUDA), numpy, python and the pair-mining generator (per rank),
+and the history; the clip loader is deterministic for (seed, epoch, rank).
+
+Multi-GPU: run the same script under ``torchrun --nproc_per_node=N``. The trainer reads
+RANK/WORLD_SIZE/LOCAL_RANK, initialises the process group (nccl on CUDA, gloo on CPU), wraps
+the training objective in DistributedDataParallel, shards each P×K batch by identity across
+ranks (P must divide by N), averages the logged metrics across ranks, and only rank 0 writes
+checkpoints and history or shows progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from reidkit.checkpoint import load_checkpoint, save_checkpoint
+from reidkit.config import Config
+from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
+from reidkit.models import ModelConfig, build_model
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainingObjective", "load_model", "resolve_device", "seed_everything"]
+
+TERMS = ("loss", "triplet", "bce", "grad_norm")  # what a step reports (device tensors until a sync)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term or the gradient became NaN/inf; the message names step, epoch and term."""
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but torch sees no CUDA device (use device=auto or cpu)")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class TrainingObjective(nn.Module):
+    """The loss of one batch as a module, so DistributedDataParallel wraps the whole step."""
+
+    def __init__(self, model, margin: float, triplet_weight: float = 1.0, bce_weight: float = 1.0):
+        super().__init__()
+        self.model = model
+        self.margin, self.triplet_weight, self.bce_weight = margin, triplet_weight, bce_weight
+        self.generator = torch.Generator()  # pair subsampling in mine_pairs (CPU generator)
+
+    def forward(self, clips: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        """Returns a (3,) tensor: total loss, triplet term, BCE term (0 for an absent branch)."""
+        out = self.model(clips)
+        zero = out.features.new_zeros((), dtype=torch.float32)
+        triplet = bce = zero
+        if self.model.has_feature_branch:
+            triplet = batch_hard_triplet(out.features.float(), pids, self.margin)
+        if self.model.has_metric_branch:
+            idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids, self.generator)
+            logits = self.model.metric(out.pool5[idx_a], out.pool5[idx_b])
+            bce = pair_bce(logits, labels)
+        loss = self.triplet_weight * triplet + self.bce_weight * bce
+        return torch.stack([loss, triplet.float(), bce.float()])
+
+
+def _call(callbacks, name, *args):
+    for cb in callbacks:
+        fn = cb.get(name) if isinstance(cb, dict) else getattr(cb, name, None)
+        if fn is not None:
+            fn(*args)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    """Every RNG the loop touches, as tensors/lists/ints (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "mining": generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    generator.set_state(state["mining"].cpu())
+
+
+class Trainer:
+    """Trains ``config.variant`` on ``config.data.dataset`` (see the module docstring).
+
+    ``manifest``/``cache`` may be passed in to share a loaded manifest and frame cache (the
+    ablation trains six models on one cache); otherwise they are loaded from ``config.data``.
+    """
+
+    def __init__(self, config: Config, callbacks=(), manifest=None, cache=None):
+        from reidkit.data import FrameCache, Manifest, TrainClipLoader  # noqa: PLC0415 (keeps import light)
+
+        self.config = config.validate()
+        self.callbacks = list(callbacks)
+        t = config.train
+        # ---- distributed setup (torchrun sets these variables)
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(t.device, self.local_rank)
+        self.distributed = self.world_size > 1
+        if self.distributed and not dist.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+        self.out_dir = Path(t.out_dir)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+        # ---- data
+        if manifest is None:
+            if not config.data.dataset:
+                raise ValueError("data.dataset is not set: pass --dataset DIR or data.dataset=DIR")
+            manifest = Manifest.load(config.data.dataset)
+        if cache is None:
+            cache = FrameCache.build(manifest, config.height, config.width, config.data.cache_dir,
+                                     progress=self.is_main and t.progress)
+        self.manifest, self.cache = manifest, cache
+        cuda = self.device.type == "cuda"
+        self.amp = bool(t.amp and cuda)
+        resident = cuda and (t.gpu_cache == "always" or (t.gpu_cache == "auto" and self._cache_fits(cache)))
+        self.loader = TrainClipLoader(
+            manifest, cache, split=config.data.split, P=t.P, K=t.K, T=config.model.seq_len,
+            steps_per_epoch=t.steps_per_epoch, seed=t.seed, device=self.device, mirror=True,
+            rank=self.rank, world_size=self.world_size, resident=resident,
+            dtype=torch.bfloat16 if self.amp else torch.float32)
+        self.steps_per_epoch = len(self.loader)
+
+        # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
+        seed_everything(t.seed)
+        self.model = build_model(config.variant, config=ModelConfig.from_dict(asdict(config.model)))
+        self.model.to(self.device)
+        if cuda and t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight)
+        self.optimizer = self._make_optimizer()
+        self.step_fn = self.objective
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+
+            # build_model creates only the modules a variant uses, but a head may still skip
+            # parameters on some batches; a dry run decides whether DDP must look for them
+            self.step_fn = DDP(self.objective, device_ids=[self.device.index] if cuda else None,
+                               find_unused_parameters=self._has_unused_parameters())
+        if cuda and t.compile:
+            self.step_fn = torch.compile(self.step_fn)
+        # per-rank seeds for dropout and pair subsampling (the data are sharded separately)
+        seed_everything(t.seed + 1000 * self.rank)
+        self.objective.generator.manual_seed(t.seed + 7919 * self.rank)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps completed
+        self.history: list[dict] = []  # one row per epoch
+        self.step_history: list[dict] = []  # one row per on_step_end call
+        self.should_stop = False
+
+    # ------------------------------------------------------------------ setup helpers
+    def _cache_fits(self, cache) -> bool:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return cache.nbytes < 0.6 * free
+
+    def _make_optimizer(self):
+        t = self.config.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=t.lr, betas=(t.momentum, 0.999), weight_decay=t.weight_decay)
+
+    def _has_unused_parameters(self) -> bool:
+        """One dry forward/backward on a tiny random batch: does any parameter get no gradient?"""
+        c, per_rank = self.config.model, self.loader.sampler.batch_size
+        clips = torch.randn(per_rank, c.seq_len, 3, self.config.height, self.config.width, device=self.device)
+        pids = torch.arange(per_rank, device=self.device) // self.config.train.K
+        self.objective(clips, pids)[0].backward()
+        unused = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        self.model.zero_grad(set_to_none=True)
+        return bool(unused)
+
+    def lr_at(self, step: int, epoch: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based) in ``epoch`` (1-based)."""
+        t = self.config.train
+        if step < t.warmup:
+            return t.lr * (step + 1) / t.warmup
+        if t.schedule == "step":
+            return t.lr * t.lr_gamma ** ((epoch - 1) // t.lr_step_epochs)
+        if t.schedule == "cosine":
+            total = max(1, t.epochs * self.steps_per_epoch - t.warmup)
+            return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - t.warmup) / total)))
+        return t.lr
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train until ``train.epochs`` epochs are done; returns the per-epoch history."""
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        t = self.config.train
+        if resume:
+            self.resume(self.out_dir / "last.pt")
+        frames_per_step = self.loader.sampler.batch_size * self.config.model.seq_len * self.world_size
+        for epoch in range(self.epoch + 1, t.epochs + 1):
+            self.loader.set_epoch(epoch)
+            self.objective.train()
+            window, sums, count = [], torch.zeros(len(TERMS), dtype=torch.float64), 0
+            bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}",
+                       disable=not (self.is_main and t.progress), leave=False)
+            tick = epoch_start = time.perf_counter()
+            for i, batch in enumerate(bar):
+                lr = self.lr_at(self.step, epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    terms = self.step_fn(batch.clips, batch.pids)
+                self.optimizer.zero_grad(set_to_none=True)
+                terms[0].backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), t.grad_clip if t.grad_clip is not None else float("inf"))
+                self.optimizer.step()
+                self.step += 1
+                window.append(torch.cat([terms.detach().float(), grad_norm.detach().float().view(1)]))
+                if len(window) == t.log_every or i == self.steps_per_epoch - 1:
+                    values = self._sync(window, epoch)  # (len(window), 4) floats, checked finite
+                    now = time.perf_counter()
+                    logs = dict(zip(TERMS, values.mean(0).tolist()))
+                    logs.update(lr=lr, epoch=epoch, frames_per_s=frames_per_step * len(window) / (now - tick))
+                    sums += values.sum(0)
+                    count += len(window)
+                    window, tick = [], now
+                    self.step_history.append({"step": self.step, **logs})
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2g}")
+                    _call(self.callbacks, "on_step_end", self, self.step, logs)
+            bar.close()
+            row = {"epoch": epoch, "step": self.step, **dict(zip(TERMS, (sums / count).tolist())), "lr": lr,
+                   "frames_per_s": frames_per_step * count / (time.perf_counter() - epoch_start)}
+            if t.eval_every and epoch % t.eval_every == 0:
+                row.update(self.evaluate())
+            self.epoch = epoch
+            self.history.append(row)
+            self.save_checkpoint()
+            if self.is_main and t.progress:
+                tqdm.write(self._format_row(row))
+            _call(self.callbacks, "on_epoch_end", self, epoch, row)
+            if self.should_stop:
+                break
+        return self.history
+
+    def _sync(self, window: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        """Bring the window's per-step values to the host (averaged over ranks); stop on NaN/inf."""
+        values = torch.stack(window)
+        if self.distributed:
+            values = values.to(self.device)
+            dist.all_reduce(values)  # sum over ranks, then mean
+            values /= self.world_size
+        values = values.cpu().double()
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            row = int(bad.any(1).nonzero()[0])
+            step = self.step - len(window) + row + 1
+            names = [TERMS[j] for j in range(len(TERMS)) if bad[row, j]]
+            terms = [n for n in names if n != "loss"] or names
+            last = self.out_dir / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"training diverged at step {step} (epoch {epoch}): non-finite {', '.join(terms)} "
+                f"({', '.join(f'{n}={values[row, TERMS.index(n)].item()}' for n in names)}); {kept}. "
+                f"Try a lower train.lr (now {self.config.train.lr}) or train.grad_clip.")
+        return values
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Score the current model with ``config.eval`` on the split's query/gallery (rank 0)."""
+        from reidkit.evaluate import evaluate  # noqa: PLC0415
+
+        metrics = {}
+        if self.is_main:
+            e = self.config.eval
+            result = evaluate(self.model, self.manifest, self.cache, split=self.config.data.split,
+                              convention=e.convention, rerank_top_k=e.rerank_top_k, exact=e.exact,
+                              batch_size=e.batch_size, device=self.device, progress=False)
+            metrics = {k: float(getattr(result, k)) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")}
+        self.model.train()
+        if self.distributed:
+            dist.barrier()
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "format": "reidkit-checkpoint-v1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, "epoch": self.epoch},  # the lr is a function of these
+            "epoch": self.epoch,
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "variant": self.config.variant,
+            "rng": self._gather_rng(),
+            "loader": {"epoch": self.epoch + 1, "seed": self.config.train.seed, "world_size": self.world_size},
+            "history": self.history,
+            "step_history": self.step_history,
+        }
+
+    def _gather_rng(self) -> list[dict]:
+        state = _rng_state(self.objective.generator)
+        if not self.distributed:
+            return [state]
+        states = [None] * self.world_size
+        dist.all_gather_object(states, state)
+        return states
+
+    def save_checkpoint(self) -> None:
+        """Write last.pt and epoch_XXX.pt (rank 0); refuses non-finite weights."""
+        bad = [n for n, p in self.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:  # a NaN that slipped between syncs must not replace the last good checkpoint
+            raise TrainingDiverged(f"non-finite weights after epoch {self.epoch + 0} (e.g. {bad[0]}); "
+                                   f"kept the previous checkpoint in {self.out_dir}")
+        state = self.state_dict()  # collective in DDP: every rank takes part
+        if self.is_main:
+            save_checkpoint(self.out_dir / f"epoch_{self.epoch:03d}.pt", state)
+            save_checkpoint(self.out_dir / "last.pt", state)
+            keep = self.config.train.keep_last
+            if keep is not None:
+                for old in sorted(self.out_dir.glob("epoch_*.pt"))[:-keep]:
+                    old.unlink()
+            self._write_history()
+        if self.distributed:
+            dist.barrier()
+
+    def resume(self, path) -> None:
+        """Continue from a checkpoint written by this trainer (model, optimiser, RNG, history)."""
+        state = load_checkpoint(path, map_location="cpu")
+        saved, now = state.get("config", {}), self.config.to_dict()
+        for section in ("model",):
+            if saved.get(section) != now[section]:
+                raise ValueError(f"cannot resume from {path}: its {section} config differs "
+                                 f"({saved.get(section)} vs {now[section]})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history, self.step_history = list(state["history"]), list(state.get("step_history", []))
+        rng = state["rng"]
+        if len(rng) == self.world_size:
+            _set_rng_state(rng[self.rank], self.objective.generator)
+        else:  # world size changed: sampling stays exact (seeded by epoch), dropout is reseeded
+            seed_everything(self.config.train.seed + 1000 * self.rank + self.epoch)
+
+    def _write_history(self) -> None:
+        (self.out_dir / "history.json").write_text(
+            json.dumps({"epochs": self.history, "steps": self.step_history}, indent=1))
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        with open(self.out_dir / "history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    @staticmethod
+    def _format_row(row: dict) -> str:
+        parts = [f"epoch {row['epoch']}"]
+        parts += [f"{k} {row[k]:.4g}" for k in ("loss", "triplet", "bce", "lr", "frames_per_s", "rank1", "mAP") if k in row]
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        """Leave the process group (call at the end of a torchrun script)."""
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def load_model(checkpoint_path, device="cpu"):
+    """(model in eval mode, Config) from a trainer checkpoint, e.g. for evaluation or notebooks."""
+    state = load_checkpoint(checkpoint_path, map_location="cpu")
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{checkpoint_path} is not a reidkit training checkpoint (no model/config)")
+    config = Config.from_dict(state["config"])
+    model = build_model(config.variant, config=ModelConfig.from_dict(asdict(config.model)))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config

@@ -1,0 +1,733 @@
+"""Figures for the paper's plots and for looking inside the model.
+
+Every function here is pure: arrays (or dicts / dataclasses of arrays) in, a
+``matplotlib.figure.Figure`` out. Figures are built with ``Figure(...)`` directly, never
+through pyplot, so nothing is registered in pyplot's global state, nothing needs closing
+and nothing is shown: a notebook displays the returned figure (last expression or
+``display(fig)``), a script calls ``fig.savefig(...)``. Seaborn's style is applied inside
+each call through its context managers, never globally at import.
+
+Frames are ``uint8`` arrays ``(H, W, 3)``; a clip is ``(T, H, W, 3)``. ``to_uint8`` turns a
+normalised model input ``(T, 3, H, W)`` back into that form.
+
+Which paper figure each function draws:
+
+* ``sample_grid`` — Fig. 8 (dataset samples, one row per dataset);
+* ``frame_strip``, ``attention_heatmap``, ``attention_vs_visibility``, ``spread_of_attention``
+  — the temporal attention model's ω (Eq. 3–4, Fig. 3–4);
+* ``srm_maps``, ``srm_pair_comparison`` — the spatial recurrent model (Fig. 5–7);
+* ``cmc_curves`` — Fig. 9; ``retrieval_grid`` / ``retrieval_rows`` — Fig. 10;
+* ``training_curves``, ``length_histogram``, ``attribution_figure`` — the kit's own.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.colors import to_rgba
+from scipy import stats
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FLAG_COLORS",
+    "SRM_DIRECTIONS",
+    "to_uint8",
+    "frame_weights",
+    "attention_spread",
+    "correlations",
+    "channel_norm",
+    "sample_grid",
+    "frame_strip",
+    "attention_heatmap",
+    "attention_vs_visibility",
+    "srm_maps",
+    "srm_pair_comparison",
+    "cmc_curves",
+    "retrieval_grid",
+    "retrieval_rows",
+    "training_curves",
+    "length_histogram",
+    "spread_of_attention",
+    "attribution_figure",
+]
+
+# ImageNet statistics (RGB, 0-1 scale): the normalisation ``reidkit.data.normalize_clips``
+# applies. Kept here too so that plotting never needs the data pipeline.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Fig. 10's border colours; -1 (an ignored entry: junk, or same pid and camera) is grey.
+FLAG_COLORS = {1: "#2ca02c", 0: "#d62728", 2: "#1f77b4", -1: "#7f7f7f"}
+FLAG_NAMES = {1: "correct", 0: "wrong", 2: "distractor", -1: "ignored"}
+
+# The six sweeps of the spatial recurrent model, in the order of Fig. 6.
+SRM_DIRECTIONS = ("time_fwd", "time_bwd", "width_fwd", "width_bwd", "height_fwd", "height_bwd")
+# Names the difference map and the contextual feature may carry in SRM's ``return_maps`` dict.
+_DIFF_KEYS = ("difference", "diff", "d", "difference_map")
+_CONTEXT_KEYS = ("contextual", "context", "contextual_feature")
+
+
+def _styled(fn):
+    """Run ``fn`` under seaborn's style and context (scoped, nothing global changes)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with sns.axes_style("white"), sns.plotting_context("notebook", font_scale=0.8):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def to_uint8(clip, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Invert the ImageNet normalisation of a model input.
+
+    ``clip``: a float tensor or array shaped ``(..., 3, H, W)`` (a frame, a clip ``(T, 3, H, W)``
+    or a batch ``(N, T, 3, H, W)``), normalised as ``(x / 255 - mean) / std``.
+    Returns ``uint8`` ``(..., H, W, 3)``, rounded and clipped to [0, 255].
+    """
+    if hasattr(clip, "detach"):  # a torch tensor, on any device
+        clip = clip.detach().float().cpu().numpy()
+    x = np.asarray(clip, dtype=np.float32)
+    if x.ndim < 3 or x.shape[-3] != 3:
+        raise ValueError(f"expected (..., 3, H, W), got shape {x.shape}")
+    m = np.asarray(mean, np.float32).reshape(3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(3, 1, 1)
+    x = (x * s + m) * 255.0
+    x = np.moveaxis(x, -3, -1)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def frame_weights(attention) -> np.ndarray:
+    """One weight per frame from the TAM weights: ``(T,)`` as is, ``(T, T)`` averaged over the
+    LSTM steps t (rows), i.e. ``ω̄_i = (1/T) Σ_t ω_{t,i}``; sums to 1 like each row."""
+    a = np.asarray(attention, dtype=np.float64)
+    if a.ndim == 1:
+        return a
+    if a.ndim == 2:
+        return a.mean(axis=0)
+    raise ValueError(f"attention must be (T,) or (T, T), got shape {a.shape}")
+
+
+def attention_spread(attention_batch) -> dict[str, np.ndarray]:
+    """How far the TAM weights are from uniform, per clip.
+
+    ``attention_batch``: ``(N, T, T)`` (or a list of ``(T, T)``; rows = steps, each a
+    distribution over the T frames). Returns per-clip arrays, each averaged over the steps:
+    ``spread`` = max_i ω_{t,i} − min_i ω_{t,i} (0 for uniform weights) and ``entropy`` =
+    H(ω_t) / log T (1 for uniform weights, 0 for one-hot).
+    """
+    a = np.stack([np.asarray(x, np.float64) for x in attention_batch]) if not hasattr(
+        attention_batch, "shape") else np.asarray(attention_batch, np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"expected (N, T, T), got shape {a.shape}")
+    T = a.shape[-1]
+    spread = (a.max(-1) - a.min(-1)).mean(-1)
+    p = np.clip(a, 1e-12, None)
+    ent = -(a * np.log(p)).sum(-1) / np.log(T) if T > 1 else np.ones(a.shape[:2])
+    return {"spread": spread, "entropy": ent.mean(-1)}
+
+
+def _flatten(values) -> np.ndarray:
+    """A flat float array from an array or a list of per-tracklet arrays."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64).ravel()
+    return np.concatenate([np.asarray(v, np.float64).ravel() for v in values]) if len(values) else np.zeros(0)
+
+
+def correlations(x, y) -> dict[str, float]:
+    """Pearson r and Spearman ρ of two equally long sequences (flattened), NaN if undefined."""
+    x, y = _flatten(x), _flatten(y)
+    if x.shape != y.shape:
+        raise ValueError(f"lengths differ: {x.shape} vs {y.shape}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "n": int(len(x))}
+    return {"pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0]),
+            "n": int(len(x))}
+
+
+def channel_norm(maps, index: int = 0) -> np.ndarray:
+    """Aggregate a feature-map volume over channels with the L2 norm, giving ``(T, h, w)``.
+
+    Accepts ``(N, T, C, h, w)`` (takes pair ``index``), ``(T, C, h, w)`` or already ``(T, h, w)``
+    (returned as is, in absolute value).
+    """
+    if hasattr(maps, "detach"):
+        maps = maps.detach().float().cpu().numpy()
+    m = np.asarray(maps, np.float64)
+    if m.ndim == 5:
+        m = m[index]
+    if m.ndim == 4:
+        return np.sqrt((m ** 2).sum(axis=1))
+    if m.ndim == 3:
+        return np.abs(m)
+    raise ValueError(f"expected (N,T,C,h,w), (T,C,h,w) or (T,h,w), got shape {m.shape}")
+
+
+def _image_axis(ax, image, title=None):
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize="small")
+
+
+def _as_frames(frames) -> np.ndarray:
+    f = np.asarray(frames)
+    if f.ndim == 3:
+        f = f[None]
+    if f.ndim != 4 or f.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got shape {f.shape}")
+    return f
+
+
+def _find_key(maps: Mapping, candidates) -> str | None:
+    for k in candidates:
+        if k in maps:
+            return k
+    return None
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@_styled
+def sample_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] | None = None,
+                title: str | None = None, cell_size: float = 1.1) -> Figure:
+    """Fig. 8: sample frames, one row per dataset (or per identity).
+
+    ``rows``: a list of rows, each a list of ``uint8 (H, W, 3)`` frames (rows may differ in
+    length; empty cells are left blank). ``row_labels`` are written at the left of each row.
+    The figure has ``len(rows) × max row length`` axes.
+    """
+    n_rows = len(rows)
+    n_cols = max((len(r) for r in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("sample_grid needs at least one frame")
+    h, w = np.asarray(rows[0][0]).shape[:2]
+    fig = Figure(figsize=(cell_size * n_cols * w / h + 0.8, cell_size * n_rows + 0.3), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            if c < len(row):
+                _image_axis(ax, row[c])
+            else:
+                ax.axis("off")
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        sns.despine(ax=ax, left=True, bottom=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@_styled
+def length_histogram(lengths, bins: int = 40, title: str | None = None, log: bool = False) -> Figure:
+    """Tracklet-length distribution: ``lengths`` is one array, or ``{name: array}`` for several
+    datasets (overlaid). Legend entries give n, mean, min and max. One axis."""
+    series = dict(lengths) if isinstance(lengths, Mapping) else {"tracklets": lengths}
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.subplots()
+    all_values = np.concatenate([np.asarray(v, np.float64).ravel() for v in series.values()])
+    edges = np.histogram_bin_edges(all_values, bins=bins)
+    for name, values in series.items():
+        v = np.asarray(values, np.float64).ravel()
+        ax.hist(v, bins=edges, alpha=0.6 if len(series) > 1 else 0.9,
+                label=f"{name}: n={len(v)}, mean {v.mean():.1f}, min {v.min():.0f}, max {v.max():.0f}")
+    ax.set_xlabel("frames per tracklet")
+    ax.set_ylabel("tracklets")
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    ax.set_title(title or "Tracklet lengths")
+    sns.despine(ax=ax)
+    return fig
+
+
+# --------------------------------------------------------------------------- temporal attention
+
+
+@_styled
+def frame_strip(frames, weights=None, visibility=None, title: str | None = None,
+                frame_labels: Sequence[str] | None = None) -> Figure:
+    """A tracklet's frames with each frame's attention weight and ground-truth visibility.
+
+    ``frames``: ``uint8 (T, H, W, 3)``. ``weights``: ``(T,)`` or the TAM's ``(T, T)`` (then
+    averaged over steps, see ``frame_weights``) or None. ``visibility``: ``(T,)`` in [0, 1] or
+    None. Axes: T frame axes, plus one bar axis below when weights or visibility are given
+    (bars = ω̄_i, dashed line = uniform 1/T, dots = visibility on the same [0, 1] axis).
+    """
+    frames = _as_frames(frames)
+    T, H, W, _ = frames.shape
+    w = None if weights is None else frame_weights(weights)
+    v = None if visibility is None else np.asarray(visibility, np.float64).ravel()
+    for name, arr in (("weights", w), ("visibility", v)):
+        if arr is not None and len(arr) != T:
+            raise ValueError(f"{name} has {len(arr)} entries for {T} frames")
+    has_bars = w is not None or v is not None
+    cell = 1.3
+    fig = Figure(figsize=(max(cell * T * W / H, 4), cell + (1.6 if has_bars else 0) + 0.4), layout="constrained")
+    if has_bars:
+        gs = fig.add_gridspec(2, T, height_ratios=[1.0, 0.9])
+        img_axes = [fig.add_subplot(gs[0, t]) for t in range(T)]
+        bar_ax = fig.add_subplot(gs[1, :])
+    else:
+        img_axes = list(np.atleast_1d(fig.subplots(1, T)))
+        bar_ax = None
+    for t in range(T):
+        parts = [frame_labels[t]] if frame_labels is not None else [f"t={t}"]
+        if w is not None:
+            parts.append(f"ω={w[t]:.2f}")
+        if v is not None:
+            parts.append(f"vis={v[t]:.2f}")
+        _image_axis(img_axes[t], frames[t], "\n".join(parts))
+    if bar_ax is not None:
+        x = np.arange(T)
+        if w is not None:
+            bar_ax.bar(x, w, color=sns.color_palette()[0], label="attention ω̄ (mean over steps)")
+            bar_ax.axhline(1.0 / T, color="k", ls="--", lw=1, label="uniform 1/T")
+        if v is not None:
+            bar_ax.plot(x, v, "o-", color=sns.color_palette()[1], label="visibility (ground truth)")
+        bar_ax.set_xticks(x)
+        bar_ax.set_xlim(-0.5, T - 0.5)
+        bar_ax.set_xlabel("frame")
+        bar_ax.legend(fontsize="x-small", loc="upper right")
+        sns.despine(ax=bar_ax)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@_styled
+def attention_heatmap(attention, title: str | None = None, annot: bool = True) -> Figure:
+    """The TAM weights ω (Eq. 4) of one clip as a T×T heatmap: row t = LSTM step, column i =
+    frame; each row sums to 1. Uniform weights (all 1/T) are the known failure. Two axes:
+    the heatmap and its colour bar."""
+    a = np.asarray(attention.detach().cpu() if hasattr(attention, "detach") else attention, np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"attention must be (T, T), got shape {a.shape}")
+    T = a.shape[0]
+    fig = Figure(figsize=(1.0 + 0.55 * T, 0.6 + 0.5 * T), layout="constrained")
+    ax = fig.subplots()
+    sns.heatmap(a, ax=ax, annot=annot, fmt=".2f", cmap="viridis", vmin=0.0, square=True,
+                cbar_kws={"label": "ω_{t,i}"}, annot_kws={"fontsize": "x-small"})
+    ax.set_xlabel("frame i")
+    ax.set_ylabel("LSTM step t")
+    ax.set_title(title or f"Temporal attention (uniform = 1/T = {1.0 / T:.2f})")
+    return fig
+
+
+@_styled
+def attention_vs_visibility(weights, visibility, labels=None, title: str | None = None,
+                            relative: bool = False) -> Figure:
+    """Does the attention follow what is visible? Scatter of per-frame weight against
+    ground-truth visibility over many tracklets, with a linear regression and Pearson r /
+    Spearman ρ in the title (over all frames pooled).
+
+    ``weights`` / ``visibility``: per-tracklet sequences (a list of ``(T,)`` arrays; a
+    ``(T, T)`` entry is averaged over steps) or flat arrays of equal length. ``relative``:
+    plot T·ω (1 = uniform) so that clips of different lengths compare. ``labels``: optional
+    per-frame occlusion types (same structure, strings); adds a box plot of the weights per
+    type as a second axis.
+    """
+    if not isinstance(weights, np.ndarray) or np.asarray(weights).ndim > 1:
+        per_clip = [frame_weights(x) for x in weights]
+        if relative:
+            per_clip = [x * len(x) for x in per_clip]
+        w = _flatten(per_clip)
+    else:
+        w = _flatten(weights)
+    v = _flatten(visibility)
+    if w.shape != v.shape:
+        raise ValueError(f"{w.size} weights but {v.size} visibility values")
+    corr = correlations(w, v)
+    lab = None
+    if labels is not None:
+        lab = np.concatenate([np.asarray(x, dtype=object).ravel() for x in labels]) \
+            if not isinstance(labels, np.ndarray) else labels.astype(object).ravel()
+        if lab.shape != w.shape:
+            raise ValueError(f"{lab.size} labels for {w.size} frames")
+    fig = Figure(figsize=(9 if lab is not None else 5, 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, 2 if lab is not None else 1))
+    ax = axes[0]
+    ok = np.isfinite(w) & np.isfinite(v)
+    sns.regplot(x=v[ok], y=w[ok], ax=ax, ci=None, scatter_kws={"s": 8, "alpha": 0.4},
+                line_kws={"color": "k", "lw": 1.5})
+    ax.set_xlabel("visibility (ground truth)")
+    ax.set_ylabel("T·ω (1 = uniform)" if relative else "attention weight ω̄")
+    ax.set_title(f"Pearson r = {corr['pearson']:.3f}, Spearman ρ = {corr['spearman']:.3f} (n = {corr['n']})",
+                 fontsize="small")
+    sns.despine(ax=ax)
+    if lab is not None:
+        bx = axes[1]
+        order = sorted({str(x) for x in lab})
+        lab_str = np.asarray([str(x) for x in lab])
+        groups = [w[(lab_str == o) & np.isfinite(w)] for o in order]
+        bx.boxplot(groups, tick_labels=[f"{o}\n(n={len(g)})" for o, g in zip(order, groups)],
+                   patch_artist=True, boxprops={"facecolor": "0.85"}, medianprops={"color": "k"})
+        bx.set_xlabel("occlusion type")
+        bx.set_ylabel(axes[0].get_ylabel())
+        sns.despine(ax=bx)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@_styled
+def spread_of_attention(attention_batch, bins: int = 30, title: str | None = None) -> Figure:
+    """Did the attention leave uniform? Histograms over clips of (left) the mean per-step
+    spread max ω − min ω (0 = uniform) and (right) the normalised entropy H(ω_t)/log T
+    (1 = uniform). The title gives the fraction of clips within 1e-3 of uniform.
+    ``attention_batch``: ``(N, T, T)``. Two axes."""
+    s = attention_spread(attention_batch)
+    near_uniform = float(np.mean(s["spread"] < 1e-3))
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    a1, a2 = fig.subplots(1, 2)
+    a1.hist(s["spread"], bins=bins, color=sns.color_palette()[0])
+    a1.axvline(0.0, color="k", ls="--", lw=1, label="uniform")
+    a1.set_xlabel("max ω − min ω (mean over steps)")
+    a1.set_ylabel("clips")
+    a1.legend(fontsize="small")
+    a2.hist(s["entropy"], bins=bins, color=sns.color_palette()[1])
+    a2.axvline(1.0, color="k", ls="--", lw=1, label="uniform")
+    a2.set_xlabel("entropy / log T (mean over steps)")
+    a2.legend(fontsize="small")
+    for ax in (a1, a2):
+        sns.despine(ax=ax)
+    fig.suptitle(title or f"Spread of attention over {len(s['spread'])} clips: "
+                          f"{100 * near_uniform:.0f}% within 1e-3 of uniform")
+    return fig
+
+
+# --------------------------------------------------------------------------- spatial recurrent model
+
+
+def _srm_rows(maps: Mapping, index: int) -> list[tuple[str, np.ndarray]]:
+    """The SRM maps to draw, in Fig. 5's order, each reduced to ``(T, h, w)``."""
+    rows = []
+    k = _find_key(maps, _DIFF_KEYS)
+    if k is not None:
+        rows.append(("difference ‖d‖", channel_norm(maps[k], index)))
+    for name in SRM_DIRECTIONS:
+        if name in maps:
+            rows.append((name.replace("_", " "), channel_norm(maps[name], index)))
+    k = _find_key(maps, _CONTEXT_KEYS)
+    if k is not None:
+        rows.append(("contextual", channel_norm(maps[k], index)))
+    if not rows:
+        raise ValueError(f"no SRM maps found among keys {sorted(maps)}")
+    return rows
+
+
+def _draw_map_rows(fig, gs, start_row, rows, T, shared=None):
+    """Draw ``rows`` = [(label, (T,h,w))] on grid rows from ``start_row``; returns images.
+    ``shared``: {label: (vmin, vmax)} colour limits (per map kind), else per row."""
+    images = []
+    for r, (label, m) in enumerate(rows):
+        vmin, vmax = shared[label] if shared and label in shared else (0.0, float(m.max()) or 1.0)
+        axes = [fig.add_subplot(gs[start_row + r, t]) for t in range(T)]
+        for t in range(T):
+            im = axes[t].imshow(m[t], cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+            axes[t].set_xticks([])
+            axes[t].set_yticks([])
+        axes[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+        fig.colorbar(im, ax=axes, shrink=0.9, pad=0.01, aspect=8)
+        images.append(im)
+    return images
+
+
+def _frame_rows(fig, gs, start_row, frame_sets, T):
+    for r, (label, frames) in enumerate(frame_sets):
+        frames = _as_frames(frames)
+        for t in range(T):
+            ax = fig.add_subplot(gs[start_row + r, t])
+            _image_axis(ax, frames[min(t, len(frames) - 1)], f"t={t}" if r == 0 else None)
+            if t == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+
+
+@_styled
+def srm_maps(maps: Mapping, frames_a=None, frames_b=None, title: str | None = None, index: int = 0) -> Figure:
+    """Fig. 5–7 on real data: the spatial recurrent model's maps for one pair.
+
+    ``maps``: the dict from ``SpatialRecurrentModel.forward(..., return_maps=True)``: the
+    difference map ``d = pool5(a) − pool5(b)`` (key ``difference``), the six sweeps
+    (``time_fwd`` … ``height_bwd``) and the contextual feature (key ``contextual``); each
+    ``(N, T, C, h, w)`` (pair ``index`` is drawn) or ``(T, C, h, w)``. Every map is reduced to
+    one value per location by the L2 norm over channels, one column per time step. Rows: the
+    two clips' frames (if given), then one row per map with its own colour bar.
+    """
+    rows = _srm_rows(maps, index)
+    T = rows[0][1].shape[0]
+    frame_sets = [(lab, f) for lab, f in (("clip a", frames_a), ("clip b", frames_b)) if f is not None]
+    n = len(frame_sets) + len(rows)
+    fig = Figure(figsize=(1.1 * T + 2.2, 0.95 * n + 0.6), layout="constrained")
+    gs = fig.add_gridspec(n, T)
+    _frame_rows(fig, gs, 0, frame_sets, T)
+    _draw_map_rows(fig, gs, len(frame_sets), rows, T)
+    fig.suptitle(title or "Spatial recurrent model maps (L2 norm over channels)")
+    return fig
+
+
+@_styled
+def srm_pair_comparison(pos_maps: Mapping, neg_maps: Mapping, pos_frames=None, neg_frames=None,
+                        keys: Sequence[str] = ("difference", "contextual"), pos_score: float | None = None,
+                        neg_score: float | None = None, title: str | None = None, index: int = 0) -> Figure:
+    """A positive pair against a negative pair, same colour scale per map kind, so the eye
+    compares magnitudes: a same-person pair should leave a weaker difference map.
+
+    ``pos_maps`` / ``neg_maps``: SRM ``return_maps`` dicts (see ``srm_maps``). ``keys``: which
+    maps to show ("difference", "contextual" or direction names). ``pos_frames`` /
+    ``neg_frames``: optional ``(a_frames, b_frames)`` tuples drawn above each block. Scores
+    (e.g. M or S) go into the block labels. One row per frame set and per key, T columns, and
+    one colour bar per map row.
+    """
+    def pick(maps, key):
+        cands = {"difference": _DIFF_KEYS, "contextual": _CONTEXT_KEYS}.get(key, (key,))
+        k = _find_key(maps, cands)
+        if k is None:
+            raise KeyError(f"map {key!r} not in {sorted(maps)}")
+        return channel_norm(maps[k], index)
+
+    blocks = []
+    for name, maps, frames, score in (("positive", pos_maps, pos_frames, pos_score),
+                                      ("negative", neg_maps, neg_frames, neg_score)):
+        lab = name if score is None else f"{name} ({score:.3f})"
+        blocks.append((lab, frames, [(f"{lab}\n{k}", pick(maps, k), k) for k in keys]))
+    T = blocks[0][2][0][1].shape[0]
+    limits = {}
+    for k in keys:
+        vmax = max(float(rows[i][1].max()) for _, _, rows in blocks for i in range(len(rows)) if rows[i][2] == k)
+        limits[k] = (0.0, vmax or 1.0)
+    n = sum((2 if fr is not None else 0) + len(rows) for _, fr, rows in blocks)
+    fig = Figure(figsize=(1.1 * T + 2.4, 0.95 * n + 0.6), layout="constrained")
+    gs = fig.add_gridspec(n, T)
+    r = 0
+    for lab, frames, rows in blocks:
+        if frames is not None:
+            _frame_rows(fig, gs, r, [(f"{lab}\nclip a", frames[0]), (f"{lab}\nclip b", frames[1])], T)
+            r += 2
+        _draw_map_rows(fig, gs, r, [(label, m) for label, m, _ in rows], T,
+                       shared={label: limits[k] for label, _, k in rows})
+        r += len(rows)
+    fig.suptitle(title or "SRM maps: positive vs negative pair (shared colour scale per map)")
+    return fig
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@_styled
+def cmc_curves(curves: Mapping[str, np.ndarray], max_rank: int = 20, title: str | None = None) -> Figure:
+    """Fig. 9: CMC curves, one line per method, rank 1 … ``max_rank``.
+
+    ``curves``: ``{name: cmc}`` with ``cmc[k]`` = matching rate at rank k+1, as a fraction
+    (all values ≤ 1, then shown in %) or already in %. The legend gives each rank-1. One axis.
+    """
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, cmc in curves.items():
+        c = np.asarray(cmc, np.float64).ravel()[:max_rank]
+        if c.size and c.max() <= 1.0 + 1e-9:
+            c = c * 100.0
+        ranks = np.arange(1, len(c) + 1)
+        ax.plot(ranks, c, marker="o", ms=3, label=f"{name} (rank-1 {c[0]:.1f}%)")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_xlim(1, max_rank)
+    ax.set_xticks([1] + list(range(5, max_rank + 1, 5)))
+    ax.legend(fontsize="small", loc="lower right")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "CMC")
+    sns.despine(ax=ax)
+    return fig
+
+
+def _representative(frames) -> np.ndarray:
+    """One frame standing for a sequence (Fig. 10): the middle one of a clip."""
+    f = np.asarray(frames)
+    return f[len(f) // 2] if f.ndim == 4 else f
+
+
+def _set_border(ax, color, width=4.0):
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(color)
+        spine.set_linewidth(width)
+
+
+def _draw_retrieval_row(fig, gs, r, query_frames, gallery_frames, flags, scores, n_q, query_label,
+                        gallery_labels):
+    q = _as_frames(query_frames)
+    show = np.linspace(0, len(q) - 1, min(n_q, len(q))).round().astype(int)
+    for j in range(n_q):
+        ax = fig.add_subplot(gs[r, j])
+        if j < len(show):
+            _image_axis(ax, q[show[j]])
+            _set_border(ax, "black", 1.0)
+        else:
+            ax.axis("off")
+        if j == 0 and query_label is not None:
+            ax.set_title(query_label, fontsize="small", loc="left")
+    for k, (g, flag) in enumerate(zip(gallery_frames, flags)):
+        ax = fig.add_subplot(gs[r, n_q + 1 + k])
+        _image_axis(ax, _representative(g))
+        flag = int(flag)
+        _set_border(ax, FLAG_COLORS.get(flag, "black"))
+        parts = [f"{k + 1}"]
+        if scores is not None:
+            parts.append(f"{float(scores[k]):.2f}")
+        if gallery_labels is not None:
+            parts.append(str(gallery_labels[k]))
+        ax.set_title(" ".join(parts), fontsize="x-small")
+
+
+@_styled
+def retrieval_grid(query_frames, gallery_frames: Sequence, flags: Sequence[int], scores=None,
+                   query_label: str | None = None, gallery_labels: Sequence | None = None,
+                   max_query_frames: int = 4, title: str | None = None) -> Figure:
+    """Fig. 10 for one query: the query's frames, then the ranked gallery, each gallery entry
+    shown by one frame (the middle one of a clip) with a border: green = same person (flag 1),
+    red = wrong (0), blue = distractor (2), grey = ignored (-1).
+
+    ``query_frames``: ``(T, H, W, 3)`` (up to ``max_query_frames`` evenly spaced are shown) or
+    one frame. ``gallery_frames``: a list of frames or clips, best first. ``scores``: optional
+    one per gallery entry (shown above it with the rank). Axes: ``max_query_frames`` (or fewer)
+    query axes + one per gallery entry.
+    """
+    return _retrieval([query_frames], [gallery_frames], [flags], None if scores is None else [scores],
+                      [query_label], None if gallery_labels is None else [gallery_labels],
+                      max_query_frames, title)
+
+
+@_styled
+def retrieval_rows(queries: Sequence, galleries: Sequence[Sequence], flags: Sequence[Sequence[int]],
+                   scores: Sequence | None = None, query_labels: Sequence[str] | None = None,
+                   max_query_frames: int = 4, title: str | None = None) -> Figure:
+    """Fig. 10 for several queries: one ``retrieval_grid`` row per query (same arguments, one
+    list entry per query)."""
+    return _retrieval(queries, galleries, flags, scores, query_labels or [None] * len(queries), None,
+                      max_query_frames, title)
+
+
+def _retrieval(queries, galleries, flags, scores, query_labels, gallery_labels, max_query_frames, title):
+    if not (len(queries) == len(galleries) == len(flags)):
+        raise ValueError("one gallery list and one flag list per query")
+    for g, f in zip(galleries, flags):
+        if len(g) != len(f):
+            raise ValueError(f"{len(g)} gallery entries but {len(f)} flags")
+    n_q = min(max_query_frames, max(len(_as_frames(q)) for q in queries))
+    n_g = max(len(g) for g in galleries)
+    h, w = _as_frames(queries[0]).shape[1:3]
+    cols = n_q + 1 + n_g  # an empty spacer column separates the query from the gallery
+    fig = Figure(figsize=(0.9 * cols * w / h * 1.6 + 0.3, 1.7 * len(queries) + 0.4), layout="constrained")
+    gs = fig.add_gridspec(len(queries), cols, width_ratios=[1] * n_q + [0.25] + [1] * n_g)
+    for r in range(len(queries)):
+        _draw_retrieval_row(fig, gs, r, queries[r], galleries[r], flags[r],
+                            None if scores is None else scores[r], n_q, query_labels[r],
+                            None if gallery_labels is None else gallery_labels[r])
+    fig.suptitle(title or "Retrieval (green = correct, red = wrong, blue = distractor)", fontsize="small")
+    return fig
+
+
+# --------------------------------------------------------------------------- training
+
+
+@_styled
+def training_curves(history, keys: Sequence[str] = ("loss", "triplet", "bce"), x: str | None = None,
+                    title: str | None = None) -> Figure:
+    """Loss curves from a ``Trainer`` history: a list of dicts (one per step or epoch) or a
+    dict of lists. One axis per key present in the history (missing keys are skipped). The x
+    axis is ``x`` if given, else ``step`` or ``epoch`` when present, else the entry index."""
+    if isinstance(history, Mapping):
+        cols = {k: np.asarray(v, np.float64) for k, v in history.items()}
+    else:
+        names = {k for row in history for k in row}
+        cols = {k: np.asarray([row.get(k, np.nan) for row in history], np.float64) for k in names}
+    present = [k for k in keys if k in cols]
+    if not present:
+        raise ValueError(f"none of {tuple(keys)} in history keys {sorted(cols)}")
+    if x is None:
+        x = next((k for k in ("step", "epoch") if k in cols), None)
+    xs = cols[x] if x is not None else np.arange(len(cols[present[0]]))
+    fig = Figure(figsize=(3.6 * len(present), 3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(present)))
+    for ax, k in zip(axes, present):
+        y = cols[k]
+        ok = np.isfinite(y)
+        ax.plot(xs[ok], y[ok], lw=1.2)
+        ax.set_title(k)
+        ax.set_xlabel(x or "entry")
+        ax.grid(alpha=0.3)
+        sns.despine(ax=ax)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------- attributions
+
+
+@_styled
+def attribution_figure(frames, attributions: Mapping, title: str | None = None, alpha: float = 0.55) -> Figure:
+    """Which frames (and where) drove the score (see ``reidkit.explain``).
+
+    ``frames``: ``uint8 (T, H, W, 3)``. ``attributions``: ``{method: result}`` where a result
+    has ``frame_importance`` ``(T,)`` and ``maps`` ``(T, H, W)`` (an ``explain.Attribution``,
+    or a dict with those keys); ``maps`` may be None (importance only). Rows: the frames, one
+    row of overlays per method with maps, then a bar chart of each method's frame importance
+    divided by its largest absolute value (signs kept).
+    """
+    frames = _as_frames(frames)
+    T = len(frames)
+
+    def get(res, name):
+        return res.get(name) if isinstance(res, Mapping) else getattr(res, name, None)
+
+    with_maps = [(m, np.asarray(get(r, "maps"), np.float64)) for m, r in attributions.items()
+                 if get(r, "maps") is not None]
+    n = 1 + len(with_maps) + 1
+    fig = Figure(figsize=(max(1.2 * T + 1.5, 5), 1.3 * (n - 1) + 2.0), layout="constrained")
+    gs = fig.add_gridspec(n, T, height_ratios=[1] * (n - 1) + [1.3])
+    _frame_rows(fig, gs, 0, [("frames", frames)], T)
+    for r, (method, maps) in enumerate(with_maps, start=1):
+        lim = float(np.abs(maps).max()) or 1.0
+        signed = maps.min() < 0
+        for t in range(T):
+            ax = fig.add_subplot(gs[r, t])
+            ax.imshow(frames[t])
+            ax.imshow(maps[t], cmap="RdBu_r" if signed else "magma", alpha=alpha,
+                      vmin=-lim if signed else 0.0, vmax=lim, extent=(-0.5, frames.shape[2] - 0.5,
+                                                                     frames.shape[1] - 0.5, -0.5))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if t == 0:
+                ax.set_ylabel(method, rotation=0, ha="right", va="center", fontsize="small")
+    bar_ax = fig.add_subplot(gs[n - 1, :])
+    names = list(attributions)
+    width = 0.8 / max(len(names), 1)
+    for j, m in enumerate(names):
+        imp = np.asarray(get(attributions[m], "frame_importance"), np.float64)
+        scale = float(np.abs(imp).max()) or 1.0
+        bar_ax.bar(np.arange(T) + (j - (len(names) - 1) / 2) * width, imp / scale, width=width, label=m)
+    bar_ax.axhline(0, color="k", lw=0.8)
+    bar_ax.set_xticks(np.arange(T))
+    bar_ax.set_xlabel("frame")
+    bar_ax.set_ylabel("importance / max |·|")
+    bar_ax.legend(fontsize="x-small")
+    sns.despine(ax=bar_ax)
+    fig.suptitle(title or "Attribution of the pair score to the frames of clip a")
+    return fig

@@ -1,0 +1,328 @@
+"""Interactive explorers for notebooks: thin ipywidgets wrappers around ``reidkit.viz``.
+
+Each explorer returns an ``ipywidgets.VBox`` of controls plus an ``ipywidgets.Output``; every
+control change re-runs the model where needed, calls the pure plotting functions of
+``reidkit.viz`` and puts the figures into the Output as PNG images (``Output.outputs`` is set
+directly, so the explorers work, and can be tested, without a running kernel or display).
+A failing callback shows its traceback in the Output and re-raises.
+
+* ``tracklet_explorer`` — a tracklet's frames with their TAM attention and the T×T heatmap;
+* ``pair_explorer`` — two tracklets: F, M and S, the SRM maps and (optionally) Captum
+  attributions;
+* ``query_explorer`` — a query of an ``EvalResult`` and its ranked gallery (Fig. 10).
+
+Widget output is not saved in papermill-executed notebooks and interactive widgets can stall
+an unattended run: draw static figures with ``reidkit.viz`` always, and build these explorers
+only when a person is at the keyboard.
+
+Not part of the core: nothing in ``reidkit``'s core imports this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import traceback
+from typing import Mapping, Sequence
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+
+from . import viz
+
+__all__ = ["show_figures", "tracklet_explorer", "pair_explorer", "query_explorer", "per_query_rows"]
+
+
+# --------------------------------------------------------------------------- output plumbing
+
+
+def _png(fig, dpi: int) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def show_figures(out: "widgets.Output", *items, dpi: int = 90) -> None:
+    """Replace ``out``'s content with ``items``: matplotlib Figures (as PNG) or strings (HTML)."""
+    outputs = []
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, str):
+            data = {"text/html": item, "text/plain": item}
+        else:
+            data = {"image/png": _png(item, dpi), "text/plain": repr(item)}
+        outputs.append({"output_type": "display_data", "data": data, "metadata": {}})
+    out.outputs = tuple(outputs)
+
+
+def _guarded(out, fn):
+    """Run ``fn()``; on error show the traceback in ``out`` and re-raise."""
+    try:
+        fn()
+    except Exception:
+        out.outputs = ({"output_type": "stream", "name": "stderr", "text": traceback.format_exc()},)
+        raise
+
+
+@contextlib.contextmanager
+def _eval(model):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model, device):
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _tracklet_label(manifest, position: int) -> str:
+    t = manifest.tracklets[position]
+    return f"#{t.tracklet_id}  pid {t.pid}  cam {t.camid}  ({t.num_frames} frames)"
+
+
+def _options(manifest, positions, max_options: int):
+    if positions is None:
+        positions = range(min(len(manifest.tracklets), max_options))
+    return [(_tracklet_label(manifest, int(p)), int(p)) for p in positions]
+
+
+def _clip(cache, manifest, position: int, T: int, mode: str = "even", chunk: int = 0):
+    """uint8 frames (T, H, W, 3), the normalised clip (1, T, 3, H, W) and the frame indices."""
+    from .data import normalize_clips, test_frame_indices
+
+    idx = test_frame_indices(manifest.tracklets[position].num_frames, T, mode)
+    idx = idx[min(chunk, len(idx) - 1)]
+    frames = cache.clip(position, idx)
+    return frames, normalize_clips(torch.from_numpy(np.ascontiguousarray(frames))[None]), idx
+
+
+# --------------------------------------------------------------------------- explorers
+
+
+def tracklet_explorer(model, manifest, cache, positions: Sequence[int] | None = None, T: int | None = None,
+                      device=None, max_options: int = 500, dpi: int = 90) -> "widgets.VBox":
+    """Choose a tracklet (and a clip of it) → its frames with the TAM weights ω̄ and the
+    ground-truth visibility (``viz.frame_strip``), and the T×T weights (``viz.attention_heatmap``).
+
+    ``positions``: tracklet positions in ``manifest.tracklets`` to offer (default: the first
+    ``max_options``). ``T``: frames per clip (default the model's ``config.seq_len``). Clips are
+    ``"even"`` (T evenly spaced frames) or ``"chunks"`` (consecutive frames, chunk number chosen
+    with the slider), as in ``reidkit.data.test_frame_indices``.
+    """
+    T = T or model.config.seq_len
+    dev = _device(model, device)
+    pick = widgets.Dropdown(options=_options(manifest, positions, max_options), description="tracklet",
+                            layout=widgets.Layout(width="420px"))
+    mode = widgets.ToggleButtons(options=["even", "chunks"], value="even", description="frames")
+    chunk = widgets.IntSlider(value=0, min=0, max=0, description="chunk", disabled=True)
+    out = widgets.Output()
+    busy = [False]  # adjusting the slider's range must not re-enter update()
+
+    def update(_=None):
+        if busy[0]:
+            return
+        position = pick.value
+        n_chunks = -(-manifest.tracklets[position].num_frames // T) if mode.value == "chunks" else 1
+        busy[0] = True
+        try:
+            chunk.max, chunk.disabled = n_chunks - 1, n_chunks == 1
+        finally:
+            busy[0] = False
+        frames, clip, idx = _clip(cache, manifest, position, T, mode.value, chunk.value)
+        with _eval(model):
+            att = model.features(clip.to(dev)).attention
+        att = None if att is None else att[0].float().cpu().numpy()
+        vis = manifest.tracklets[position].visibility
+        vis = None if vis is None else np.asarray(vis)[idx]
+        label = _tracklet_label(manifest, position)
+        strip = viz.frame_strip(frames, att, vis, title=f"{label} — frames {idx.tolist()}")
+        heat = viz.attention_heatmap(att, title="ω (rows: step t, columns: frame i)") if att is not None else \
+            f"<i>variant {getattr(model, 'variant', '?')!r} has no temporal attention</i>"
+        show_figures(out, strip, heat, dpi=dpi)
+
+    for w in (pick, mode, chunk):
+        w.observe(lambda ch: _guarded(out, update), names="value")
+    _guarded(out, update)
+    return widgets.VBox([widgets.HBox([pick, mode]), chunk, out])
+
+
+def _pair_scores(model, out_a, out_b, logits) -> dict[str, float]:
+    from .models import feature_distance
+
+    s = {}
+    if model.has_feature_branch:
+        s["F (distance)"] = float(feature_distance(out_a.features, out_b.features)[0])
+    if logits is not None:
+        s["M"] = float(torch.sigmoid(logits)[0])
+    if model.ranking == "similarity":
+        s["S (Eq. 2)"] = float(model.similarity(out_a.features, out_b.features, logits)[0])
+    return s
+
+
+def pair_explorer(model, manifest, cache, positions: Sequence[int] | None = None, T: int | None = None,
+                  device=None, methods: Sequence[str] = ("frame_occlusion", "layer_gradcam"),
+                  max_options: int = 500, dpi: int = 80) -> "widgets.VBox":
+    """Choose two tracklets → F, M and S of the pair, the SRM maps over both clips
+    (``viz.srm_maps``; metric variants only) and, with "attributions" ticked, Captum
+    attributions of the score to the frames of clip a (``reidkit.explain``, ``methods``;
+    ``viz.attribution_figure``). Clips are T evenly spaced frames of each tracklet."""
+    T = T or model.config.seq_len
+    dev = _device(model, device)
+    options = _options(manifest, positions, max_options)
+    pick_a = widgets.Dropdown(options=options, description="clip a", layout=widgets.Layout(width="420px"))
+    pick_b = widgets.Dropdown(options=options, value=options[min(1, len(options) - 1)][1], description="clip b",
+                              layout=widgets.Layout(width="420px"))
+    attribute = widgets.Checkbox(value=False, description="attributions (slower)")
+    out = widgets.Output()
+
+    def update(_=None):
+        frames_a, clip_a, _ = _clip(cache, manifest, pick_a.value, T)
+        frames_b, clip_b, _ = _clip(cache, manifest, pick_b.value, T)
+        clip_a, clip_b = clip_a.to(dev), clip_b.to(dev)
+        maps, logits = None, None
+        with _eval(model):
+            out_a, out_b = model.features(clip_a), model.features(clip_b)
+            if model.has_metric_branch:
+                logits, maps = model.metric(out_a.pool5, out_b.pool5, return_maps=True)
+        ta, tb = manifest.tracklets[pick_a.value], manifest.tracklets[pick_b.value]
+        scores = _pair_scores(model, out_a, out_b, logits)
+        same = "same person" if ta.pid == tb.pid else "different persons"
+        html = (f"<b>{same}</b> (pid {ta.pid} / {tb.pid}): "
+                + ", ".join(f"{k} = {v:.3f}" for k, v in scores.items()))
+        items = [html]
+        items.append(viz.srm_maps(maps, frames_a, frames_b, title=f"{model.variant}: metric-branch maps")
+                     if maps is not None else viz.sample_grid([list(frames_a), list(frames_b)], ["clip a", "clip b"]))
+        if attribute.value:
+            from . import explain
+
+            items.append(viz.attribution_figure(frames_a, explain.explain_pair(model, clip_a, clip_b, methods),
+                                                title=f"Attribution of {explain.score_kind(model)} to clip a"))
+        show_figures(out, *items, dpi=dpi)
+
+    for w in (pick_a, pick_b, attribute):
+        w.observe(lambda ch: _guarded(out, update), names="value")
+    _guarded(out, update)
+    return widgets.VBox([pick_a, pick_b, attribute, out])
+
+
+# --------------------------------------------------------------------------- evaluation results
+
+_QUERY_KEYS = ("query_ids", "query", "queries", "query_id", "q_ids")
+_GALLERY_KEYS = ("top_gallery_ids", "gallery_ids", "top_ids", "ranked_gallery_ids", "ranking", "top")
+_FLAG_KEYS = ("match_flags", "matches", "flags", "match", "correct")
+_SCORE_KEYS = ("scores", "top_scores", "gallery_scores")
+
+
+def _first(obj, keys):
+    for k in keys:
+        if isinstance(obj, Mapping) and k in obj:
+            return obj[k]
+        if not isinstance(obj, Mapping) and hasattr(obj, k):
+            return getattr(obj, k)
+    return None
+
+
+def per_query_rows(per_query) -> list[dict]:
+    """``EvalResult.per_query`` as a list of ``{"query", "gallery", "flags", "scores"}`` dicts
+    (tracklet ids; flags and scores may be None). Accepts a dict of arrays (one row per query)
+    or a list of per-query dicts/objects."""
+    if per_query is None:
+        raise ValueError("the EvalResult has no per_query results")
+    if isinstance(per_query, Mapping) or hasattr(per_query, "__dataclass_fields__"):
+        q, g = _first(per_query, _QUERY_KEYS), _first(per_query, _GALLERY_KEYS)
+        if q is None or g is None:
+            keys = list(per_query) if isinstance(per_query, Mapping) else list(per_query.__dataclass_fields__)
+            raise ValueError(f"per_query lacks query/gallery ids: keys {keys}")
+        f, s = _first(per_query, _FLAG_KEYS), _first(per_query, _SCORE_KEYS)
+        return [{"query": int(q[i]), "gallery": [int(x) for x in g[i]],
+                 "flags": None if f is None else [int(x) for x in f[i]],
+                 "scores": None if s is None else [float(x) for x in s[i]]} for i in range(len(q))]
+    rows = []
+    for r in per_query:
+        f, s = _first(r, _FLAG_KEYS), _first(r, _SCORE_KEYS)
+        rows.append({"query": int(_first(r, _QUERY_KEYS)), "gallery": [int(x) for x in _first(r, _GALLERY_KEYS)],
+                     "flags": None if f is None else [int(x) for x in f],
+                     "scores": None if s is None else [float(x) for x in s]})
+    return rows
+
+
+def _flags(manifest, row) -> list[int]:
+    """1 correct, 0 wrong, 2 distractor (pid 0), -1 junk (pid −1), for Fig. 10's borders.
+    The result's own flags decide correct/wrong when present; distractors and junk are
+    recognised from the manifest's pids."""
+    q_pid = manifest.tracklets[manifest.index(row["query"])].pid
+    flags = []
+    for k, gid in enumerate(row["gallery"]):
+        pid = manifest.tracklets[manifest.index(gid)].pid
+        if pid == 0:
+            flags.append(2)
+        elif pid == -1:
+            flags.append(-1)
+        elif row["flags"] is not None:
+            flags.append(1 if row["flags"][k] > 0 else 0)
+        else:
+            flags.append(int(pid == q_pid))
+    return flags
+
+
+def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: int = 4,
+                   dpi: int = 90) -> "widgets.VBox":
+    """Choose a query of an ``EvalResult`` → its frames and its top-``top_k`` gallery tracklets
+    with green / red / blue borders (``viz.retrieval_grid``, Fig. 10). "failures only" lists the
+    queries whose rank-1 is wrong."""
+    from .data import test_frame_indices
+
+    rows = per_query_rows(getattr(eval_result, "per_query", eval_result))
+    for r in rows:
+        r["border"] = _flags(manifest, r)
+
+    def label(i):
+        r = rows[i]
+        t = manifest.tracklets[manifest.index(r["query"])]
+        mark = "✓" if r["border"] and r["border"][0] == 1 else "✗"
+        return f"{mark} query #{r['query']}  pid {t.pid}  cam {t.camid}"
+
+    failures = widgets.Checkbox(value=False, description="failures only (rank-1 wrong)")
+    pick = widgets.Dropdown(options=[(label(i), i) for i in range(len(rows))], description="query",
+                            layout=widgets.Layout(width="420px"))
+    out = widgets.Output()
+
+    def refilter(_=None):
+        keep = [i for i in range(len(rows)) if not failures.value or (rows[i]["border"][:1] != [1])]
+        pick.options = [(label(i), i) for i in keep]  # re-selects the first option → update()
+        if not keep:
+            show_figures(out, "<i>no query matches the filter</i>")
+
+    def update(_=None):
+        if pick.value is None:
+            return
+        r = rows[pick.value]
+        qpos = manifest.index(r["query"])
+        q_idx = test_frame_indices(manifest.tracklets[qpos].num_frames, query_frames, "even")[0]
+        gallery, gl = [], []
+        for gid in r["gallery"][:top_k]:
+            gpos = manifest.index(gid)
+            n = manifest.tracklets[gpos].num_frames
+            gallery.append(cache.clip(gpos, [n // 2])[0])
+            gl.append(f"pid {manifest.tracklets[gpos].pid}")
+        k = len(gallery)
+        fig = viz.retrieval_grid(cache.clip(qpos, q_idx), gallery, r["border"][:k],
+                                 None if r["scores"] is None else r["scores"][:k],
+                                 query_label=label(pick.value)[2:], gallery_labels=gl,
+                                 max_query_frames=query_frames)
+        show_figures(out, fig, dpi=dpi)
+
+    failures.observe(lambda ch: _guarded(out, refilter), names="value")
+    pick.observe(lambda ch: _guarded(out, update), names="value")
+    _guarded(out, update)
+    return widgets.VBox([widgets.HBox([pick, failures]), out])

@@ -1,0 +1,341 @@
+"""reidkit.data: manifest validation, frame cache, sampling, P x K sampler, loaders."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reidkit.data import (
+    MEAN, STD, FrameCache, Manifest, ManifestError, PKSampler, TrainClipLoader, decode_frame,
+    denormalize_clips, even_clip, iter_test_clips, normalize_clips, num_test_clips,
+    test_frame_indices, train_frame_indices,
+)
+
+
+# ------------------------------------------------------------------ manifest loading
+
+def _rewrite_rows(root, edit):
+    """Apply ``edit(rows)`` to tracklets.csv (list of dicts) and write it back."""
+    path = root / "tracklets.csv"
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols, rows = reader.fieldnames, list(reader)
+    cols = edit(rows) or cols
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_load_valid_manifest(make_manifest):
+    root = make_manifest(num_ids=4, distractors=2, junk=1, visibility=True, occlusion=True)
+    m = Manifest.load(root)
+    assert len(m) == 4 * 2 + 3
+    assert m.protocol == "mars" and len(m.splits) == 1
+    assert sorted(set(m.pids.tolist())) == [-1, 0, 1, 2, 3, 4]
+    t = m.tracklets[3]
+    assert t.num_frames == len(t.frames) == m.lengths[3]
+    assert t.visibility.shape == (t.num_frames,) and t.visibility.dtype == np.float32
+    assert len(t.extras["occlusion"]) == t.num_frames
+    assert m.index(t.tracklet_id) == 3
+    assert m.positions([t.tracklet_id, 0]).tolist() == [3, 0]
+    assert Manifest.load(root / "tracklets.csv").root == root
+    with pytest.raises(KeyError):
+        m.index(999)
+
+
+def test_load_two_camera(make_manifest):
+    m = Manifest.load(make_manifest(num_ids=6, protocol="two_camera", num_splits=3))
+    assert m.protocol == "two_camera" and len(m.splits) == 3
+    for s in m.splits:
+        q, g = m.positions(s.query), m.positions(s.gallery)
+        assert set(m.camids[q]) == {1} and set(m.camids[g]) == {2}
+        assert not set(m.pids[m.positions(s.train)]) & set(m.pids[q])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: ["tracklet_id", "pid", "camid", "frames"], "missing column(s) ['num_frames']"),
+    (lambda rows: rows[2].update(pid="x7"), "row 3 (line 4): pid 'x7' is not an integer"),
+    (lambda rows: rows[1].update(camid="0"), "row 2 (line 3): camid 0 must be >= 1"),
+    (lambda rows: rows[4].update(tracklet_id=rows[1]["tracklet_id"]),
+     "row 5 (line 6): duplicate tracklet_id 1 (first at row 2)"),
+    (lambda rows: rows[0].update(num_frames=int(rows[0]["num_frames"]) + 1), "row 1 (line 2): num_frames"),
+    (lambda rows: rows[3].update(visibility="0.5|0.5"), "row 4 (line 5): visibility has 2 values"),
+    (lambda rows: rows[3].update(visibility="|".join(["1.5"] * int(rows[3]["num_frames"]))),
+     "row 4 (line 5): visibility value 1.5 is outside [0, 1]"),
+    (lambda rows: rows[0].update(frames=rows[0]["frames"] + "|"), "row 1 (line 2): empty frame path"),
+])
+def test_tracklets_validation_names_file_row_value(make_manifest, edit, message):
+    root = make_manifest(num_ids=3, visibility=True)
+    _rewrite_rows(root, edit)
+    with pytest.raises(ManifestError) as e:
+        Manifest.load(root)
+    assert str(root / "tracklets.csv") in str(e.value)
+    assert message in str(e.value)
+
+
+def test_splits_and_meta_validation(make_manifest):
+    root = make_manifest(num_ids=3)
+    splits = json.loads((root / "splits.json").read_text())
+    splits[0]["gallery"].append(4242)
+    (root / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(ManifestError, match=r"splits\.json, split 0, gallery: tracklet_id 4242 is not"):
+        Manifest.load(root)
+    splits[0]["gallery"][-1] = "3"
+    (root / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(ManifestError, match=r"gallery: id '3' is not an integer"):
+        Manifest.load(root)
+    splits[0]["gallery"].pop()
+    (root / "splits.json").write_text(json.dumps(splits))
+    Manifest.load(root)
+
+    meta = json.loads((root / "meta.json").read_text())
+    meta["protocol"] = "three_camera"
+    (root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ManifestError, match=r"meta\.json: protocol 'three_camera' is not one of"):
+        Manifest.load(root)
+
+
+@pytest.mark.parametrize("name", ["tracklets.csv", "splits.json", "meta.json"])
+def test_missing_file(make_manifest, name):
+    root = make_manifest(num_ids=2)
+    (root / name).unlink()
+    with pytest.raises(ManifestError, match=f"{name}: file not found"):
+        Manifest.load(root)
+
+
+# ------------------------------------------------------------------ frame cache
+
+def test_cache_pixels_equal_direct_decode(make_manifest, tmp_path):
+    root = make_manifest(num_ids=3, frame_size=(30, 14))
+    m = Manifest.load(root)
+    cache = FrameCache.build(m, 16, 8, progress=False)
+    assert cache.built and cache.frames.shape == (m.total_frames, 16, 8, 3)
+    assert cache.path == root / ".cache" / "frames_16x8.npy"
+    for p in (0, len(m) - 1):
+        for j, rel in enumerate(m.tracklets[p].frames):
+            with Image.open(root / rel) as im:
+                ref = np.asarray(im.convert("RGB").resize((8, 16), Image.BILINEAR))
+            np.testing.assert_array_equal(cache.frames[cache.offsets[p] + j], ref)
+    np.testing.assert_array_equal(cache.clip(1, [0, 2]), cache.frames[cache.offsets[1] + np.array([0, 2])])
+    # a different cache_dir and serial decoding give the same pixels
+    other = FrameCache.build(m, 16, 8, cache_dir=tmp_path / "elsewhere", progress=False, workers=1)
+    np.testing.assert_array_equal(other.frames, cache.frames)
+
+
+def test_cache_reused_then_rebuilt_when_a_frame_changes(make_manifest):
+    root = make_manifest(num_ids=2)
+    m = Manifest.load(root)
+    first = FrameCache.build(m, 8, 4, progress=False)
+    mtime = os.stat(first.path).st_mtime_ns
+    again = FrameCache.build(m, 8, 4, progress=False)
+    assert not again.built and os.stat(again.path).st_mtime_ns == mtime
+
+    # overwrite one frame with a new colour: the cache must notice and show the new pixels
+    rel = m.tracklets[1].frames[2]
+    Image.fromarray(np.full((24, 12, 3), 200, np.uint8)).save(root / rel)
+    os.utime(root / rel, ns=(mtime + 10**9, mtime + 10**9))
+    rebuilt = FrameCache.build(m, 8, 4, progress=False)
+    assert rebuilt.built
+    assert (rebuilt.clip(1, [2]) == 200).all()
+    assert not list((root / ".cache").glob("*.tmp*")), "temporary files left behind"
+
+
+def test_missing_and_unreadable_frames_are_named(make_manifest):
+    root = make_manifest(num_ids=2)
+    m = Manifest.load(root)
+    bad = m.tracklets[2]
+    (root / bad.frames[1]).write_bytes(b"not a png")
+    with pytest.raises(ManifestError) as e:
+        FrameCache.build(m, 8, 4, progress=False)
+    assert bad.frames[1] in str(e.value) and "cannot decode" in str(e.value)
+    assert f"tracklet_id {bad.tracklet_id}" in str(e.value)
+    assert not list((root / ".cache").glob("*.npy")), "no cache after a failed build"
+
+    (root / bad.frames[1]).unlink()
+    with pytest.raises(ManifestError) as e:
+        FrameCache.build(m, 8, 4, progress=False)
+    assert bad.frames[1] in str(e.value) and "not found" in str(e.value)
+    assert f"tracklet_id {bad.tracklet_id}" in str(e.value)
+    with pytest.raises(ManifestError, match="not found"):
+        decode_frame(root / bad.frames[1], 8, 4)
+
+
+# ------------------------------------------------------------------ frame sampling
+
+def test_train_frame_indices_random_sorted_distinct():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        idx = train_frame_indices(20, 6, rng)
+        assert idx.shape == (6,) and idx.dtype == np.int64
+        assert (np.diff(idx) > 0).all() and idx.min() >= 0 and idx.max() < 20
+        seen.update(idx.tolist())
+    assert seen == set(range(20)), "every frame is reachable"
+    a = train_frame_indices(50, 6, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, train_frame_indices(50, 6, np.random.default_rng(3)))
+
+
+@pytest.mark.parametrize("n, expected", [
+    (3, [0, 0, 1, 1, 2, 2]), (1, [0] * 6), (4, [0, 0, 1, 2, 2, 3]), (6, None),
+])
+def test_short_tracklets_padded_in_order(n, expected):
+    idx = train_frame_indices(n, 6, np.random.default_rng(0))
+    if expected is None:
+        expected = list(range(6))
+    assert idx.tolist() == expected
+
+
+def test_test_frame_indices_chunks_cover_every_frame_once():
+    for n in (1, 5, 6, 7, 13, 36):
+        chunks = test_frame_indices(n, 6, "chunks")
+        assert len(chunks) == -(-n // 6)
+        assert all(c.shape == (6,) and (np.diff(c) >= 0).all() for c in chunks)
+        # every frame once, apart from the padding of the last chunk
+        real = np.concatenate(chunks[:-1] + [np.unique(chunks[-1])])
+        assert sorted(real.tolist()) == list(range(n))
+    assert [c.tolist() for c in test_frame_indices(8, 6)] == [[0, 1, 2, 3, 4, 5], [6, 6, 6, 7, 7, 7]]
+
+
+def test_test_frame_indices_even():
+    (idx,) = test_frame_indices(60, 6, "even")
+    assert idx.tolist() == [5, 15, 25, 35, 45, 55]
+    assert test_frame_indices(3, 6, "even")[0].tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError):
+        test_frame_indices(5, 6, "all")
+
+
+# ------------------------------------------------------------------ P x K sampler
+
+PIDS = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 4, 5, 5, 6, 6, 0, 0, -1, 7, 7, 8])
+
+
+def test_pk_sampler_composition():
+    s = PKSampler(PIDS, P=4, K=3, seed=1)
+    batches = s.global_batches()
+    assert batches.shape == (len(s), 4, 3) and len(s) == -(-17 // 12)
+    for _ in range(3):
+        for batch in s:
+            assert batch.shape == (12,)
+            ids = PIDS[batch].reshape(4, 3)
+            assert (ids > 0).all(), "junk and distractors never sampled"
+            assert (ids == ids[:, :1]).all(), "K tracklets of one identity per row"
+            assert len(set(ids[:, 0])) == 4, "P distinct identities"
+            for row in batch.reshape(4, 3):
+                if (PIDS == PIDS[row[0]]).sum() >= 3:
+                    assert len(set(row)) == 3, "no repeats when an identity has >= K tracklets"
+        s.set_epoch(s.epoch + 1)
+
+
+def test_pk_sampler_visits_all_identities_and_is_deterministic():
+    s = PKSampler(PIDS, P=2, K=2, seed=5, steps_per_epoch=4)
+    ids = PIDS[s.global_batches(0)[:, :, 0]]
+    assert set(ids.ravel()) == {1, 2, 3, 4, 5, 6, 7, 8}, "one shuffled pass over 8 identities"
+    np.testing.assert_array_equal(s.global_batches(0), PKSampler(PIDS, 2, 2, seed=5, steps_per_epoch=4).global_batches(0))
+    assert not np.array_equal(s.global_batches(0), s.global_batches(1))
+    positions = np.arange(100, 100 + len(PIDS))
+    shifted = PKSampler(PIDS, 2, 2, seed=5, positions=positions, steps_per_epoch=4)
+    np.testing.assert_array_equal(shifted.global_batches(0), s.global_batches(0) + 100)
+    with pytest.raises(ValueError, match="only 8 identities"):
+        PKSampler(PIDS, P=9, K=2)
+
+
+def test_pk_sampler_ddp_shards_disjoint_and_cover_batch():
+    world = 2
+    full = PKSampler(PIDS, P=4, K=2, seed=3)
+    shards = [list(PKSampler(PIDS, P=4, K=2, seed=3, rank=r, world_size=world)) for r in range(world)]
+    for step, batch in enumerate(full):
+        parts = [shards[r][step] for r in range(world)]
+        assert all(p.shape == (4,) for p in parts)
+        assert not set(PIDS[parts[0]]) & set(PIDS[parts[1]]), "ranks hold different identities"
+        np.testing.assert_array_equal(np.concatenate(parts), batch)
+    with pytest.raises(ValueError):
+        PKSampler(PIDS, P=3, K=2, world_size=2)
+
+
+# ------------------------------------------------------------------ normalisation
+
+def test_normalize_clips_values_and_mirror():
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (2, 3, 4, 5, 3), dtype=torch.uint8, generator=g)
+    out = normalize_clips(raw, torch.tensor([False, True]))
+    assert out.shape == (2, 3, 3, 4, 5) and out.dtype == torch.float32 and out.is_contiguous()
+    n, t, c, y, x = 0, 2, 1, 3, 4
+    expected = (raw[n, t, y, x, c].item() / 255 - MEAN[c]) / STD[c]
+    assert out[n, t, c, y, x].item() == pytest.approx(expected, abs=1e-6)
+    # clip 1 is flipped along W: its pixel x comes from W-1-x
+    expected = (raw[1, t, y, 4 - x, c].item() / 255 - MEAN[c]) / STD[c]
+    assert out[1, t, c, y, x].item() == pytest.approx(expected, abs=1e-6)
+    torch.testing.assert_close(normalize_clips(raw)[0], out[0])
+    back = denormalize_clips(normalize_clips(raw))
+    torch.testing.assert_close(back, raw.permute(0, 1, 4, 2, 3).float() / 255, atol=1e-6, rtol=0)
+    assert normalize_clips(raw, dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------ loaders
+
+@pytest.fixture
+def dataset(make_manifest):
+    root = make_manifest(num_ids=8, tracklets_per_cam=2, distractors=2, junk=1, visibility=True,
+                         length_range=(2, 14))
+    m = Manifest.load(root)
+    return m, FrameCache.build(m, 12, 6, progress=False)
+
+
+def test_train_loader_batches(dataset):
+    m, cache = dataset
+    loader = TrainClipLoader(m, cache, P=2, K=3, T=5, seed=7)
+    assert len(loader) == -(-16 // 6)
+    batches = list(loader)
+    assert len(batches) == len(loader) and loader.epoch == 1
+    train_ids = set(m.split(0).train)
+    for b in batches:
+        assert b.clips.shape == (6, 5, 3, 12, 6) and b.clips.dtype == torch.float32
+        pos = b.positions.numpy()
+        assert set(b.tracklet_ids.tolist()) <= train_ids
+        assert b.pids.tolist() == m.pids[pos].tolist() and b.camids.tolist() == m.camids[pos].tolist()
+        assert b.visibility.shape == (6, 5)
+        for n, p in enumerate(pos):
+            fi = b.frame_idx[n].numpy()
+            assert (np.diff(fi) >= 0).all() and fi.max() < m.lengths[p]
+            raw = torch.from_numpy(cache.clip(p, fi))[None]
+            torch.testing.assert_close(b.clips[n:n + 1], normalize_clips(raw, b.mirrored[n:n + 1]))
+            np.testing.assert_allclose(b.visibility[n].numpy(), m.tracklets[p].visibility[fi])
+    # deterministic for (seed, epoch); a new epoch differs
+    loader.set_epoch(0)
+    again = next(iter(loader))
+    torch.testing.assert_close(again.clips, batches[0].clips)
+    assert torch.equal(again.frame_idx, batches[0].frame_idx)
+    loader.set_epoch(1)
+    epoch1 = torch.cat([b.frame_idx for b in loader])
+    assert not torch.equal(epoch1, torch.cat([b.frame_idx for b in batches]))
+    moved = batches[0].to("cpu")
+    assert torch.equal(moved.pids, batches[0].pids)
+
+
+def test_iter_test_clips_covers_all_frames_in_chunks(dataset):
+    m, cache = dataset
+    positions = m.positions(m.split(0).query + m.split(0).gallery)
+    T = 4
+    owners, clips = [], []
+    for batch, own in iter_test_clips(m, cache, positions, T, batch_size=5):
+        assert batch.shape[1:] == (T, 3, 12, 6) and batch.shape[0] <= 5 and len(own) == len(batch)
+        owners.append(own)
+        clips.append(batch)
+    owners = np.concatenate(owners)
+    clips = torch.cat(clips)
+    assert len(owners) == num_test_clips(m, positions, T)
+    for p in positions:
+        expected = np.ceil(m.lengths[p] / T)
+        assert (owners == p).sum() == expected, "one clip per chunk of T frames"
+    first = int(np.flatnonzero(owners == positions[0])[0])
+    idx = test_frame_indices(int(m.lengths[positions[0]]), T)[0]
+    raw = torch.from_numpy(cache.clip(positions[0], idx))[None]
+    torch.testing.assert_close(clips[first:first + 1], normalize_clips(raw))
+
+    clip = even_clip(m, cache, int(positions[0]), 6)
+    assert clip.shape == (1, 6, 3, 12, 6)

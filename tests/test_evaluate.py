@@ -1,0 +1,249 @@
+"""reidkit.evaluate with fake models (the JSTRNN interface, trivial insides) on tiny manifests."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reidkit.data import FrameCache, Manifest, normalize_clips, num_test_clips, test_frame_indices
+from reidkit.evaluate import evaluate, extract_features, rank_gallery
+from reidkit.models import FeatureOutput, similarity
+
+T = 3
+
+
+class FakeModel(nn.Module):
+    """features = mean colour of the clip; pool5 = frames pooled to 2×1; M from the pool5 difference.
+
+    Linear in the pixels, so chunk averaging can be checked exactly. Counts its calls.
+    """
+
+    def __init__(self, ranking="distance"):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))  # something for the weights hash to see
+        self.ranking = ranking
+        self.has_feature_branch = ranking != "metric"
+        self.has_metric_branch = ranking != "distance"
+        self.variant = {"distance": "cnn", "metric": "cnn_srm", "similarity": "all"}[ranking]
+        self.config = SimpleNamespace(seq_len=T, lam=1.0)
+        self.clips_seen = 0
+        self.max_T = 0
+
+    def describe(self, clips):
+        return clips.mean(dim=(1, 3, 4)) * self.scale
+
+    def features(self, clips):
+        self.clips_seen += len(clips)
+        self.max_T = max(self.max_T, clips.shape[1])
+        n, t = clips.shape[:2]
+        pool5 = F.adaptive_avg_pool2d(clips.flatten(0, 1), (2, 1)).view(n, t, 3, 2, 1)
+        return FeatureOutput(self.describe(clips), None, pool5)
+
+    def metric(self, a, b):
+        return 2.0 - 4.0 * (a - b)[:, :, 2, 1, 0].abs().mean(dim=1)  # bottom half, blue only
+
+    def similarity(self, fa, fb, logits=None):
+        return similarity(fa, fb, logits, self.config.lam)
+
+
+class OracleModel(FakeModel):
+    """Knows every tracklet's identity from its colour: a perfectly separable feature."""
+
+    def __init__(self, manifest, cache):
+        super().__init__("distance")
+        keys, pids = [], []
+        for p, t in enumerate(manifest.tracklets):
+            frame = torch.from_numpy(np.asarray(cache.frames[cache.offsets[p]]))[None, None]
+            keys.append(self._key(normalize_clips(frame))[0])
+            pids.append(t.pid)
+        self.keys = torch.stack(keys)
+        self.pids = torch.tensor(pids)
+
+    @staticmethod
+    def _key(clips):
+        return clips[:, 0, :, 0, -1]  # top row, last column: the tracklet's own colour
+
+    def describe(self, clips):
+        pid = self.pids[torch.cdist(self._key(clips), self.keys).argmin(dim=1)]
+        return F.one_hot(pid + 1, int(self.pids.max()) + 2).float()
+
+
+def load(make_manifest, **kwargs):
+    manifest = Manifest.load(make_manifest(**kwargs))
+    cache = FrameCache.build(manifest, 24, 12, progress=False)
+    return manifest, cache
+
+
+def run(model, manifest, cache, **kwargs):
+    kwargs.setdefault("progress", False)
+    return evaluate(model, manifest, cache, **kwargs)
+
+
+def test_perfectly_separable_model_scores_100(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=8, tracklets_per_cam=2, distractors=3, junk=2)
+    result = run(OracleModel(manifest, cache), manifest, cache)
+    assert result.rank1 == 100.0 and result.mAP == pytest.approx(100.0)
+    assert result.num_queries == 4 and result.num_skipped == 0
+    assert np.all(result.cmc == 100.0)
+
+
+def test_top_k_covering_the_gallery_equals_exact(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=10, distractors=3)
+    model = FakeModel("similarity")
+    top = run(model, manifest, cache, rerank_top_k=10_000)
+    exact = run(model, manifest, cache, exact=True)
+    np.testing.assert_array_equal(top.per_query.gallery_ids, exact.per_query.gallery_ids)
+    np.testing.assert_allclose(top.per_query.scores, exact.per_query.scores)
+    assert (top.rank1, top.mAP) == (exact.rank1, exact.mAP)
+    assert "exact" in exact.ranking and "similarity S" in exact.ranking
+    # and S really changes the order compared with the features alone
+    feature_only = run(FakeModel("distance"), manifest, cache)
+    assert not np.array_equal(exact.per_query.gallery_ids, feature_only.per_query.gallery_ids)
+
+
+def test_top_1_keeps_the_feature_order(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=10, distractors=3)
+    k1 = run(FakeModel("metric"), manifest, cache, rerank_top_k=1)
+    feature_only = run(FakeModel("distance"), manifest, cache)
+    np.testing.assert_array_equal(k1.per_query.gallery_ids, feature_only.per_query.gallery_ids)
+    assert np.all(np.isfinite(k1.per_query.scores[:, 0]))   # the one re-scored entry
+    assert np.all(np.isnan(k1.per_query.scores[:, 1:]))
+    assert "top-1 " in k1.ranking and "metric M" in k1.ranking
+
+
+def test_rank_gallery_rescores_only_the_top_k():
+    dist = torch.tensor([[0.5, 0.1, 0.4, 0.2, 0.3]])          # feature order: 1, 3, 4, 2, 0
+    table = torch.tensor([[9.0, 1.0, 8.0, 3.0, 2.0]])
+    r = rank_gallery(dist, lambda q, g: table[q, g], top_k=3, pair_batch=2)
+    assert r.order.tolist() == [[3, 4, 1, 2, 0]]              # 1, 3, 4 re-sorted by score; 2, 0 stay
+    np.testing.assert_allclose(r.scores, [[3.0, 2.0, 1.0]])
+    assert rank_gallery(dist, lambda q, g: table[q, g], exact=True).order.tolist() == [[0, 2, 3, 4, 1]]
+    assert rank_gallery(dist).order.tolist() == [[1, 3, 4, 2, 0]]
+
+
+def test_chunked_extraction_averages_chunks_and_never_sees_a_whole_tracklet(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=4, length_range=(2, 10))
+    model = FakeModel()
+    positions = np.arange(len(manifest.tracklets))
+    feats = extract_features(model, manifest, cache, positions, T=T, batch_size=2, progress=False)
+    assert model.max_T == T and model.clips_seen == num_test_clips(manifest, positions, T)
+    assert feats.pool5 is None
+    checked_whole = 0
+    for p in positions:
+        frames = torch.from_numpy(np.asarray(cache.frames[cache.offsets[p]:cache.offsets[p] + cache.lengths[p]]))
+        clips = normalize_clips(frames[None])                         # (1, L, 3, H, W)
+        chunks = [model.describe(clips[:, idx]) for idx in test_frame_indices(len(frames), T)]
+        torch.testing.assert_close(feats.features[p], torch.cat(chunks).mean(0))
+        if len(frames) % T == 0:   # equal chunks: the mean of chunk means is the whole-tracklet mean
+            torch.testing.assert_close(feats.features[p], model.describe(clips)[0])
+            checked_whole += 1
+    assert checked_whole > 0
+
+
+def test_pool5_is_one_even_clip_per_tracklet(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=4)
+    model = FakeModel("similarity")
+    positions = np.arange(len(manifest.tracklets))[::-1].copy()
+    feats = extract_features(model, manifest, cache, positions, batch_size=4, progress=False)
+    assert feats.pool5.shape == (len(positions), T, 3, 2, 1)
+    p = int(positions[1])
+    idx = test_frame_indices(int(manifest.lengths[p]), T, "even")[0]
+    clip = normalize_clips(torch.from_numpy(np.asarray(cache.frames[cache.offsets[p] + idx]))[None])
+    torch.testing.assert_close(feats.pool5[1], model.features(clip).pool5[0])
+
+
+def test_feature_cache_is_reused(make_manifest, tmp_path):
+    manifest, cache = load(make_manifest, num_ids=6)
+    model = FakeModel("similarity")
+    first = run(model, manifest, cache, feature_cache_dir=tmp_path / "features")
+    assert model.clips_seen > 0 and len(list((tmp_path / "features").glob("*.pt"))) == 1
+    model.clips_seen = 0
+    second = run(model, manifest, cache, feature_cache_dir=tmp_path / "features")
+    assert model.clips_seen == 0 and second.seconds["features_from_cache"] == 1.0
+    assert second.to_dict() | {"seconds": None} == first.to_dict() | {"seconds": None}
+    with torch.no_grad():
+        model.scale.fill_(2.0)                                   # new weights: new key
+    run(model, manifest, cache, feature_cache_dir=tmp_path / "features")
+    assert model.clips_seen > 0
+
+
+def test_two_camera_averages_over_splits(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=8, protocol="two_camera", num_splits=3)
+    model = FakeModel()
+    result = run(model, manifest, cache)
+    assert len(result.splits) == 3 and result.protocol == "two_camera"
+    tested = sorted({t for s in manifest.splits for t in (*s.query, *s.gallery)})
+    assert model.clips_seen == num_test_clips(manifest, manifest.positions(tested), T)  # once for all
+    for name in ("rank1", "rank5", "mAP"):
+        values = [getattr(s, name) for s in result.splits]
+        assert getattr(result, name) == pytest.approx(np.mean(values))
+        assert result.std[name] == pytest.approx(np.std(values))
+    assert result.num_queries == sum(len(s.query) for s in manifest.splits)
+    assert "±" in result.summary() and "3 split" in result.convention
+    single = run(model, manifest, cache, split=1)
+    assert single.rank1 == result.splits[1].rank1 and not single.splits
+    with pytest.raises(ValueError, match="official"):
+        run(model, manifest, cache, convention="official")
+
+
+def test_result_states_convention_ranking_and_skips(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=8, distractors=2, junk=2)
+    split = manifest.splits[0]
+    query = split.query[0]
+    pid = manifest.tracklets[manifest.index(query)].pid
+    # take away the query's only other-camera match: it must be skipped, and say so
+    split.gallery = [t for t in split.gallery
+                     if not (manifest.tracklets[manifest.index(t)].pid == pid
+                             and manifest.tracklets[manifest.index(t)].camid != 1)]
+    model = FakeModel("similarity")
+    common = run(model, manifest, cache, rerank_top_k=5)
+    assert common.num_skipped == 1 and common.num_queries == len(split.query)
+    assert "common" in common.convention and "skipped" in common.convention
+    assert "top-5" in common.ranking and "1 skipped" in common.summary()
+    official = run(model, manifest, cache, convention="official", rerank_top_k=5)
+    assert official.num_skipped == 0 and "official" in official.convention
+    assert official.num_gallery == common.num_gallery + len(split.query)
+    assert official.table_row("ALL").startswith("| ALL | ")
+    json.dumps(official.to_dict(), allow_nan=False)   # JSON-serialisable, NaN → null
+
+
+def test_per_query_flags_drop_junk_and_mark_distractors(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=8, distractors=3, junk=3)
+    result = run(FakeModel(), manifest, cache, keep_top=50)
+    pq = result.per_query
+    by_id = {t.tracklet_id: t for t in manifest.tracklets}
+    listed = pq.gallery_ids[pq.gallery_ids >= 0]
+    assert all(by_id[int(t)].pid != -1 for t in listed)                       # junk never listed
+    n_gallery = len(manifest.splits[0].gallery) - 3                           # minus junk
+    assert np.all((pq.gallery_ids >= 0).sum(1) == n_gallery)                  # nothing else dropped
+    for i, q in enumerate(pq.query_ids):
+        for g, f in zip(pq.gallery_ids[i], pq.flags[i]):
+            if g < 0:
+                continue
+            t = by_id[int(g)]
+            expected = 2 if t.pid == 0 else 1 if t.pid == by_id[int(q)].pid else 0
+            assert f == expected
+        first = np.flatnonzero(pq.flags[i] == 1)
+        assert pq.first_hit[i] == first[0] + 1                               # ranks as CMC counts them
+    listed_dist = np.where(pq.gallery_ids >= 0, pq.distances, np.inf)
+    assert np.all(np.diff(listed_dist, axis=1) >= 0)                         # feature order
+
+
+def test_real_model_all_variant_runs(make_manifest):
+    from reidkit.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    manifest = Manifest.load(make_manifest(num_ids=6, length_range=(3, 7)))
+    config = ModelConfig.cpu()
+    cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+    model = build_model("all", config=config)
+    model.train()
+    result = run(model, manifest, cache, rerank_top_k=2, batch_size=8)
+    assert model.training                                  # mode restored
+    assert result.num_queries == 3 and result.num_gallery == 3 and 0.0 <= result.rank1 <= 100.0
+    assert np.all(np.isfinite(result.per_query.scores[:, :2]))
+    assert "similarity S" in result.ranking and "top-2" in result.ranking

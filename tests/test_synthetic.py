@@ -1,0 +1,192 @@
+"""The synthetic benchmark: manifest, frames, ground truth, MARS protocol, determinism, identity."""
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import fields
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.synthetic import PRESETS, generate, make_plan, preset_params
+from data_prep.synthetic.identity import change_one_region, sample_identity
+from data_prep.synthetic.render import MARGIN, Pose, compose_frame, draw_person, make_camera
+from data_prep.synthetic.tracklet import LABELS
+
+H, W = 128, 64
+OCCLUDED = {"object", "person", "crop"}
+
+
+def _read(root):
+    with open(root / "tracklets.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for key in ("tracklet_id", "pid", "camid", "num_frames"):
+            r[key] = int(r[key])
+        r["frames"] = r["frames"].split("|")
+        r["visibility"] = [float(v) for v in r["visibility"].split("|")]
+        r["occlusion"] = r["occlusion"].split("|")
+    splits = json.loads((root / "splits.json").read_text())
+    meta = json.loads((root / "meta.json").read_text())
+    return rows, splits, meta
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = generate(tmp_path_factory.mktemp("syn") / "a", "tiny", seed=0, progress=False)
+    return root, *_read(root)
+
+
+def test_manifest_parses(tiny):
+    root, rows, splits, meta = tiny
+    assert meta["source"] == "synthetic" and meta["protocol"] == "mars"
+    assert meta["frame_size"] == [H, W] and meta["excluded"] == []
+    assert meta["generator"]["preset"] == "tiny" and meta["generator"]["seed"] == 0
+    assert meta["counts"]["tracklets"] == len(rows) and meta["counts"]["cameras"] == 6
+    assert meta["counts"]["identities"] == 20
+    assert len(splits) == 1 and set(splits[0]) == {"train", "query", "gallery"}
+    assert [r["tracklet_id"] for r in rows] == list(range(len(rows)))
+    for r in rows:
+        n = r["num_frames"]
+        assert n == len(r["frames"]) == len(r["visibility"]) == len(r["occlusion"])
+        assert 1 <= r["camid"] <= 6
+
+
+def test_frames_exist_and_decode(tiny):
+    root, rows, _, _ = tiny
+    for r in rows:
+        assert all((root / f).is_file() for f in r["frames"])
+        for f in (r["frames"][0], r["frames"][-1]):
+            with Image.open(root / f) as img:
+                img.load()
+                assert img.size == (W, H) and img.mode == "RGB"
+
+
+def test_visibility_matches_occlusion_labels(tiny):
+    _, rows, _, meta = tiny
+    seen = defaultdict(int)
+    compared = 0
+    for r in rows:
+        vis, occ = np.array(r["visibility"]), r["occlusion"]
+        assert np.all((vis >= 0) & (vis <= 1))
+        assert set(occ) <= set(LABELS)
+        for label in occ:
+            seen[label] += 1
+        if r["pid"] < 1:
+            continue
+        clean = vis[[o == "none" for o in occ]]
+        hidden = vis[[o in OCCLUDED for o in occ]]
+        assert clean.size > 0 and clean.min() >= 0.8
+        if hidden.size:
+            assert hidden.max() < clean.min()   # every occluded frame is below every clean one
+            compared += 1
+    assert compared >= 5
+    assert all(seen[label] > 0 for label in LABELS), dict(seen)
+    assert meta["occlusion_frames"]["none"] > meta["occlusion_frames"]["object"]
+
+
+def test_mars_protocol(tiny):
+    _, rows, splits, _ = tiny
+    split = splits[0]
+    by_id = {r["tracklet_id"]: r for r in rows}
+    train, query, gallery = (set(split[k]) for k in ("train", "query", "gallery"))
+    assert not (train & query or train & gallery or query & gallery)
+    assert train | query | gallery == set(by_id)
+    train_pids = {by_id[t]["pid"] for t in train}
+    test_pids = {by_id[t]["pid"] for t in query | gallery} - {0, -1}
+    assert train_pids and test_pids and not (train_pids & test_pids)
+    assert {0, -1} - train_pids == {0, -1}        # no distractor / junk in train
+    assert {by_id[t]["pid"] for t in query} == test_pids   # every test identity queries
+    assert {0, -1} <= {by_id[t]["pid"] for t in gallery}
+    for q in query:
+        pid, cam = by_id[q]["pid"], by_id[q]["camid"]
+        assert any(by_id[g]["pid"] == pid and by_id[g]["camid"] != cam for g in gallery)
+    cams = defaultdict(set)
+    for r in rows:
+        cams[r["pid"]].add(r["camid"])
+    assert all(len(c) >= 2 for pid, c in cams.items() if pid >= 1)
+
+
+def test_lengths_vary(tiny):
+    _, rows, _, _ = tiny
+    p = PRESETS["tiny"]
+    lengths = [r["num_frames"] for r in rows]
+    assert len(set(lengths)) >= 5
+    assert p["min_len"] <= min(lengths) and max(lengths) <= p["max_len"]
+
+
+def test_deterministic_whatever_the_workers(tiny, tmp_path):
+    root, rows, _, _ = tiny
+    again = generate(tmp_path / "b", "tiny", seed=0, progress=False, workers=2)
+    for name in ("tracklets.csv", "splits.json", "meta.json", "identities.json"):
+        assert (root / name).read_bytes() == (again / name).read_bytes(), name
+    for r in rows[::9]:
+        f = r["frames"][-1]
+        assert (root / f).read_bytes() == (again / f).read_bytes(), f
+    other = generate(tmp_path / "c", "tiny", seed=1, progress=False)
+    assert (root / "tracklets.csv").read_bytes() != (other / "tracklets.csv").read_bytes()
+    f = rows[0]["frames"][0]
+    assert (root / f).read_bytes() != (other / f).read_bytes()
+
+
+def test_rendering_carries_identity(tiny):
+    """Upper-body colour: tracklets of one person (across cameras) agree more than two people do."""
+    root, rows, splits, meta = tiny
+    feats, pids = [], []
+    for r in rows:
+        if r["pid"] < 1:
+            continue
+        clean = [f for f, o in zip(r["frames"], r["occlusion"]) if o == "none"]
+        crops = [np.asarray(Image.open(root / f), dtype=np.float32)[40:56, 26:38] for f in clean[:4]]
+        feats.append(np.mean([c.reshape(-1, 3).mean(0) for c in crops], axis=0))
+        pids.append(r["pid"])
+    feats, pids = np.array(feats), np.array(pids)
+    d = np.linalg.norm(feats[:, None] - feats[None], axis=-1)
+    same = pids[:, None] == pids[None]
+    off = ~np.eye(len(pids), dtype=bool)
+    assert d[same & off].mean() < 0.5 * d[~same].mean()
+
+
+def test_visibility_from_masks():
+    cam = make_camera(1, 0, H, W)
+    canvas = (W + 2 * MARGIN, H + 2 * MARGIN)
+    ident = sample_identity(np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+
+    def vis(dx=0.0, occluder=None):
+        pose = Pose(cx=MARGIN + W / 2 + dx, feet_y=MARGIN + H - 8, body_px=110, phase=0.3)
+        return compose_frame(cam, 0, draw_person(ident, pose, canvas), occluder, (1.0, 0.0), 0.0,
+                             rng, H, W).visibility
+
+    assert vis() == pytest.approx(1.0)
+    half = vis(dx=W / 2)                    # body centre on the box edge: about half inside
+    assert 0.3 < half < 0.7
+    wall = (Image.new("RGB", (W, H)), Image.new("L", (W, H), 255), False)
+    assert vis(occluder=wall) == 0.0
+    left = Image.new("L", (W, H), 0)
+    left.paste(255, (0, 0, W // 2, H))      # hides the left half of the box
+    assert 0.3 < vis(occluder=(Image.new("RGB", (W, H)), left, False)) < 0.7
+
+
+def test_one_region_look_alikes_differ_in_one_region():
+    rng = np.random.default_rng(3)
+    groups = {"upper": {"upper"}, "lower": {"lower"}, "shoes": {"shoes"}}
+    for _ in range(30):
+        base = sample_identity(rng)
+        new, region = change_one_region(base, rng)
+        changed = {f.name for f in fields(base) if getattr(base, f.name) != getattr(new, f.name)}
+        expected = groups.get(region) or {region.split(":")[1]}
+        assert changed == expected, (region, changed)
+    plan = make_plan(preset_params("small"), 0)
+    kinds = {r["kind"] for r in plan.relations}
+    assert kinds == {"similar", "one_region"}
+    split_of = lambda pid: pid <= 60  # noqa: E731
+    assert all(split_of(r["pid"]) == split_of(r["base"]) for r in plan.relations)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="tiny, small, medium, large"):
+        preset_params("huge")
+    with pytest.raises(ValueError, match="num_train_ids"):
+        preset_params("tiny", num_trian_ids=3)

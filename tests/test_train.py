@@ -1,0 +1,169 @@
+"""Trainer: a few steps on a hand-made tiny dataset, callbacks, checkpoints, exact resume, NaN stop."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reidkit.checkpoint import load_checkpoint
+from reidkit.config import Config
+from reidkit.train import Trainer, TrainingDiverged, load_model
+
+H, W = 64, 32  # caffenet_light gives a 4×2 pool5 grid at this size
+
+
+def make_tiny_dataset(root: Path, identities: int = 8, frames: int = 7, seed: int = 0) -> Path:
+    """A two-camera manifest: every identity has one tracklet per camera of coloured-block frames.
+
+    Identities 1..n/2 train; the others are query (camera 1) and gallery (camera 2).
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, tid = [], 0
+    for pid in range(1, identities + 1):
+        top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        for cam in (1, 2):
+            names = []
+            for f in range(frames):
+                img = np.empty((H, W, 3), np.uint8)
+                img[: H // 2], img[H // 2:] = top, bottom
+                img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+                name = f"p{pid:02d}/c{cam}/{f:03d}.png"
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / name)
+                names.append(name)
+            rows.append({"tracklet_id": tid, "pid": pid, "camid": cam, "num_frames": frames,
+                         "frames": "|".join(names), "visibility": ""})
+            tid += 1
+    with open(root / "tracklets.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    half = identities // 2
+    split = {"train": [r["tracklet_id"] for r in rows if r["pid"] <= half],
+             "query": [r["tracklet_id"] for r in rows if r["pid"] > half and r["camid"] == 1],
+             "gallery": [r["tracklet_id"] for r in rows if r["pid"] > half and r["camid"] == 2]}
+    (root / "splits.json").write_text(json.dumps([split]))
+    meta = {"format_version": 1, "name": "tiny", "source": "synthetic", "protocol": "two_camera",
+            "counts": {"identities": identities, "tracklets": len(rows), "frames": len(rows) * frames,
+                       "distractor_tracklets": 0, "junk_tracklets": 0, "cameras": 2},
+            "frame_size": [H, W], "excluded": []}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+TINY_MODEL = [f"model.height={H}", f"model.width={W}", "model.cnn=caffenet_light", "model.width_mult=0.125",
+              "model.fc_dim=32", "model.rnn_hidden=16", "model.attention_dim=8", "model.srm_in=8",
+              "model.srm_hidden=4", "model.srm_out=4", "model.seq_len=4"]
+
+
+def tiny_config(dataset, out, *overrides) -> Config:
+    return Config.from_dict({}, [
+        f"data.dataset={dataset}", f"data.cache_dir={Path(out).parent / 'cache'}", *TINY_MODEL,
+        "train.P=2", "train.K=2", "train.steps_per_epoch=2", "train.epochs=2", "train.lr=0.01",
+        "train.device=cpu", "train.log_every=1", "train.progress=false", f"train.out_dir={out}",
+        "train.seed=3", *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_writes_history_checkpoints_and_calls_callbacks(tiny, tmp_path):
+    calls = {"step": [], "epoch": []}
+
+    class Recorder:
+        def on_epoch_end(self, trainer, epoch, logs):
+            calls["epoch"].append((epoch, logs))
+
+    config = tiny_config(tiny, tmp_path / "run", "model.variant=all", "train.keep_last=1")
+    before = weights(Trainer(config).model)
+    trainer = Trainer(config, callbacks=[Recorder(), {"on_step_end": lambda t, s, logs: calls["step"].append((s, logs))}])
+    history = trainer.fit()
+
+    assert [s for s, _ in calls["step"]] == [1, 2, 3, 4]
+    for _, logs in calls["step"]:
+        assert {"loss", "triplet", "bce", "lr", "grad_norm", "frames_per_s"} <= set(logs)
+        assert all(math.isfinite(v) for v in logs.values())
+        assert logs["triplet"] > 0 and logs["bce"] > 0  # both branches of ``all`` are trained
+    assert [e for e, _ in calls["epoch"]] == [1, 2] and len(history) == 2
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.glob("*.pt")) == ["epoch_002.pt", "last.pt"]  # keep_last=1
+    assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
+    with open(out / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    changed = [k for k, v in weights(trainer.model).items() if not torch.equal(v, before[k])]
+    assert changed, "training did not change any weight"
+    model, cfg = load_model(out / "last.pt")
+    assert cfg.variant == "all" and not model.training
+    for k, v in weights(model).items():
+        torch.testing.assert_close(v, trainer.model.state_dict()[k])
+
+
+@pytest.mark.parametrize("variant", ["cnn_tam", "cnn_srm"])
+def test_single_branch_variants_train(tiny, tmp_path, variant):
+    config = tiny_config(tiny, tmp_path / variant, f"model.variant={variant}", "train.epochs=1")
+    row = Trainer(config).fit()[-1]
+    if variant == "cnn_tam":
+        assert row["triplet"] > 0 and row["bce"] == 0
+    else:
+        assert row["bce"] > 0 and row["triplet"] == 0
+
+
+def test_resume_is_exact(tiny, tmp_path):
+    """Stopped after epoch 1 and resumed == uninterrupted (dropout, sampling, mirroring, optimiser)."""
+    extra = ["model.variant=all", "train.epochs=3", "train.optimizer=adam", "train.schedule=cosine"]
+    full = Trainer(tiny_config(tiny, tmp_path / "full", *extra))
+    full.fit()
+
+    def stop(trainer, epoch, logs):
+        trainer.should_stop = True
+
+    first = Trainer(tiny_config(tiny, tmp_path / "resumed", *extra), callbacks=[{"on_epoch_end": stop}])
+    first.fit()
+    assert first.epoch == 1
+    torch.manual_seed(12345)  # disturb the global RNGs: resume must restore them
+    np.random.seed(999)
+    resumed = Trainer(tiny_config(tiny, tmp_path / "resumed", *extra))
+    resumed.fit(resume=True)
+    assert resumed.epoch == 3 and len(resumed.history) == 3
+    a, b = weights(full.model), weights(resumed.model)
+    for k in a:
+        assert torch.allclose(a[k], b[k]), k
+    assert [r["loss"] for r in full.history] == pytest.approx([r["loss"] for r in resumed.history])
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
+    def corrupt(trainer, step, logs):
+        if step == 3:  # first step of epoch 2: poison the weights
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.fill_(float("nan"))
+
+    out = tmp_path / "nan"
+    trainer = Trainer(tiny_config(tiny, out, "model.variant=cnn_tam"), callbacks=[{"on_step_end": corrupt}])
+    with pytest.raises(TrainingDiverged, match=r"step 4 \(epoch 2\).*triplet"):
+        trainer.fit()
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_huge_learning_rate_diverges_with_clear_message(tiny, tmp_path):
+    config = tiny_config(tiny, tmp_path / "lr", "model.variant=cnn", "train.lr=1e30", "train.grad_clip=null",
+                         "train.epochs=3")
+    with pytest.raises(TrainingDiverged, match=r"non-finite .*train.lr"):
+        Trainer(config).fit()
+    assert not (tmp_path / "lr" / "last.pt").exists() or load_checkpoint(tmp_path / "lr" / "last.pt")["epoch"] >= 1
