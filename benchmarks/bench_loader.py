@@ -82,8 +82,11 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2, help="decoding threads for the cache build")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: on a shared, oversubscribed CPU more threads "
+                         "make every tensor op wait for a descheduled thread)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     H, W = args.height, args.width
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
@@ -92,7 +95,7 @@ def main(argv=None) -> None:
         m = Manifest.load(root)
         print(f"dataset: {m}")
         print(f"clips: P={args.P} x K={args.K} = {args.P * args.K} clips of T={args.T} frames, "
-              f"{H}x{W}, device={args.device}")
+              f"{H}x{W}, device={args.device}, torch threads={torch.get_num_threads()}")
 
         builds = {}
         for workers in sorted({1, args.workers}):
@@ -118,20 +121,41 @@ def main(argv=None) -> None:
         t_cache = time.perf_counter() - t0
         n_clips = sum(len(p) for p, _, _ in batches)
 
+        def decode(positions, frame_idx):
+            return np.stack([np.stack([decode_frame(m.root / m.tracklets[p].frames[j], H, W) for j in fi])
+                             for p, fi in zip(positions, frame_idx)])
+
         t0 = time.perf_counter()
         for positions, frame_idx, mirrored in batches:
-            paths = m.root
-            raw = np.stack([np.stack([decode_frame(paths / m.tracklets[p].frames[j], H, W) for j in fi])
-                            for p, fi in zip(positions, frame_idx)])
-            clips = normalize_clips(torch.from_numpy(raw).to(args.device), mirrored.to(args.device))
+            raw = torch.from_numpy(decode(positions, frame_idx)).to(args.device)
+            clips = normalize_clips(raw, mirrored)
         sync()
         t_decode = time.perf_counter() - t0
-        del clips
 
-        a, b = n_clips / t_cache, n_clips / t_decode
-        print(f"(a) FrameCache + normalise + mirror: {a:9.1f} clips/s ({a * args.T:9.0f} frames/s)")
-        print(f"(b) PIL decode  + normalise + mirror: {b:9.1f} clips/s ({b * args.T:9.0f} frames/s)")
+        # the load alone (uint8 frames of the same clips, no normalisation)
+        t0 = time.perf_counter()
+        for positions, frame_idx, _ in batches:
+            raw = cache.gather(cache.rows(positions, frame_idx), args.device)
+        sync()
+        t_gather = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for positions, frame_idx, _ in batches:
+            raw = decode(positions, frame_idx)
+        t_decode_only = time.perf_counter() - t0
+        del clips, raw
+
+        def line(label, seconds):
+            rate = n_clips / seconds
+            print(f"{label}: {rate:9.1f} clips/s ({rate * args.T:9.0f} frames/s, "
+                  f"{1e3 * seconds / len(batches):7.2f} ms/step)")
+            return rate
+
+        a = line("(a) FrameCache + normalise + mirror", t_cache)
+        b = line("(b) PIL decode  + normalise + mirror", t_decode)
         print(f"ratio (a)/(b): {a / b:.1f}x over {len(batches)} steps")
+        a0 = line("(a0) FrameCache gather only (uint8)", t_gather)
+        b0 = line("(b0) PIL decode only        (uint8)", t_decode_only)
+        print(f"ratio (a0)/(b0): {a0 / b0:.0f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

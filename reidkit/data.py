@@ -186,7 +186,7 @@ def _read_meta(path: Path) -> dict:
 def _read_tracklets(path: Path) -> list[Tracklet]:
     if not path.is_file():
         raise ManifestError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a spreadsheet's BOM
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -279,6 +279,14 @@ def _read_splits(path: Path, known_ids: set[int]) -> list[Split]:
 # Frame cache
 # --------------------------------------------------------------------------------------------
 
+def _device(device) -> torch.device:
+    """torch.device with the index filled in ("cuda" -> "cuda:0"), so device keys compare equal."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 def decode_frame(path, height: int, width: int) -> np.ndarray:
     """Decode one image file to uint8 (height, width, 3) RGB, resized with PIL's bilinear filter.
 
@@ -309,7 +317,9 @@ class FrameCache:
     frame: seconds for MARS's million frames, no reading). If it matches, the cache is reused
     without decoding anything; otherwise it is rebuilt. The build writes to a temporary name and
     then ``os.replace``s it into place, so an interrupted build never leaves a half-written cache
-    that looks valid.
+    that looks valid; processes building the same cache at once (e.g. DDP ranks) each write
+    their own temporary file and the last replace wins (wasteful, never corrupt: build on rank 0
+    first, then on the others, to decode once).
     """
 
     def __init__(self, frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
@@ -378,8 +388,12 @@ class FrameCache:
             except (OSError, json.JSONDecodeError):
                 index = {}
             if index.get("fingerprint") == fingerprint:
-                frames = np.load(npy_path, mmap_mode="c")  # copy-on-write: writable view, disk untouched
-                if frames.shape == (total, height, width, 3) and frames.dtype == np.uint8:
+                try:  # copy-on-write map: a writable view (torch.from_numpy wants one), disk untouched
+                    frames = np.load(npy_path, mmap_mode="c")
+                except (OSError, ValueError):
+                    frames = None  # truncated or corrupt: rebuild below
+                if (frames is not None and frames.shape == (total, height, width, 3)
+                        and frames.dtype == np.uint8):
                     return cls(frames, offsets, lengths, npy_path, fingerprint, built=False)
 
         npy_path.parent.mkdir(parents=True, exist_ok=True)
@@ -455,7 +469,7 @@ class FrameCache:
         On another device (e.g. "cuda") the cache is copied there once, in chunks, and kept: a
         GPU-resident cache makes gathering a batch a single ``index_select``.
         """
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = _device(device)
         key = str(dev)
         if key not in self._tensors:
             host = torch.from_numpy(self.frames)
@@ -476,7 +490,7 @@ class FrameCache:
         gathers on the CPU from the memory map and moves only the gathered frames.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = _device(device)
         shape = rows.shape + (self.height, self.width, 3)
         resident = self._tensors.get(str(dev))
         if resident is not None:
@@ -635,10 +649,17 @@ class PKSampler:
 # Normalisation and augmentation (tensor ops, run wherever the clips are)
 # --------------------------------------------------------------------------------------------
 
-def _stats(device, dtype):
-    mean = torch.tensor(MEAN, device=device, dtype=dtype).view(1, 1, 3, 1, 1)
-    std = torch.tensor(STD, device=device, dtype=dtype).view(1, 1, 3, 1, 1)
-    return mean, std
+_SCALE_BIAS: dict = {}
+
+
+def _scale_bias(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel 1/(255*std) and -mean/std, made once per device (no host copy every step)."""
+    key = (str(device), dtype)
+    if key not in _SCALE_BIAS:
+        scale = torch.tensor([1.0 / (255.0 * s) for s in STD], dtype=dtype).view(1, 1, 3, 1, 1)
+        bias = torch.tensor([-m / s for m, s in zip(MEAN, STD)], dtype=dtype).view(1, 1, 3, 1, 1)
+        _SCALE_BIAS[key] = (scale.to(device), bias.to(device))
+    return _SCALE_BIAS[key]
 
 
 def normalize_clips(clips: torch.Tensor, mirror: torch.Tensor | None = None,
@@ -647,17 +668,33 @@ def normalize_clips(clips: torch.Tensor, mirror: torch.Tensor | None = None,
 
     ``mirror`` (bool, shape (N,)) flips clip n left-right (the W axis) where True; all T frames
     of a clip are flipped together (paper, section 4.2: "We also implement mirror for data
-    augmentation").
+    augmentation"). Pass ``mirror`` as a CPU tensor to avoid a device sync when clips are on
+    the GPU.
+
+    Computed as ``x * 1/(255*std) + (-mean/std)`` into a preallocated (N, T, 3, H, W) tensor: the
+    uint8 -> float conversion and the channel permute are a single copy (several times faster
+    on the CPU than permute, divide, subtract, divide, contiguous).
     """
     if clips.dim() != 5 or clips.shape[-1] != 3:
         raise ValueError(f"expected uint8 clips (N, T, H, W, 3), got shape {tuple(clips.shape)}")
-    if mirror is not None:
-        mirror = torch.as_tensor(mirror, dtype=torch.bool, device=clips.device)
-        if mirror.any():
+    N, T, H, W, _ = clips.shape
+    dev = clips.device
+    if mirror is not None:  # flip the uint8 frames: a quarter of the bytes of the float ones
+        mirror = torch.as_tensor(mirror, dtype=torch.bool)
+        if mirror.shape != (N,):
+            raise ValueError(f"mirror must have shape ({N},), got {tuple(mirror.shape)}")
+        if mirror.device.type == "cpu":
+            idx = mirror.nonzero().view(-1).to(dev, non_blocking=True)
+            if idx.numel():
+                clips = clips.index_copy(0, idx, clips.index_select(0, idx).flip(3))
+        else:  # flags already on the GPU: no host sync, flip all and keep where asked
             clips = torch.where(mirror.view(-1, 1, 1, 1, 1), clips.flip(3), clips)
-    x = clips.permute(0, 1, 4, 2, 3).to(dtype).div_(255.0)
-    mean, std = _stats(x.device, dtype)
-    return x.sub_(mean).div_(std).contiguous()
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    x = torch.empty((N, T, 3, H, W), dtype=work, device=dev)
+    x.copy_(clips.permute(0, 1, 4, 2, 3))
+    scale, bias = _scale_bias(dev, work)
+    x.mul_(scale).add_(bias)
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def denormalize_clips(clips: torch.Tensor) -> torch.Tensor:
@@ -699,7 +736,7 @@ class ClipBatch:
         return int(self.clips.shape[0])
 
 
-def _visibility(manifest: Manifest, positions: np.ndarray, frame_idx: np.ndarray) -> torch.Tensor | None:
+def _visibility(manifest: Manifest, positions: np.ndarray, frame_idx: np.ndarray) -> np.ndarray | None:
     if not manifest.has_visibility:
         return None
     vis = np.full(frame_idx.shape, np.nan, dtype=np.float32)
@@ -707,7 +744,7 @@ def _visibility(manifest: Manifest, positions: np.ndarray, frame_idx: np.ndarray
         v = manifest.tracklets[p].visibility
         if v is not None:
             vis[n] = v[frame_idx[n]]
-    return torch.from_numpy(vis)
+    return vis
 
 
 class TrainClipLoader:
@@ -760,18 +797,18 @@ class TrainClipLoader:
             flips = rng.random(len(positions)) < 0.5 if self.mirror else np.zeros(len(positions), bool)
             raw = self.cache.gather(self.cache.rows(positions, frame_idx), self.device)
             mirrored = torch.from_numpy(flips)
-            clips = normalize_clips(raw, mirrored.to(self.device), self.dtype)
-            pos_t = torch.from_numpy(positions)
+            clips = normalize_clips(raw, mirrored, self.dtype)  # flags stay on the CPU: no sync
             vis = _visibility(m, positions, frame_idx)
+            to_dev = lambda a: torch.from_numpy(a).to(self.device, non_blocking=True)  # noqa: E731
             yield ClipBatch(
                 clips=clips,
-                pids=torch.from_numpy(m.pids[positions]).to(self.device),
-                camids=torch.from_numpy(m.camids[positions]).to(self.device),
-                tracklet_ids=torch.from_numpy(m.tracklet_ids[positions]).to(self.device),
-                positions=pos_t.to(self.device),
-                frame_idx=torch.from_numpy(frame_idx).to(self.device),
-                visibility=vis.to(self.device) if vis is not None else None,
-                mirrored=mirrored.to(self.device),
+                pids=to_dev(m.pids[positions]),
+                camids=to_dev(m.camids[positions]),
+                tracklet_ids=to_dev(m.tracklet_ids[positions]),
+                positions=to_dev(positions),
+                frame_idx=to_dev(frame_idx),
+                visibility=to_dev(vis) if vis is not None else None,
+                mirrored=to_dev(flips),
             )
         self.epoch = epoch + 1
 

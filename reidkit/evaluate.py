@@ -41,6 +41,10 @@ Protocols (``manifest.protocol``):
 - ``"two_camera"`` (iLIDS-VID, PRID2011): ten splits; features are extracted once for all
   tracklets of all splits, then per split query = the camera-1 test tracklets and gallery = the
   camera-2 ones (as listed by the manifest); results are the mean ± std over the splits.
+  Mind what the model has seen: the paper trains one model per split and averages the ten
+  results. A model trained on split k's train persons must be evaluated with ``split=k``
+  (the other splits' test persons overlap its training persons); ``split=None`` (all splits,
+  one model) is meaningful only for a model that saw none of the dataset's persons.
 
 Values in ``EvalResult`` are percentages, like the paper's tables.
 """
@@ -48,7 +52,6 @@ Values in ``EvalResult`` are percentages, like the paper's tables.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -62,8 +65,9 @@ import torch
 from .metrics import FLAG_IGNORED, evaluate_order, match_flags
 
 __all__ = [
-    "TestFeatures", "extract_features", "feature_distances", "Ranking", "rank_gallery",
-    "PerQuery", "EvalResult", "evaluate", "describe_convention", "describe_ranking",
+    "TrackletFeatures", "extract_features", "feature_distances", "Ranking", "rank_gallery",
+    "PerQuery", "EvalResult", "evaluate", "evaluate_features", "evaluation_positions",
+    "describe_convention", "describe_ranking",
 ]
 
 FEATURE_CACHE_VERSION = 1
@@ -75,7 +79,7 @@ RANKS = (1, 5, 10, 20)
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class TestFeatures:
+class TrackletFeatures:
     """Features of a set of tracklets.
 
     ``positions`` (N,) manifest positions; ``features`` (N, D) float32, the mean of the chunk
@@ -140,7 +144,7 @@ def feature_cache_key(model, manifest, cache, positions, T: int, with_pool5: boo
 @torch.no_grad()
 def extract_features(model, manifest, cache, positions, T: int | None = None, batch_size: int = 64,
                      device=None, progress: bool = True, feature_cache_dir=None,
-                     with_pool5: bool | None = None) -> TestFeatures:
+                     with_pool5: bool | None = None) -> TrackletFeatures:
     """Features of the tracklets at manifest ``positions`` (see the module docstring, step 1).
 
     ``T`` defaults to ``model.config.seq_len``; ``batch_size`` is in clips of T frames;
@@ -166,7 +170,7 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
             saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("key") == key:
                 pool5 = saved["pool5"].to(device) if saved["pool5"] is not None else None
-                return TestFeatures(positions, saved["features"].to(device), pool5, T, key, True,
+                return TrackletFeatures(positions, saved["features"].to(device), pool5, T, key, True,
                                     time.perf_counter() - start)
 
     was_training = model.training
@@ -198,7 +202,10 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
                                  total=math.ceil(len(positions) / batch_size), disable=not progress,
                                  desc="pool5 maps for M", unit="batch"):
                 with _autocast(device):
-                    parts.append(model.features(clips).pool5)
+                    maps = model.features(clips).pool5
+                # bf16 on CUDA halves the memory (1.35 GB for MARS at the paper's size); M runs
+                # under bf16 autocast anyway
+                parts.append(maps.to(torch.bfloat16) if device.type == "cuda" else maps.float())
             pool5 = torch.cat(parts)
     finally:
         model.train(was_training)
@@ -209,7 +216,7 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
         torch.save({"key": key, "T": T, "positions": torch.from_numpy(positions),
                     "features": features.cpu(), "pool5": None if pool5 is None else pool5.cpu()}, tmp)
         os.replace(tmp, path)  # never leaves a half-written file under the final name
-    return TestFeatures(positions, features, pool5, T, key or "", False, time.perf_counter() - start)
+    return TrackletFeatures(positions, features, pool5, T, key or "", False, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +411,7 @@ class EvalResult:
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
-def _pair_scorer(model, feats: TestFeatures, q_rows: np.ndarray, g_rows: np.ndarray, device):
+def _pair_scorer(model, feats: TrackletFeatures, q_rows: np.ndarray, g_rows: np.ndarray, device):
     """score_pairs for rank_gallery: M or S of query/gallery index pairs, from cached pool5."""
     if feats.pool5 is None:
         raise ValueError(f"ranking {model.ranking!r} needs pool5 maps; extract with with_pool5=True")
@@ -423,7 +430,7 @@ def _pair_scorer(model, feats: TestFeatures, q_rows: np.ndarray, g_rows: np.ndar
     return score
 
 
-def _evaluate_split(model, manifest, feats: TestFeatures, query_ids, gallery_ids, convention, protocol,
+def _evaluate_split(model, manifest, feats: TrackletFeatures, query_ids, gallery_ids, convention, protocol,
                     rerank_top_k, exact, pair_batch, keep_top, max_rank, progress, device) -> EvalResult:
     q_pos, g_pos = manifest.positions(query_ids), manifest.positions(gallery_ids)
     q_rows, g_rows = feats.rows(q_pos), feats.rows(g_pos)
@@ -465,7 +472,8 @@ def _per_query(ranking: Ranking, m, query_ids, gallery_ids, q_pids, g_pids, q_ca
                keep_top) -> PerQuery:
     num_q, num_g = ranking.order.shape
     # Ignored entries are dropped, so look far enough down to still find keep_top that count.
-    ignored = (g_pids[None, :] == -1) | ((g_pids[None, :] == q_pids[:, None]) & (g_cams[None, :] == q_cams[:, None]))
+    ignored = (g_pids[None, :] == -1) | ((g_pids[None, :] == q_pids[:, None])
+                                         & (g_cams[None, :] == q_cams[:, None]))
     width = min(num_g, keep_top + int(ignored.sum(1).max(initial=0)))
     order = ranking.order[:, :width]
     flags = match_flags(order, q_pids, g_pids, q_cams, g_cams)
@@ -496,27 +504,8 @@ def _resolve_splits(manifest, split) -> list[int]:
     return [int(s) for s in split]
 
 
-def evaluate(model, manifest, cache, split: int | Sequence[int] | None = None, convention: str = "common",
-             rerank_top_k: int = 100, exact: bool = False, T: int | None = None, batch_size: int = 64,
-             device=None, feature_cache_dir=None, progress: bool = True, keep_top: int = 50,
-             pair_batch: int = 4096, max_rank: int = 20) -> EvalResult:
-    """Evaluate ``model`` on the test tracklets of ``manifest`` (see the module docstring).
-
-    ``split``: None = the protocol's default (MARS: split 0; two_camera: all splits, averaged),
-    an int (that split alone) or a list of split indices (averaged). ``convention``: "common"
-    or "official" (MARS protocol only). ``rerank_top_k``/``exact``: how far M re-scores (ignored
-    by distance-ranked variants). ``T``: frames per test chunk (default ``model.config.seq_len``).
-    ``batch_size``: clips per forward pass. ``device``: default the model's (the model is not
-    moved). ``keep_top``: retrieval entries kept per query in ``per_query``.
-    """
-    if convention not in ("common", "official"):
-        raise ValueError(f"convention must be 'common' or 'official', got {convention!r}")
-    protocol = manifest.protocol
-    if protocol == "two_camera" and convention == "official":
-        raise ValueError("convention='official' is the MARS MATLAB evaluation; two_camera datasets "
-                         "use query = camera 1, gallery = camera 2 (convention='common')")
-    device = torch.device(device) if device is not None else _model_device(model)
-    indices = _resolve_splits(manifest, split)
+def _split_sets(manifest, indices, convention) -> list[tuple[list[int], list[int]]]:
+    """(query ids, gallery ids) per split, the gallery as the convention defines it."""
     sets = []
     for i in indices:
         s = manifest.split(i)
@@ -527,11 +516,37 @@ def evaluate(model, manifest, cache, split: int | Sequence[int] | None = None, c
         else:  # the common convention's gallery never holds a query
             gallery = [t for t in s.gallery if t not in qset]
         sets.append((query, gallery))
+    return sets
 
-    all_ids = sorted({t for q, g in sets for t in (*q, *g)})
-    positions = manifest.positions(all_ids)
-    feats = extract_features(model, manifest, cache, positions, T, batch_size, device, progress,
-                             feature_cache_dir)
+
+def _check(manifest, convention):
+    if convention not in ("common", "official"):
+        raise ValueError(f"convention must be 'common' or 'official', got {convention!r}")
+    if manifest.protocol == "two_camera" and convention == "official":
+        raise ValueError("convention='official' is the MARS MATLAB evaluation; two_camera datasets "
+                         "use query = camera 1, gallery = camera 2 (convention='common')")
+
+
+def evaluation_positions(manifest, split: int | Sequence[int] | None = None,
+                         convention: str = "common") -> np.ndarray:
+    """Manifest positions of every tracklet that ``evaluate`` needs features for (sorted)."""
+    sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
+    return manifest.positions(sorted({t for q, g in sets for t in (*q, *g)}))
+
+
+def evaluate_features(model, manifest, feats: TrackletFeatures, split: int | Sequence[int] | None = None,
+                      convention: str = "common", rerank_top_k: int = 100, exact: bool = False,
+                      device=None, progress: bool = True, keep_top: int = 50, pair_batch: int = 4096,
+                      max_rank: int = 20) -> EvalResult:
+    """Steps 2–3 of ``evaluate`` on features already extracted (``extract_features``).
+
+    Useful to compare rankings (K, exact, convention) without extracting again. ``model`` only
+    needs ``ranking``, and for re-scoring ``metric``/``similarity``.
+    """
+    _check(manifest, convention)
+    device = torch.device(device) if device is not None else feats.features.device
+    sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
+    protocol = manifest.protocol
     results = [_evaluate_split(model, manifest, feats, q, g, convention, protocol, rerank_top_k, exact,
                                pair_batch, keep_top, max_rank, progress, device) for q, g in sets]
     for r in results:
@@ -550,8 +565,32 @@ def evaluate(model, manifest, cache, split: int | Sequence[int] | None = None, c
         num_skipped=sum(r.num_skipped for r in results),
         num_gallery=int(round(np.mean([r.num_gallery for r in results]))),
         protocol=protocol, convention_name=convention, dataset=getattr(manifest, "name", ""),
-        per_query=results[0].per_query,
-        splits=results, std=std,
+        per_query=results[0].per_query, splits=results, std=std,
         seconds={"features": feats.seconds, "features_from_cache": float(feats.from_cache),
                  "ranking": sum(r.seconds["ranking"] for r in results),
                  "metrics": sum(r.seconds["metrics"] for r in results)})
+
+
+def evaluate(model, manifest, cache, split: int | Sequence[int] | None = None, convention: str = "common",
+             rerank_top_k: int = 100, exact: bool = False, T: int | None = None, batch_size: int = 64,
+             device=None, feature_cache_dir=None, progress: bool = True, keep_top: int = 50,
+             pair_batch: int = 4096, max_rank: int = 20) -> EvalResult:
+    """Evaluate ``model`` on the test tracklets of ``manifest`` (see the module docstring).
+
+    ``split``: None = the protocol's default (MARS: split 0; two_camera: all splits, averaged),
+    an int (that split alone, no mean ± std) or a list of split indices (averaged).
+    ``convention``: "common" or "official" (MARS protocol only). ``rerank_top_k``/``exact``: how
+    far M re-scores (ignored by distance-ranked variants). ``T``: frames per test chunk (default
+    ``model.config.seq_len``). ``batch_size``: clips per forward pass. ``device``: default the
+    model's (the model is not moved; ``cache.tensor(device)`` beforehand makes frame gathering
+    GPU-resident). ``feature_cache_dir``: reuse features saved by an earlier run with the same
+    weights. ``keep_top``: retrieval entries kept per query in ``per_query``. ``pair_batch``:
+    pairs per call of M. The model's train/eval mode is restored on return.
+    """
+    _check(manifest, convention)
+    device = torch.device(device) if device is not None else _model_device(model)
+    positions = evaluation_positions(manifest, split, convention)
+    feats = extract_features(model, manifest, cache, positions, T, batch_size, device, progress,
+                             feature_cache_dir)
+    return evaluate_features(model, manifest, feats, split, convention, rerank_top_k, exact, device,
+                             progress, keep_top, pair_batch, max_rank)

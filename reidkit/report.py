@@ -51,33 +51,33 @@ NOTEBOOKS = (
 # Parameters per profile. "*" goes to every notebook; a notebook's own entry is added on top.
 # Paths (dataset_dir, work_dir, run_dir, ...) and `device` are filled in by `build_parameters`.
 PROFILES: dict[str, dict[str, dict]] = {
-    # ~1 minute on 2 CPU cores: proves every notebook runs end to end, numbers mean nothing.
+    # ~1 minute on 2 CPU cores: proves every notebook runs end to end; the numbers mean nothing.
     "smoke": {
-        "*": {"profile": "smoke", "seed": 0, "synthetic_preset": "tiny"},
-        "01_data_preparation": {},
-        "02_training": {"epochs": 1, "steps_per_epoch": 3, "P": 4, "K": 2},
-        "03_ablations": {"epochs": 1, "steps_per_epoch": 2, "P": 4, "K": 2},
-        "04_temporal_attention": {"max_tracklets": 24},
+        "*": {"profile": "smoke", "seed": 0, "config_file": "configs/smoke.yaml"},
+        "01_data_preparation": {"synthetic_preset": "tiny"},
+        "02_training": {"overrides": ["train.epochs=1", "train.steps_per_epoch=2"]},
+        "03_ablations": {"overrides": ["train.epochs=1", "train.steps_per_epoch=1"]},
+        "04_temporal_attention": {"max_tracklets": 32},
         "05_srm_difference_maps": {"ig_steps": 4},
         "06_retrieval_report": {},
     },
-    # ≤ 15 minutes on 2 CPU cores: the CPU-sized model on the small synthetic benchmark,
-    # enough training that attention and ranking move away from chance.
+    # <= 15 minutes on 2 CPU cores: the CPU-sized model (configs/cpu.yaml) on the small
+    # synthetic benchmark; long enough that attention and ranking move away from chance.
     "default": {
-        "*": {"profile": "default", "seed": 0, "synthetic_preset": "small"},
-        "01_data_preparation": {},
-        "02_training": {"epochs": 6, "steps_per_epoch": 25, "P": 8, "K": 2},
-        "03_ablations": {"epochs": 2, "steps_per_epoch": 15, "P": 8, "K": 2},
-        "04_temporal_attention": {"max_tracklets": 200},
+        "*": {"profile": "default", "seed": 0, "config_file": "configs/cpu.yaml"},
+        "01_data_preparation": {"synthetic_preset": "small"},
+        "02_training": {"overrides": ["train.epochs=4", "train.steps_per_epoch=15"]},
+        "03_ablations": {"overrides": ["train.epochs=1", "train.steps_per_epoch=10"]},
+        "04_temporal_attention": {"max_tracklets": 300},
         "05_srm_difference_maps": {"ig_steps": 16},
         "06_retrieval_report": {},
     },
-    # The paper's setting: 227×227 CaffeNet on a real dataset (--dataset), hours on a GPU.
+    # The paper's setting (configs/default.yaml: 227×227 CaffeNet) on a real dataset: hours on a GPU.
     "paper": {
-        "*": {"profile": "paper", "seed": 0, "synthetic_preset": ""},
-        "01_data_preparation": {},
-        "02_training": {"epochs": 60, "steps_per_epoch": 500, "P": 16, "K": 2},
-        "03_ablations": {"epochs": 30, "steps_per_epoch": 500, "P": 16, "K": 2},
+        "*": {"profile": "paper", "seed": 0, "config_file": "configs/default.yaml"},
+        "01_data_preparation": {"synthetic_preset": ""},
+        "02_training": {"overrides": []},
+        "03_ablations": {"overrides": ["train.epochs=30"]},
         "04_temporal_attention": {"max_tracklets": 2000},
         "05_srm_difference_maps": {"ig_steps": 32},
         "06_retrieval_report": {},
@@ -388,3 +388,77 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --------------------------------------------------------------------------- used by the notebooks
+
+
+def write_metrics(path: str | Path, metrics: Mapping) -> Path:
+    """Write a notebook's numbers as JSON (numpy scalars/arrays → Python, NaN/inf → null).
+
+    By convention ``metrics["key"]`` holds the few scalars ``index.html`` shows.
+    """
+    import math
+
+    def plain(x):
+        if isinstance(x, Mapping):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if hasattr(x, "tolist"):  # numpy / torch scalars and arrays
+            return plain(x.tolist())
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, Path):
+            return str(x)
+        return x
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plain(metrics), indent=2, allow_nan=False), encoding="utf-8")
+    return path
+
+
+PACKAGES = ("reidkit", "torch", "numpy", "scipy", "pillow", "pyyaml", "tqdm", "matplotlib", "seaborn",
+            "captum", "ipywidgets", "papermill", "jupytext", "nbconvert", "nbformat", "ipykernel")
+
+
+def environment_info(packages: Sequence[str] = PACKAGES) -> dict:
+    """Python, OS, CPU/GPU and the installed versions of ``packages`` (None when missing)."""
+    import os
+    import platform
+    from importlib import metadata
+
+    info = {"python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "packages": {}}
+    for name in packages:
+        try:
+            info["packages"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info["packages"][name] = None
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+def git_info(root: str | Path = REPO_ROOT) -> dict:
+    """The commit and whether the tree has uncommitted changes; empty values without git."""
+    import subprocess
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    return {"commit": commit, "dirty": None if status is None else bool(status),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}

@@ -163,6 +163,9 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = resolve_device(t.device, self.local_rank)
         self.distributed = self.world_size > 1
+        if t.P % self.world_size or t.P // self.world_size < 2:
+            raise ValueError(f"train.P={t.P} must be a multiple of the {self.world_size} processes with at least 2 "
+                             f"identities per process (batch-hard mining happens inside each process's shard)")
         if self.distributed and not dist.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
@@ -226,9 +229,10 @@ class Trainer:
     def _make_optimizer(self):
         t = self.config.train
         params = [p for p in self.model.parameters() if p.requires_grad]
+        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for all parameters
         if t.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        return torch.optim.Adam(params, lr=t.lr, betas=(t.momentum, 0.999), weight_decay=t.weight_decay)
+            return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
+        return torch.optim.Adam(params, lr=t.lr, betas=(t.momentum, 0.999), weight_decay=t.weight_decay, **fused)
 
     def _has_unused_parameters(self) -> bool:
         """One dry forward/backward on a tiny random batch: does any parameter get no gradient?"""
@@ -270,17 +274,7 @@ class Trainer:
             tick = epoch_start = time.perf_counter()
             for i, batch in enumerate(bar):
                 lr = self.lr_at(self.step, epoch)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                    terms = self.step_fn(batch.clips, batch.pids)
-                self.optimizer.zero_grad(set_to_none=True)
-                terms[0].backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), t.grad_clip if t.grad_clip is not None else float("inf"))
-                self.optimizer.step()
-                self.step += 1
-                window.append(torch.cat([terms.detach().float(), grad_norm.detach().float().view(1)]))
+                window.append(self.train_step(batch, lr))
                 if len(window) == t.log_every or i == self.steps_per_epoch - 1:
                     values = self._sync(window, epoch)  # (len(window), 4) floats, checked finite
                     now = time.perf_counter()
@@ -306,6 +300,24 @@ class Trainer:
             if self.should_stop:
                 break
         return self.history
+
+    def train_step(self, batch, lr: float) -> torch.Tensor:
+        """One optimizer step on a ClipBatch; returns the device tensor (loss, triplet, bce, grad_norm).
+
+        Nothing here waits for the GPU: the values are read later, every ``log_every`` steps.
+        """
+        t = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            terms = self.step_fn(batch.clips, batch.pids)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms[0].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), t.grad_clip if t.grad_clip is not None else float("inf"))
+        self.optimizer.step()
+        self.step += 1
+        return torch.cat([terms.detach().float(), grad_norm.detach().float().view(1)])
 
     def _sync(self, window: list[torch.Tensor], epoch: int) -> torch.Tensor:
         """Bring the window's per-step values to the host (averaged over ranks); stop on NaN/inf."""

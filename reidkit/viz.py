@@ -1,10 +1,9 @@
 """Figures for the paper's plots and for looking inside the model.
 
 Every function here is pure: arrays (or dicts / dataclasses of arrays) in, a
-``matplotlib.figure.Figure`` out. Figures are built with ``Figure(...)`` directly, never
-through pyplot, so nothing is registered in pyplot's global state, nothing needs closing
-and nothing is shown: a notebook displays the returned figure (last expression or
-``display(fig)``), a script calls ``fig.savefig(...)``. Seaborn's style is applied inside
+``matplotlib.figure.Figure`` out. Figures are created through pyplot and closed at once, so
+pyplot's global list stays empty and nothing is shown by itself: a notebook displays the
+returned figure (last expression or ``display(fig)``), a script calls ``fig.savefig(...)``. Seaborn's style is applied inside
 each call through its context managers, never globally at import.
 
 Frames are ``uint8`` arrays ``(H, W, 3)``; a clip is ``(T, H, W, 3)``. ``to_uint8`` turns a
@@ -26,9 +25,9 @@ import functools
 from typing import Mapping, Sequence
 
 import numpy as np
+import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.colors import to_rgba
 from scipy import stats
 
 __all__ = [
@@ -41,6 +40,7 @@ __all__ = [
     "attention_spread",
     "correlations",
     "channel_norm",
+    "mosaic",
     "sample_grid",
     "frame_strip",
     "attention_heatmap",
@@ -70,6 +70,16 @@ SRM_DIRECTIONS = ("time_fwd", "time_bwd", "width_fwd", "width_bwd", "height_fwd"
 # Names the difference map and the contextual feature may carry in SRM's ``return_maps`` dict.
 _DIFF_KEYS = ("difference", "diff", "d", "difference_map")
 _CONTEXT_KEYS = ("contextual", "context", "contextual_feature")
+
+
+def _figure(**kwargs) -> Figure:
+    """A new figure through pyplot, closed at once: pyplot is what hooks figures into Jupyter's
+    display (a bare ``Figure()`` shows as text in a notebook), and closing keeps pyplot's global
+    list empty, so nothing leaks and nothing is shown twice. The figure stays fully usable
+    (``savefig``, ``display``)."""
+    fig = plt.figure(**kwargs)
+    plt.close(fig)
+    return fig
 
 
 def _styled(fn):
@@ -216,7 +226,7 @@ def sample_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] 
     if n_rows == 0 or n_cols == 0:
         raise ValueError("sample_grid needs at least one frame")
     h, w = np.asarray(rows[0][0]).shape[:2]
-    fig = Figure(figsize=(cell_size * n_cols * w / h + 0.8, cell_size * n_rows + 0.3), layout="constrained")
+    fig = _figure(figsize=(cell_size * n_cols * w / h + 0.8, cell_size * n_rows + 0.3), layout="constrained")
     axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
     for r, row in enumerate(rows):
         for c in range(n_cols):
@@ -239,7 +249,7 @@ def length_histogram(lengths, bins: int = 40, title: str | None = None, log: boo
     """Tracklet-length distribution: ``lengths`` is one array, or ``{name: array}`` for several
     datasets (overlaid). Legend entries give n, mean, min and max. One axis."""
     series = dict(lengths) if isinstance(lengths, Mapping) else {"tracklets": lengths}
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    fig = _figure(figsize=(6, 3.2), layout="constrained")
     ax = fig.subplots()
     all_values = np.concatenate([np.asarray(v, np.float64).ravel() for v in series.values()])
     edges = np.histogram_bin_edges(all_values, bins=bins)
@@ -279,7 +289,8 @@ def frame_strip(frames, weights=None, visibility=None, title: str | None = None,
             raise ValueError(f"{name} has {len(arr)} entries for {T} frames")
     has_bars = w is not None or v is not None
     cell = 1.3
-    fig = Figure(figsize=(max(cell * T * W / H, 4), cell + (1.6 if has_bars else 0) + 0.4), layout="constrained")
+    fig = _figure(figsize=(max(T * max(cell * W / H, 0.9), 4) + (1.8 if has_bars else 0), cell + (1.6 if has_bars else 0) + 0.6),
+                 layout="constrained")
     if has_bars:
         gs = fig.add_gridspec(2, T, height_ratios=[1.0, 0.9])
         img_axes = [fig.add_subplot(gs[0, t]) for t in range(T)]
@@ -304,7 +315,7 @@ def frame_strip(frames, weights=None, visibility=None, title: str | None = None,
         bar_ax.set_xticks(x)
         bar_ax.set_xlim(-0.5, T - 0.5)
         bar_ax.set_xlabel("frame")
-        bar_ax.legend(fontsize="x-small", loc="upper right")
+        bar_ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         sns.despine(ax=bar_ax)
     if title:
         fig.suptitle(title)
@@ -320,10 +331,10 @@ def attention_heatmap(attention, title: str | None = None, annot: bool = True) -
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"attention must be (T, T), got shape {a.shape}")
     T = a.shape[0]
-    fig = Figure(figsize=(1.0 + 0.55 * T, 0.6 + 0.5 * T), layout="constrained")
+    fig = _figure(figsize=(1.0 + 0.55 * T, 0.6 + 0.5 * T), layout="constrained")
     ax = fig.subplots()
     sns.heatmap(a, ax=ax, annot=annot, fmt=".2f", cmap="viridis", vmin=0.0, square=True,
-                cbar_kws={"label": "ω_{t,i}"}, annot_kws={"fontsize": "x-small"})
+                cbar_kws={"label": r"$\omega_{t,i}$"}, annot_kws={"fontsize": "x-small"})
     ax.set_xlabel("frame i")
     ax.set_ylabel("LSTM step t")
     ax.set_title(title or f"Temporal attention (uniform = 1/T = {1.0 / T:.2f})")
@@ -360,7 +371,7 @@ def attention_vs_visibility(weights, visibility, labels=None, title: str | None 
             if not isinstance(labels, np.ndarray) else labels.astype(object).ravel()
         if lab.shape != w.shape:
             raise ValueError(f"{lab.size} labels for {w.size} frames")
-    fig = Figure(figsize=(9 if lab is not None else 5, 3.8), layout="constrained")
+    fig = _figure(figsize=(9 if lab is not None else 5, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, 2 if lab is not None else 1))
     ax = axes[0]
     ok = np.isfinite(w) & np.isfinite(v)
@@ -394,7 +405,7 @@ def spread_of_attention(attention_batch, bins: int = 30, title: str | None = Non
     ``attention_batch``: ``(N, T, T)``. Two axes."""
     s = attention_spread(attention_batch)
     near_uniform = float(np.mean(s["spread"] < 1e-3))
-    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    fig = _figure(figsize=(8, 3.2), layout="constrained")
     a1, a2 = fig.subplots(1, 2)
     a1.hist(s["spread"], bins=bins, color=sns.color_palette()[0])
     a1.axvline(0.0, color="k", ls="--", lw=1, label="uniform")
@@ -424,6 +435,8 @@ def _srm_rows(maps: Mapping, index: int) -> list[tuple[str, np.ndarray]]:
     for name in SRM_DIRECTIONS:
         if name in maps:
             rows.append((name.replace("_", " "), channel_norm(maps[name], index)))
+    if "conv" in maps and not any(name in maps for name in SRM_DIRECTIONS):
+        rows.append(("1×1 conv", channel_norm(maps["conv"], index)))  # DifferenceHead ("CNN+DIFF")
     k = _find_key(maps, _CONTEXT_KEYS)
     if k is not None:
         rows.append(("contextual", channel_norm(maps[k], index)))
@@ -432,52 +445,79 @@ def _srm_rows(maps: Mapping, index: int) -> list[tuple[str, np.ndarray]]:
     return rows
 
 
-def _draw_map_rows(fig, gs, start_row, rows, T, shared=None):
-    """Draw ``rows`` = [(label, (T,h,w))] on grid rows from ``start_row``; returns images.
-    ``shared``: {label: (vmin, vmax)} colour limits (per map kind), else per row."""
-    images = []
-    for r, (label, m) in enumerate(rows):
+def mosaic(stack, gap: int = 1) -> np.ndarray:
+    """Lay a time series of maps ``(T, h, w)`` or frames ``(T, h, w, 3)`` side by side with
+    ``gap`` blank columns between time steps (NaN for maps, white for frames): one image per
+    row keeps figures with many rows cheap to draw."""
+    a = np.asarray(stack)
+    T, h, w = a.shape[:3]
+    fill = 255 if a.dtype == np.uint8 else np.nan
+    out = np.full((h, T * w + (T - 1) * gap, *a.shape[3:]), fill, dtype=a.dtype if a.dtype == np.uint8 else np.float64)
+    for t in range(T):
+        out[:, t * (w + gap): t * (w + gap) + w] = a[t]
+    return out
+
+
+def _row_image(ax, stack, label, gap, **imshow_kwargs):
+    """One row of a time mosaic on ``ax``: extent (0, T) in x so that rows of frames and of maps
+    (different resolutions) line up; x ticks at each time step."""
+    T, w = len(stack), np.asarray(stack).shape[2]
+    units = (T * w + (T - 1) * gap) / w
+    im = ax.imshow(mosaic(stack, gap), extent=(0, units, 1, 0), aspect="auto", interpolation="nearest",
+                   **imshow_kwargs)
+    ax.set_xticks([t * (w + gap) / w + 0.5 for t in range(T)], [f"t={t}" for t in range(T)], fontsize="x-small")
+    ax.set_yticks([])
+    ax.tick_params(length=0)
+    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return im
+
+
+def _draw_map_rows(fig, axes, rows, shared=None):
+    """``rows`` = [(label, (T, h, w))] on ``axes`` (one each), a colour bar per row.
+    ``shared``: {label: (vmin, vmax)} colour limits, else 0 … the row's max."""
+    for ax, (label, m) in zip(axes, rows):
         vmin, vmax = shared[label] if shared and label in shared else (0.0, float(m.max()) or 1.0)
-        axes = [fig.add_subplot(gs[start_row + r, t]) for t in range(T)]
-        for t in range(T):
-            im = axes[t].imshow(m[t], cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
-            axes[t].set_xticks([])
-            axes[t].set_yticks([])
-        axes[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
-        fig.colorbar(im, ax=axes, shrink=0.9, pad=0.01, aspect=8)
-        images.append(im)
-    return images
+        im = _row_image(ax, m, label, gap=1, cmap="magma", vmin=vmin, vmax=vmax)
+        fig.colorbar(im, ax=ax, pad=0.01, aspect=6, fraction=0.04)
 
 
-def _frame_rows(fig, gs, start_row, frame_sets, T):
-    for r, (label, frames) in enumerate(frame_sets):
+def _frame_rows(axes, frame_sets, map_width: int | None = None):
+    """Frame mosaics; the gap is scaled so that it matches a 1-cell gap of maps ``map_width`` wide."""
+    for ax, (label, frames) in zip(axes, frame_sets):
         frames = _as_frames(frames)
-        for t in range(T):
-            ax = fig.add_subplot(gs[start_row + r, t])
-            _image_axis(ax, frames[min(t, len(frames) - 1)], f"t={t}" if r == 0 else None)
-            if t == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+        gap = max(1, round(frames.shape[2] / map_width)) if map_width else max(1, frames.shape[2] // 16)
+        _row_image(ax, frames, label, gap)
+
+
+def _row_figure(n_rows: int, T: int, aspect: float) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n_rows`` full-width rows, each a time mosaic of T cells of height/width
+    ``aspect``."""
+    width = min(1.0 * T, 12.0) + 2.0
+    cell = (width - 2.0) / T
+    fig = _figure(figsize=(width, n_rows * max(cell * aspect, 0.6) + 0.6), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(n_rows, 1, squeeze=False)[:, 0])
 
 
 @_styled
 def srm_maps(maps: Mapping, frames_a=None, frames_b=None, title: str | None = None, index: int = 0) -> Figure:
     """Fig. 5–7 on real data: the spatial recurrent model's maps for one pair.
 
-    ``maps``: the dict from ``SpatialRecurrentModel.forward(..., return_maps=True)``: the
-    difference map ``d = pool5(a) − pool5(b)`` (key ``difference``), the six sweeps
-    (``time_fwd`` … ``height_bwd``) and the contextual feature (key ``contextual``); each
-    ``(N, T, C, h, w)`` (pair ``index`` is drawn) or ``(T, C, h, w)``. Every map is reduced to
-    one value per location by the L2 norm over channels, one column per time step. Rows: the
-    two clips' frames (if given), then one row per map with its own colour bar.
+    ``maps``: the dict from ``SpatialRecurrentModel.forward(..., return_maps=True)`` (or
+    ``JSTRNN.metric(a, b, return_maps=True)[1]``): the difference map ``d = pool5(a) − pool5(b)``
+    (key ``difference``), the six sweeps (``time_fwd`` … ``height_bwd``) and the contextual
+    feature (key ``context``); for the ``DifferenceHead`` (CNN+DIFF) its 1×1 conv map; each ``(N, T, C, h, w)`` (pair ``index`` is drawn) or
+    ``(T, C, h, w)``. Every map is reduced to one value per location by the L2 norm over
+    channels. One row (axis) per item, time steps side by side: the two clips' frames (if
+    given), then one row per map with its own colour bar.
     """
     rows = _srm_rows(maps, index)
-    T = rows[0][1].shape[0]
+    T, h, w = rows[0][1].shape
     frame_sets = [(lab, f) for lab, f in (("clip a", frames_a), ("clip b", frames_b)) if f is not None]
-    n = len(frame_sets) + len(rows)
-    fig = Figure(figsize=(1.1 * T + 2.2, 0.95 * n + 0.6), layout="constrained")
-    gs = fig.add_gridspec(n, T)
-    _frame_rows(fig, gs, 0, frame_sets, T)
-    _draw_map_rows(fig, gs, len(frame_sets), rows, T)
+    fig, axes = _row_figure(len(frame_sets) + len(rows), T, h / w)
+    _frame_rows(axes[: len(frame_sets)], frame_sets, w)
+    _draw_map_rows(fig, axes[len(frame_sets):], rows)
     fig.suptitle(title or "Spatial recurrent model maps (L2 norm over channels)")
     return fig
 
@@ -492,8 +532,8 @@ def srm_pair_comparison(pos_maps: Mapping, neg_maps: Mapping, pos_frames=None, n
     ``pos_maps`` / ``neg_maps``: SRM ``return_maps`` dicts (see ``srm_maps``). ``keys``: which
     maps to show ("difference", "contextual" or direction names). ``pos_frames`` /
     ``neg_frames``: optional ``(a_frames, b_frames)`` tuples drawn above each block. Scores
-    (e.g. M or S) go into the block labels. One row per frame set and per key, T columns, and
-    one colour bar per map row.
+    (e.g. M or S) go into the block labels. One row (axis) per frame set and per key, time
+    steps side by side, and one colour bar per map row.
     """
     def pick(maps, key):
         cands = {"difference": _DIFF_KEYS, "contextual": _CONTEXT_KEYS}.get(key, (key,))
@@ -507,20 +547,17 @@ def srm_pair_comparison(pos_maps: Mapping, neg_maps: Mapping, pos_frames=None, n
                                       ("negative", neg_maps, neg_frames, neg_score)):
         lab = name if score is None else f"{name} ({score:.3f})"
         blocks.append((lab, frames, [(f"{lab}\n{k}", pick(maps, k), k) for k in keys]))
-    T = blocks[0][2][0][1].shape[0]
-    limits = {}
-    for k in keys:
-        vmax = max(float(rows[i][1].max()) for _, _, rows in blocks for i in range(len(rows)) if rows[i][2] == k)
-        limits[k] = (0.0, vmax or 1.0)
+    T, h, w = blocks[0][2][0][1].shape
+    limits = {k: (0.0, max(float(m.max()) for _, _, rows in blocks for _, m, kk in rows if kk == k) or 1.0)
+              for k in keys}
     n = sum((2 if fr is not None else 0) + len(rows) for _, fr, rows in blocks)
-    fig = Figure(figsize=(1.1 * T + 2.4, 0.95 * n + 0.6), layout="constrained")
-    gs = fig.add_gridspec(n, T)
+    fig, axes = _row_figure(n, T, h / w)
     r = 0
     for lab, frames, rows in blocks:
         if frames is not None:
-            _frame_rows(fig, gs, r, [(f"{lab}\nclip a", frames[0]), (f"{lab}\nclip b", frames[1])], T)
+            _frame_rows(axes[r: r + 2], [(f"{lab}\nclip a", frames[0]), (f"{lab}\nclip b", frames[1])], w)
             r += 2
-        _draw_map_rows(fig, gs, r, [(label, m) for label, m, _ in rows], T,
+        _draw_map_rows(fig, axes[r: r + len(rows)], [(label, m) for label, m, _ in rows],
                        shared={label: limits[k] for label, _, k in rows})
         r += len(rows)
     fig.suptitle(title or "SRM maps: positive vs negative pair (shared colour scale per map)")
@@ -537,7 +574,7 @@ def cmc_curves(curves: Mapping[str, np.ndarray], max_rank: int = 20, title: str 
     ``curves``: ``{name: cmc}`` with ``cmc[k]`` = matching rate at rank k+1, as a fraction
     (all values ≤ 1, then shown in %) or already in %. The legend gives each rank-1. One axis.
     """
-    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    fig = _figure(figsize=(5.5, 4), layout="constrained")
     ax = fig.subplots()
     for name, cmc in curves.items():
         c = np.asarray(cmc, np.float64).ravel()[:max_rank]
@@ -588,7 +625,7 @@ def _draw_retrieval_row(fig, gs, r, query_frames, gallery_frames, flags, scores,
         flag = int(flag)
         _set_border(ax, FLAG_COLORS.get(flag, "black"))
         parts = [f"{k + 1}"]
-        if scores is not None:
+        if scores is not None and np.isfinite(float(scores[k])):
             parts.append(f"{float(scores[k]):.2f}")
         if gallery_labels is not None:
             parts.append(str(gallery_labels[k]))
@@ -633,7 +670,7 @@ def _retrieval(queries, galleries, flags, scores, query_labels, gallery_labels, 
     n_g = max(len(g) for g in galleries)
     h, w = _as_frames(queries[0]).shape[1:3]
     cols = n_q + 1 + n_g  # an empty spacer column separates the query from the gallery
-    fig = Figure(figsize=(0.9 * cols * w / h * 1.6 + 0.3, 1.7 * len(queries) + 0.4), layout="constrained")
+    fig = _figure(figsize=(0.9 * cols * w / h * 1.6 + 0.3, 1.7 * len(queries) + 0.4), layout="constrained")
     gs = fig.add_gridspec(len(queries), cols, width_ratios=[1] * n_q + [0.25] + [1] * n_g)
     for r in range(len(queries)):
         _draw_retrieval_row(fig, gs, r, queries[r], galleries[r], flags[r],
@@ -663,7 +700,7 @@ def training_curves(history, keys: Sequence[str] = ("loss", "triplet", "bce"), x
     if x is None:
         x = next((k for k in ("step", "epoch") if k in cols), None)
     xs = cols[x] if x is not None else np.arange(len(cols[present[0]]))
-    fig = Figure(figsize=(3.6 * len(present), 3), layout="constrained")
+    fig = _figure(figsize=(3.6 * len(present), 3), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(present)))
     for ax, k in zip(axes, present):
         y = cols[k]
@@ -687,12 +724,13 @@ def attribution_figure(frames, attributions: Mapping, title: str | None = None, 
 
     ``frames``: ``uint8 (T, H, W, 3)``. ``attributions``: ``{method: result}`` where a result
     has ``frame_importance`` ``(T,)`` and ``maps`` ``(T, H, W)`` (an ``explain.Attribution``,
-    or a dict with those keys); ``maps`` may be None (importance only). Rows: the frames, one
-    row of overlays per method with maps, then a bar chart of each method's frame importance
+    or a dict with those keys); ``maps`` may be None (importance only). Rows (one axis each,
+    time steps side by side): the frames, one overlay per method with maps (signed maps in a
+    diverging colour map centred on 0), then a bar chart of each method's frame importance
     divided by its largest absolute value (signs kept).
     """
     frames = _as_frames(frames)
-    T = len(frames)
+    T, H, W = frames.shape[:3]
 
     def get(res, name):
         return res.get(name) if isinstance(res, Mapping) else getattr(res, name, None)
@@ -700,34 +738,35 @@ def attribution_figure(frames, attributions: Mapping, title: str | None = None, 
     with_maps = [(m, np.asarray(get(r, "maps"), np.float64)) for m, r in attributions.items()
                  if get(r, "maps") is not None]
     n = 1 + len(with_maps) + 1
-    fig = Figure(figsize=(max(1.2 * T + 1.5, 5), 1.3 * (n - 1) + 2.0), layout="constrained")
-    gs = fig.add_gridspec(n, T, height_ratios=[1] * (n - 1) + [1.3])
-    _frame_rows(fig, gs, 0, [("frames", frames)], T)
-    for r, (method, maps) in enumerate(with_maps, start=1):
+    width = min(1.0 * T, 12.0) + 2.0
+    row_h = max((width - 2.0) / T * H / W, 0.6)
+    fig = _figure(figsize=(width, row_h * (n - 1) + 2.2), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False, height_ratios=[row_h] * (n - 1) + [1.6])[:, 0]
+    gap = max(1, W // 16)
+    _frame_rows(axes[:1], [("frames", frames)])
+    for ax, (method, maps) in zip(axes[1:], with_maps):
+        if maps.shape != (T, H, W):
+            raise ValueError(f"{method}: maps must be (T, H, W) = {(T, H, W)}, got {maps.shape}")
         lim = float(np.abs(maps).max()) or 1.0
         signed = maps.min() < 0
-        for t in range(T):
-            ax = fig.add_subplot(gs[r, t])
-            ax.imshow(frames[t])
-            ax.imshow(maps[t], cmap="RdBu_r" if signed else "magma", alpha=alpha,
-                      vmin=-lim if signed else 0.0, vmax=lim, extent=(-0.5, frames.shape[2] - 0.5,
-                                                                     frames.shape[1] - 0.5, -0.5))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if t == 0:
-                ax.set_ylabel(method, rotation=0, ha="right", va="center", fontsize="small")
-    bar_ax = fig.add_subplot(gs[n - 1, :])
+        _row_image(ax, frames, method, gap)
+        units = (T * W + (T - 1) * gap) / W
+        im = ax.imshow(mosaic(maps, gap), extent=(0, units, 1, 0), aspect="auto", alpha=alpha,
+                       cmap="RdBu_r" if signed else "magma", vmin=-lim if signed else 0.0, vmax=lim)
+        fig.colorbar(im, ax=ax, pad=0.01, aspect=6, fraction=0.04)
+    bar_ax = axes[-1]
     names = list(attributions)
-    width = 0.8 / max(len(names), 1)
+    bw = 0.8 / max(len(names), 1)
     for j, m in enumerate(names):
         imp = np.asarray(get(attributions[m], "frame_importance"), np.float64)
         scale = float(np.abs(imp).max()) or 1.0
-        bar_ax.bar(np.arange(T) + (j - (len(names) - 1) / 2) * width, imp / scale, width=width, label=m)
+        bar_ax.bar(np.arange(T) + (j - (len(names) - 1) / 2) * bw, imp / scale, width=bw, label=m)
     bar_ax.axhline(0, color="k", lw=0.8)
     bar_ax.set_xticks(np.arange(T))
+    bar_ax.set_xlim(-0.5, T - 0.5)
     bar_ax.set_xlabel("frame")
     bar_ax.set_ylabel("importance / max |·|")
-    bar_ax.legend(fontsize="x-small")
+    bar_ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     sns.despine(ax=bar_ax)
     fig.suptitle(title or "Attribution of the pair score to the frames of clip a")
     return fig

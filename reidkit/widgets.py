@@ -145,7 +145,10 @@ def tracklet_explorer(model, manifest, cache, positions: Sequence[int] | None = 
         vis = manifest.tracklets[position].visibility
         vis = None if vis is None else np.asarray(vis)[idx]
         label = _tracklet_label(manifest, position)
-        strip = viz.frame_strip(frames, att, vis, title=f"{label} — frames {idx.tolist()}")
+        occlusion = manifest.tracklets[position].extras.get("occlusion") if hasattr(
+            manifest.tracklets[position], "extras") else None
+        names = [f"#{i}" + (f" {occlusion[i]}" if occlusion else "") for i in idx]
+        strip = viz.frame_strip(frames, att, vis, title=f"{label} — frames {idx.tolist()}", frame_labels=names)
         heat = viz.attention_heatmap(att, title="ω (rows: step t, columns: frame i)") if att is not None else \
             f"<i>variant {getattr(model, 'variant', '?')!r} has no temporal attention</i>"
         show_figures(out, strip, heat, dpi=dpi)
@@ -217,10 +220,11 @@ def pair_explorer(model, manifest, cache, positions: Sequence[int] | None = None
 
 # --------------------------------------------------------------------------- evaluation results
 
-_QUERY_KEYS = ("query_ids", "query", "queries", "query_id", "q_ids")
-_GALLERY_KEYS = ("top_gallery_ids", "gallery_ids", "top_ids", "ranked_gallery_ids", "ranking", "top")
-_FLAG_KEYS = ("match_flags", "matches", "flags", "match", "correct")
-_SCORE_KEYS = ("scores", "top_scores", "gallery_scores")
+_QUERY_KEYS = ("query_ids", "query_id", "query")
+_GALLERY_KEYS = ("gallery_ids", "top_gallery_ids", "top_ids")
+_FLAG_KEYS = ("flags", "match_flags", "matches")
+_SCORE_KEYS = ("scores",)
+_DIST_KEYS = ("distances",)
 
 
 def _first(obj, keys):
@@ -232,10 +236,19 @@ def _first(obj, keys):
     return None
 
 
+def _row(q, g, f, s, d) -> dict:
+    g = [int(x) for x in g]
+    keep = [k for k, x in enumerate(g) if x >= 0]  # -1 pads a short gallery
+    pick = lambda v, cast: None if v is None else [cast(v[k]) for k in keep]  # noqa: E731
+    return {"query": int(q), "gallery": [g[k] for k in keep], "flags": pick(f, int),
+            "scores": pick(s, float), "distances": pick(d, float)}
+
+
 def per_query_rows(per_query) -> list[dict]:
-    """``EvalResult.per_query`` as a list of ``{"query", "gallery", "flags", "scores"}`` dicts
-    (tracklet ids; flags and scores may be None). Accepts a dict of arrays (one row per query)
-    or a list of per-query dicts/objects."""
+    """``EvalResult.per_query`` (a ``reidkit.evaluate.PerQuery``: arrays with one row per query)
+    as a list of ``{"query", "gallery", "flags", "scores", "distances"}`` dicts of tracklet ids
+    and values, padding (gallery id −1) removed; flags / scores / distances may be None. Also
+    accepts a dict of such arrays, or a list of per-query dicts/objects."""
     if per_query is None:
         raise ValueError("the EvalResult has no per_query results")
     if isinstance(per_query, Mapping) or hasattr(per_query, "__dataclass_fields__"):
@@ -243,36 +256,39 @@ def per_query_rows(per_query) -> list[dict]:
         if q is None or g is None:
             keys = list(per_query) if isinstance(per_query, Mapping) else list(per_query.__dataclass_fields__)
             raise ValueError(f"per_query lacks query/gallery ids: keys {keys}")
-        f, s = _first(per_query, _FLAG_KEYS), _first(per_query, _SCORE_KEYS)
-        return [{"query": int(q[i]), "gallery": [int(x) for x in g[i]],
-                 "flags": None if f is None else [int(x) for x in f[i]],
-                 "scores": None if s is None else [float(x) for x in s[i]]} for i in range(len(q))]
-    rows = []
-    for r in per_query:
-        f, s = _first(r, _FLAG_KEYS), _first(r, _SCORE_KEYS)
-        rows.append({"query": int(_first(r, _QUERY_KEYS)), "gallery": [int(x) for x in _first(r, _GALLERY_KEYS)],
-                     "flags": None if f is None else [int(x) for x in f],
-                     "scores": None if s is None else [float(x) for x in s]})
-    return rows
+        f, s, d = (_first(per_query, k) for k in (_FLAG_KEYS, _SCORE_KEYS, _DIST_KEYS))
+        return [_row(q[i], g[i], None if f is None else f[i], None if s is None else s[i],
+                     None if d is None else d[i]) for i in range(len(q))]
+    return [_row(_first(r, _QUERY_KEYS), _first(r, _GALLERY_KEYS), _first(r, _FLAG_KEYS),
+                 _first(r, _SCORE_KEYS), _first(r, _DIST_KEYS)) for r in per_query]
 
 
 def _flags(manifest, row) -> list[int]:
-    """1 correct, 0 wrong, 2 distractor (pid 0), -1 junk (pid −1), for Fig. 10's borders.
-    The result's own flags decide correct/wrong when present; distractors and junk are
-    recognised from the manifest's pids."""
+    """Fig. 10's border codes: 1 correct, 0 wrong, 2 distractor, -1 ignored. The result's own
+    flags (``PerQuery.flags`` uses these codes) when present, else from the manifest's pids
+    (same pid = correct, pid 0 = distractor, pid −1 = junk)."""
+    if row["flags"] is not None:
+        return [f if f in (1, 0, 2, -1) else int(f > 0) for f in row["flags"]]
     q_pid = manifest.tracklets[manifest.index(row["query"])].pid
     flags = []
-    for k, gid in enumerate(row["gallery"]):
+    for gid in row["gallery"]:
         pid = manifest.tracklets[manifest.index(gid)].pid
-        if pid == 0:
-            flags.append(2)
-        elif pid == -1:
-            flags.append(-1)
-        elif row["flags"] is not None:
-            flags.append(1 if row["flags"][k] > 0 else 0)
-        else:
-            flags.append(int(pid == q_pid))
+        flags.append(2 if pid == 0 else -1 if pid == -1 else int(pid == q_pid))
     return flags
+
+
+def _numbers(row) -> tuple[list[float] | None, str]:
+    """The number shown above each gallery entry and what it is: M or S where the entry was
+    re-scored (``PerQuery.scores`` finite), else the feature distance F."""
+    s, d = row["scores"], row["distances"]
+    if s is None and d is None:
+        return None, "rank"
+    if d is None:
+        return s, "rank, score"
+    if s is None or not np.isfinite(s).any():
+        return d, "rank, feature distance F"
+    mixed = [sc if np.isfinite(sc) else di for sc, di in zip(s, d)]
+    return mixed, "rank, score (M or S)" if np.isfinite(s).all() else "rank, score where re-scored, else distance F"
 
 
 def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: int = 4,
@@ -307,6 +323,9 @@ def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: 
         if pick.value is None:
             return
         r = rows[pick.value]
+        if not r["gallery"]:
+            show_figures(out, f"<i>query #{r['query']} has no gallery entries that count</i>")
+            return
         qpos = manifest.index(r["query"])
         q_idx = test_frame_indices(manifest.tracklets[qpos].num_frames, query_frames, "even")[0]
         gallery, gl = [], []
@@ -316,10 +335,12 @@ def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: 
             gallery.append(cache.clip(gpos, [n // 2])[0])
             gl.append(f"pid {manifest.tracklets[gpos].pid}")
         k = len(gallery)
+        numbers, what = _numbers(r)
         fig = viz.retrieval_grid(cache.clip(qpos, q_idx), gallery, r["border"][:k],
-                                 None if r["scores"] is None else r["scores"][:k],
+                                 None if numbers is None else numbers[:k],
                                  query_label=label(pick.value)[2:], gallery_labels=gl,
-                                 max_query_frames=query_frames)
+                                 max_query_frames=query_frames,
+                                 title=f"{what}; green = correct, red = wrong, blue = distractor")
         show_figures(out, fig, dpi=dpi)
 
     failures.observe(lambda ch: _guarded(out, refilter), names="value")

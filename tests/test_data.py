@@ -231,6 +231,15 @@ def test_pk_sampler_composition():
         s.set_epoch(s.epoch + 1)
 
 
+def test_pk_sampler_never_repeats_an_identity_across_pass_boundaries():
+    # 8 identities, P=3: batches straddle the end of one shuffled pass and the start of the next
+    s = PKSampler(PIDS, P=3, K=1, seed=0, steps_per_epoch=200)
+    ids = PIDS[s.global_batches(0)[:, :, 0]]
+    assert all(len(set(row)) == 3 for row in ids)
+    counts = np.bincount(ids.ravel(), minlength=9)[1:]
+    assert counts.max() - counts.min() <= 2, "identities visited about equally often"
+
+
 def test_pk_sampler_visits_all_identities_and_is_deterministic():
     s = PKSampler(PIDS, P=2, K=2, seed=5, steps_per_epoch=4)
     ids = PIDS[s.global_batches(0)[:, :, 0]]
@@ -339,3 +348,53 @@ def test_iter_test_clips_covers_all_frames_in_chunks(dataset):
 
     clip = even_clip(m, cache, int(positions[0]), 6)
     assert clip.shape == (1, 6, 3, 12, 6)
+
+
+def test_cache_tensor_shares_memory_and_gather_paths_agree(dataset):
+    m, cache = dataset
+    rows = cache.rows([0, 3], [[0, 1], [1, 1]])
+    from_memmap = cache.gather(rows)  # no resident tensor yet: numpy fancy indexing
+    t = cache.tensor()
+    assert t.dtype == torch.uint8 and t.shape == (m.total_frames, 12, 6, 3)
+    assert t.data_ptr() == cache.tensor().data_ptr(), "made once"
+    assert np.shares_memory(t.numpy(), cache.frames)
+    assert torch.equal(cache.gather(rows), from_memmap) and from_memmap.shape == (2, 2, 12, 6, 3)
+
+
+def test_train_loader_ddp_ranks_split_the_global_batch(dataset):
+    m, cache = dataset
+    full = next(iter(TrainClipLoader(m, cache, P=4, K=2, T=3, seed=2)))
+    parts = [next(iter(TrainClipLoader(m, cache, P=4, K=2, T=3, seed=2, rank=r, world_size=2)))
+             for r in range(2)]
+    assert [len(p) for p in parts] == [4, 4]
+    assert torch.equal(torch.cat([p.positions for p in parts]), full.positions)
+    assert not set(parts[0].pids.tolist()) & set(parts[1].pids.tolist())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_paths_match_cpu(dataset):
+    m, cache = dataset
+    cpu = next(iter(TrainClipLoader(m, cache, P=2, K=2, T=4, seed=1)))
+    gpu = next(iter(TrainClipLoader(m, cache, P=2, K=2, T=4, seed=1, device="cuda")))
+    assert gpu.clips.is_cuda and gpu.pids.is_cuda and "cuda:0" in cache._tensors
+    torch.testing.assert_close(gpu.clips.cpu(), cpu.clips)
+    assert torch.equal(gpu.positions.cpu(), cpu.positions)
+    raw = torch.from_numpy(cache.clip(0, [0, 1]))[None].repeat(2, 1, 1, 1, 1)
+    mirror = torch.tensor([True, False])
+    torch.testing.assert_close(normalize_clips(raw.cuda(), mirror.cuda()).cpu(), normalize_clips(raw, mirror))
+    positions = m.positions(m.split(0).query)
+    got = [(c.cpu(), o) for c, o in iter_test_clips(m, cache, positions, 4, device="cuda")]
+    ref = list(iter_test_clips(m, cache, positions, 4))
+    for (a, oa), (b, ob) in zip(got, ref):
+        torch.testing.assert_close(a, b)
+        np.testing.assert_array_equal(oa, ob)
+
+
+def test_corrupt_cache_file_is_rebuilt(make_manifest):
+    m = Manifest.load(make_manifest(num_ids=2))
+    cache = FrameCache.build(m, 8, 4, progress=False)
+    expected = np.array(cache.frames)
+    cache.path.write_bytes(b"\x93NUMPY garbage")
+    rebuilt = FrameCache.build(m, 8, 4, progress=False)
+    assert rebuilt.built
+    np.testing.assert_array_equal(rebuilt.frames, expected)

@@ -207,6 +207,9 @@ def test_result_states_convention_ranking_and_skips(make_manifest):
     official = run(model, manifest, cache, convention="official", rerank_top_k=5)
     assert official.num_skipped == 0 and "official" in official.convention
     assert official.num_gallery == common.num_gallery + len(split.query)
+    pq = official.per_query   # each query is in its own gallery, but as junk: never listed
+    assert not any(q in row for q, row in zip(pq.query_ids, pq.gallery_ids.tolist()))
+    assert any(set(split.query) & set(row) for row in pq.gallery_ids.tolist())  # other queries are
     assert official.table_row("ALL").startswith("| ALL | ")
     json.dumps(official.to_dict(), allow_nan=False)   # JSON-serialisable, NaN → null
 
@@ -229,8 +232,7 @@ def test_per_query_flags_drop_junk_and_mark_distractors(make_manifest):
             assert f == expected
         first = np.flatnonzero(pq.flags[i] == 1)
         assert pq.first_hit[i] == first[0] + 1                               # ranks as CMC counts them
-    listed_dist = np.where(pq.gallery_ids >= 0, pq.distances, np.inf)
-    assert np.all(np.diff(listed_dist, axis=1) >= 0)                         # feature order
+        assert np.all(np.diff(pq.distances[i][pq.gallery_ids[i] >= 0]) >= 0)   # feature order
 
 
 def test_real_model_all_variant_runs(make_manifest):

@@ -77,7 +77,7 @@ def test_visibility_matches_occlusion_labels(tiny):
             continue
         clean = vis[[o == "none" for o in occ]]
         hidden = vis[[o in OCCLUDED for o in occ]]
-        assert clean.size > 0 and clean.min() >= 0.8
+        assert clean.size > 0 and clean.min() > 0.9
         if hidden.size:
             assert hidden.max() < clean.min()   # every occluded frame is below every clean one
             compared += 1
@@ -126,8 +126,8 @@ def test_deterministic_whatever_the_workers(tiny, tmp_path):
         assert (root / f).read_bytes() == (again / f).read_bytes(), f
     other = generate(tmp_path / "c", "tiny", seed=1, progress=False)
     assert (root / "tracklets.csv").read_bytes() != (other / "tracklets.csv").read_bytes()
-    f = rows[0]["frames"][0]
-    assert (root / f).read_bytes() != (other / f).read_bytes()
+    first_other = _read(other)[0][0]["frames"][0]
+    assert (root / rows[0]["frames"][0]).read_bytes() != (other / first_other).read_bytes()
 
 
 def test_rendering_carries_identity(tiny):

@@ -69,7 +69,8 @@ def tiny_config(dataset, out, *overrides) -> Config:
         f"data.dataset={dataset}", f"data.cache_dir={Path(out).parent / 'cache'}", *TINY_MODEL,
         "train.P=2", "train.K=2", "train.steps_per_epoch=2", "train.epochs=2", "train.lr=0.01",
         "train.device=cpu", "train.log_every=1", "train.progress=false", f"train.out_dir={out}",
-        "train.seed=3", *overrides])
+        "train.seed=3", "train.warmup=0", "train.schedule=none", "train.optimizer=sgd", "train.eval_every=0",
+        "train.keep_last=null", "train.amp=false", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,61 @@ def test_huge_learning_rate_diverges_with_clear_message(tiny, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"non-finite .*train.lr"):
         Trainer(config).fit()
     assert not (tmp_path / "lr" / "last.pt").exists() or load_checkpoint(tmp_path / "lr" / "last.pt")["epoch"] >= 1
+
+
+# ---------------------------------------------------------------------------- checkpoints
+from reidkit.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+
+
+class NotATensor:  # module level so torch.save can pickle it; weights_only=True must refuse it
+    pass
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"w": torch.ones(3), "epoch": 1})
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip file")  # some bytes reach the disk, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"w": torch.zeros(3), "epoch": 2})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
+def test_checkpoint_load_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.pt"):
+        load_checkpoint(corrupt)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"obj": NotATensor()}, unsafe)  # arbitrary pickled objects are not loaded
+    with pytest.raises(CheckpointError, match="unsafe.pt"):
+        load_checkpoint(unsafe)
+
+
+def test_trainer_checkpoint_is_weights_only_loadable(tiny, tmp_path):
+    trainer = Trainer(tiny_config(tiny, tmp_path / "w", "model.variant=cnn_diff", "train.epochs=1"))
+    trainer.fit()
+    state = torch.load(tmp_path / "w" / "last.pt", weights_only=True)
+    assert state["config"]["model"]["variant"] == "cnn_diff"
+    assert {"model", "optimizer", "rng", "history", "epoch", "step"} <= set(state)
+    assert isinstance(state["rng"][0]["numpy"]["keys"], torch.Tensor)
+
+
+def test_eval_every_adds_metrics_to_history(tiny, tmp_path):
+    config = tiny_config(tiny, tmp_path / "ev", "model.variant=cnn", "train.epochs=1", "train.eval_every=1",
+                         "eval.batch_size=8")
+    trainer = Trainer(config)
+    row = trainer.fit()[-1]
+    assert {"rank1", "rank5", "rank20", "mAP"} <= set(row) and 0 <= row["rank1"] <= 100
+    assert trainer.model.training  # evaluation restores the training mode
+    with open(tmp_path / "ev" / "history.csv") as f:
+        assert "mAP" in next(csv.DictReader(f))

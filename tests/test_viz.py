@@ -122,17 +122,38 @@ def test_channel_norm():
     np.testing.assert_allclose(viz.channel_norm(m, 1), np.linalg.norm(m[1], axis=1))
 
 
+def test_mosaic_places_time_steps_side_by_side():
+    m = RNG.normal(size=(3, 4, 2))
+    mo = viz.mosaic(m, gap=1)
+    assert mo.shape == (4, 3 * 2 + 2) and np.isnan(mo[:, 2]).all()
+    np.testing.assert_array_equal(mo[:, 6:8], m[2])
+    assert viz.mosaic(frames(3), gap=2)[:, 8:10].min() == 255  # white gap between frames
+
+
 def test_srm_maps_rows_and_values():
     maps = srm_dict()
-    fig = viz.srm_maps(maps, frames(), frames(), index=1)
-    T = 4
-    images = [ax for ax in fig.axes if ax.images]
-    assert len(images) == 2 * T + 8 * T  # 2 frame rows + difference, 6 directions, contextual
-    assert len(fig.axes) == len(images) + 8  # one colour bar per map row
-    diff_row = images[2 * T: 3 * T]
-    np.testing.assert_allclose(diff_row[2].images[0].get_array(),
-                               np.linalg.norm(maps["difference"][1, 2], axis=0))
-    assert len([ax for ax in viz.srm_maps(maps).axes if ax.images]) == 8 * T
+    fig = viz.srm_maps(maps, frames(4, 20, 12), frames(4, 20, 12), index=1)
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert len(image_axes) == 2 + 8  # 2 frame rows + difference, 6 directions, contextual
+    assert len(fig.axes) == 10 + 8  # one colour bar per map row
+    assert image_axes[2].get_ylabel().startswith("difference")
+    diff = image_axes[2].images[0].get_array()
+    w = 3
+    np.testing.assert_allclose(diff[:, 2 * (w + 1): 2 * (w + 1) + w], np.linalg.norm(maps["difference"][1, 2], axis=0))
+    assert len([ax for ax in viz.srm_maps(maps).axes if ax.images]) == 8
+    diff_head = viz.srm_maps({"difference": maps["difference"], "conv": maps["contextual"]})  # CNN+DIFF
+    assert [ax.get_ylabel() for ax in diff_head.axes if ax.images] == ["difference ‖d‖", "1×1 conv"]
+    with pytest.raises(ValueError):
+        viz.srm_maps({"other": maps["difference"]})
+
+
+def test_srm_maps_accepts_the_real_heads_maps():
+    models = pytest.importorskip("reidkit.models")
+    srm = models.SpatialRecurrentModel(8, 3, (4, 2), 6, 5, 4)
+    _, maps = srm(torch.randn(2, 3, 8, 4, 2), torch.randn(2, 3, 8, 4, 2), return_maps=True)
+    fig = viz.srm_maps(maps)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.images]
+    assert labels[0].startswith("difference") and labels[-1] == "contextual" and len(labels) == 8
 
 
 def test_srm_pair_comparison_shares_colour_scale():
@@ -140,9 +161,10 @@ def test_srm_pair_comparison_shares_colour_scale():
     fig = viz.srm_pair_comparison(pos, neg, pos_frames=(frames(), frames()), neg_frames=(frames(), frames()),
                                   pos_score=0.9, neg_score=0.1)
     maps_axes = [ax for ax in fig.axes if ax.images and ax.images[0].get_cmap().name == "magma"]
-    assert len(maps_axes) == 4 * 4  # (pos, neg) × (difference, contextual) × T
-    clim = {ax.images[0].get_clim() for ax in maps_axes}
-    assert len(clim) == 2  # one shared scale per map kind, not per pair
+    assert len(maps_axes) == 4  # (pos, neg) × (difference, contextual)
+    assert maps_axes[0].images[0].get_clim() == maps_axes[2].images[0].get_clim()  # difference: pos = neg
+    assert maps_axes[0].images[0].get_clim() != maps_axes[1].images[0].get_clim()  # per map kind
+    assert "positive (0.900)" in maps_axes[0].get_ylabel()
 
 
 def test_cmc_curves():
@@ -189,11 +211,26 @@ def test_length_histogram():
 
 def test_attribution_figure():
     T = 4
+    gc = RNG.uniform(size=(T, 16, 8))
     attr = {"occlusion": {"frame_importance": np.array([0.1, -0.2, 1.0, 0.0]), "maps": None},
-            "gradcam": {"frame_importance": np.arange(T, dtype=float), "maps": RNG.uniform(size=(T, 16, 8))}}
+            "gradcam": {"frame_importance": np.arange(T, dtype=float), "maps": gc}}
     fig = viz.attribution_figure(frames(T), attr)
-    assert len(fig.axes) == T + T + 1  # frames, one overlay row (gradcam), the bar chart
-    bars = fig.axes[-1].patches
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert len(image_axes) == 2  # frames, one overlay row (gradcam)
+    overlay = image_axes[1].images[1].get_array()
+    np.testing.assert_allclose(overlay[:, 9:17], gc[1])  # gap of max(1, 8 // 16) = 1 column
+    bars = fig.axes[2].patches
     assert len(bars) == 2 * T
     np.testing.assert_allclose([b.get_height() for b in bars[:T]], [0.1, -0.2, 1.0, 0.0])
     assert renders(fig)
+    with pytest.raises(ValueError):
+        viz.attribution_figure(frames(T), {"x": {"frame_importance": np.ones(T), "maps": np.ones((T, 3, 3))}})
+
+
+def test_figures_are_not_left_open_in_pyplot():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    fig = viz.cmc_curves({"a": np.linspace(0.5, 1.0, 20)})
+    assert plt.get_fignums() == before  # closed at once: no leak, no double display in Jupyter
+    assert isinstance(fig, Figure) and renders(fig)  # still drawable after closing

@@ -1,7 +1,6 @@
 """reidkit.widgets: the explorers build without a kernel and redraw on a value change."""
 
 import base64
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +19,8 @@ def setup(tmp_path_factory):
     from conftest import write_tiny_manifest
 
     root = tmp_path_factory.mktemp("tiny")
-    write_tiny_manifest(root, num_ids=4, num_cams=2, length_range=(3, 9), distractors=1, visibility=True)
+    write_tiny_manifest(root, num_ids=4, num_cams=2, length_range=(3, 9), distractors=1, visibility=True,
+                        occlusion=True)
     manifest = data.Manifest.load(root)
     cache = data.FrameCache.build(manifest, H, W, cache_dir=root / "cache", progress=False)
     cfg = models.ModelConfig.cpu(height=H, width=W, seq_len=T, width_mult=0.125, fc_dim=32, rnn_hidden=16,
@@ -62,7 +62,7 @@ def test_tracklet_explorer_redraws(setup):
 
     manifest, cache, model, _ = setup
     model.train()
-    box = widgets.tracklet_explorer(model, manifest, cache)
+    box = widgets.tracklet_explorer(model, manifest, cache, dpi=40)
     assert isinstance(box, ipywidgets.VBox)
     out = find(box, ipywidgets.Output)
     first = images(out)
@@ -89,48 +89,43 @@ def test_pair_explorer_scores_maps_and_attributions(setup):
     import ipywidgets
 
     manifest, cache, model, _ = setup
-    box = widgets.pair_explorer(model, manifest, cache, methods=("frame_occlusion",))
+    box = widgets.pair_explorer(model, manifest, cache, methods=("frame_occlusion",), dpi=40)
     out = find(box, ipywidgets.Output)
     html = out.outputs[0]["data"]["text/html"]
     assert "S (Eq. 2)" in html and "M =" in html and len(images(out)) == 1
+    find(box, ipywidgets.Dropdown, "clip b").value = 0  # a pair of identical clips
+    html = out.outputs[0]["data"]["text/html"]
+    assert "same person" in html and "F (distance) = 0.000" in html
     find(box, ipywidgets.Checkbox).value = True
     assert len(images(out)) == 2  # + the attribution figure
-    find(box, ipywidgets.Dropdown, "clip b").value = 0  # a pair of identical clips
-    assert "same person" in out.outputs[0]["data"]["text/html"]
-    assert "F (distance) = 0.000" in out.outputs[0]["data"]["text/html"]
 
 
-def test_per_query_rows_accepts_both_layouts():
-    d = {"query_ids": np.array([5, 6]), "top_gallery_ids": np.array([[1, 2], [3, 4]]),
-         "match_flags": np.array([[True, False], [False, True]])}
+def test_per_query_rows_layouts_and_padding():
+    d = {"query_ids": np.array([5, 6]), "gallery_ids": np.array([[1, 2, -1], [3, 4, 7]]),
+         "flags": np.array([[1, 2, -1], [0, 1, 0]]), "scores": np.full((2, 3), np.nan),
+         "distances": np.ones((2, 3))}
     rows = widgets.per_query_rows(d)
-    assert rows[1] == {"query": 6, "gallery": [3, 4], "flags": [0, 1], "scores": None}
-    rows2 = widgets.per_query_rows([{"query_id": 5, "gallery_ids": [1, 2], "matches": [1, 0], "scores": [0.9, 0.1]}])
-    assert rows2[0]["scores"] == [0.9, 0.1] and rows2[0]["flags"] == [1, 0]
+    assert rows[0]["gallery"] == [1, 2] and rows[0]["flags"] == [1, 2]  # padding dropped
+    assert widgets._numbers(rows[1]) == ([1.0, 1.0, 1.0], "rank, feature distance F")
+    rows2 = widgets.per_query_rows([{"query_id": 5, "gallery_ids": [1, 2], "flags": [True, False]}])
+    assert rows2[0]["flags"] == [1, 0] and rows2[0]["scores"] is None
 
 
-def test_query_explorer_borders_and_filter(setup):
+def test_query_explorer_on_a_real_evaluation(setup):
     import ipywidgets
 
-    manifest, cache, _, _ = setup
-    split = manifest.splits[0]
-    pid = {t.tracklet_id: t.pid for t in manifest.tracklets}
-    rng = np.random.default_rng(0)
-    q_ids, tops, flags = [], [], []
-    for q in split.query:
-        g = list(rng.permutation(split.gallery))[:5]
-        q_ids.append(q)
-        tops.append(g)
-        flags.append([pid[x] == pid[q] for x in g])
-    result = SimpleNamespace(per_query={"query_ids": q_ids, "top_gallery_ids": tops, "match_flags": flags})
+    evaluate = pytest.importorskip("reidkit.evaluate")
+    manifest, cache, model, _ = setup
+    result = evaluate.evaluate(model, manifest, cache, progress=False, keep_top=5)
+    pq = result.per_query
     box = widgets.query_explorer(result, manifest, cache, top_k=5)
     out = find(box, ipywidgets.Output)
     assert len(images(out)) == 1
-    failures = find(box, ipywidgets.Checkbox)
-    failures.value = True
     pick = find(box, ipywidgets.Dropdown)
-    wrong = [i for i, (q, g) in enumerate(zip(q_ids, tops)) if pid[g[0]] != pid[q]]
-    assert [v for _, v in pick.options] == wrong
-    assert all(label.startswith("✗") for label, _ in pick.options)
-    if wrong:
+    assert len(pick.options) == len(pq.query_ids)
+    rank1_wrong = [i for i in range(len(pq.query_ids)) if pq.flags[i][0] != 1]
+    assert [label.startswith("✗") for label, _ in pick.options] == [i in rank1_wrong for i in range(len(pq.query_ids))]
+    find(box, ipywidgets.Checkbox).value = True  # failures only
+    assert [v for _, v in pick.options] == rank1_wrong
+    if rank1_wrong:
         assert len(images(out)) == 1

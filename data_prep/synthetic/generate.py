@@ -308,7 +308,8 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
 
     lengths = np.array([len(r["frames"]) for r in rows if r["pid"] >= 1])
     labels = [lab for r in rows if r["pid"] >= 1 for lab in r["occlusion"]]
-    params_json = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+    # `workers` changes the speed, never the bytes: left out so meta.json is identical too
+    params_json = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items() if k != "workers"}
     meta = {
         "name": f"synthetic-{preset}" + (f"-seed{seed}" if seed else ""),
         "source": "synthetic",

@@ -364,13 +364,13 @@ def compose_frame(
         total = int(full.sum())
         tmask = full[sl]
         inside = int(tmask.sum())
-        frame[tmask] = t_rgb[sl][tmask]
+        np.copyto(frame, t_rgb[sl], where=tmask[..., None])
     if occluder is not None:
         o_rgb, o_mask, on_canvas = occluder
         o_rgb, o_mask = np.asarray(o_rgb), np.asarray(o_mask) > 127
         if on_canvas:
             o_rgb, o_mask = o_rgb[sl], o_mask[sl]
-        frame[o_mask] = o_rgb[o_mask]
+        np.copyto(frame, o_rgb, where=o_mask[..., None])
         if tmask is not None:
             tmask = tmask & ~o_mask
     if tmask is not None:
@@ -384,7 +384,8 @@ def compose_frame(
         img = img.resize(small, Image.BILINEAR).resize((width, height), Image.BILINEAR)
     if blur > 0:
         img = img.filter(ImageFilter.GaussianBlur(blur))
-    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, cam.noise, size=(height, width, 3))
+    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * np.float32(cam.noise)
+    arr = np.asarray(img, dtype=np.float32) + noise
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     vis = visible / total if total else 0.0
     return FrameResult(img, float(min(1.0, vis)), float(inside / total) if total else 0.0)

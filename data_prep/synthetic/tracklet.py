@@ -8,9 +8,10 @@ visibility (render.compose_frame) and one label:
 
     none | object | person | blur | crop
 
-the dominant loss in that frame: an occluder label when the occluder hides >= 5% of the body,
-`crop` when a bad-crop frame keeps < 90% of the body inside the box, `blur` for a blurred frame
-that is otherwise intact. Frames of pid 0 (distractors: background-only boxes or fragments of a
+the dominant degradation of that frame: when less than 92% of the body is visible
+(`MIN_LOSS`), `object`/`person` if the occluder hides more of it than the box edges cut off,
+else `crop`; otherwise `blur` for a blurred frame, else `none`. So every labelled-occluded frame
+of a tracklet has a lower visibility than every `none` frame. Frames of pid 0 (distractors: background-only boxes or fragments of a
 passer-by) and pid -1 (junk: far-off, blurred boxes) are labelled `crop`; their visibility is
 that of whatever person is in the box (0 for background-only).
 
@@ -31,6 +32,7 @@ from .render import MARGIN, Camera, Pose, compose_frame, draw_object, draw_perso
 
 LABELS = ("none", "object", "person", "blur", "crop")
 OBJECTS = ("pole", "bin", "car")
+MIN_LOSS = 0.08   # a frame missing at least this fraction of the body is labelled occluded / crop
 
 
 @dataclass(frozen=True)
@@ -155,10 +157,8 @@ def _person(plan, ident: Identity, cam: Camera, seed: int, params: dict, rng) ->
         res = compose_frame(cam, bg_x[t], target, occluder, (level[t], bias), float(blur[t]),
                             rng, H, W)
         occ_loss, crop_loss = res.in_frame - res.visibility, 1.0 - res.in_frame
-        if occluder is not None and occ_loss >= 0.05 and occ_loss >= crop_loss:
-            label = occ.kind
-        elif t in crop_frames and res.in_frame < 0.9:
-            label = "crop"
+        if 1.0 - res.visibility >= MIN_LOSS:     # degraded: name the larger of the two losses
+            label = occ.kind if occluder is not None and occ_loss >= crop_loss else "crop"
         elif blur[t] > 0:
             label = "blur"
         else:

@@ -1,0 +1,232 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. Data preparation: from raw videos to a manifest and a frame cache
+#
+# Video re-identification compares **tracklets**: short sequences of person crops that a
+# detector and a tracker produced in one camera. A query tracklet from one camera is ranked
+# against a gallery of tracklets from the other cameras, and the right answer is every gallery
+# tracklet of the same person. Zhou et al. (CVPR 2017) evaluate on MARS, iLIDS-VID and
+# PRID2011 (their Table 1); this kit adds a procedurally rendered **synthetic benchmark** that
+# has the same structure as MARS (six cameras, distractors, junk, the same query/gallery
+# protocol) and, unlike the real datasets, per-frame ground truth: how much of the person is
+# visible, and why not (an object or another person in front, blur, a bad crop).
+#
+# Everything downstream reads one thing, the **manifest** that `data_prep` writes:
+#
+# | file | content |
+# |---|---|
+# | `tracklets.csv` | one row per tracklet: `tracklet_id, pid, camid, num_frames, frames` (paths joined with `\|`, in temporal order), optional per-frame `visibility`, `occlusion`, ... |
+# | `splits.json` | the protocol splits: `{"train": [...], "query": [...], "gallery": [...]}` (MARS: one; iLIDS-VID / PRID2011: ten) |
+# | `meta.json` | name, source, protocol, counts, frame size, what was excluded and why |
+
+# %% tags=["parameters"]
+profile = "smoke"                 # the reidkit report profile that injected these values
+seed = 0
+device = "auto"
+config_file = "configs/smoke.yaml"  # the training config: its frame size is the cache's
+synthetic_preset = "tiny"         # tiny, small, medium or large (empty: never generate)
+dataset_dir = "reports/notebooks/work/dataset"
+work_dir = "reports/notebooks/work"
+metrics_path = "reports/notebooks/metrics/01_data_preparation.json"
+interactive = False               # True: also build the ipywidgets explorers
+
+# %%
+# %matplotlib inline
+import time
+from pathlib import Path
+
+import numpy as np
+from IPython.display import Markdown, display
+from PIL import Image
+
+from reidkit import stats, viz
+from reidkit.config import Config
+from reidkit.data import FrameCache, Manifest
+from reidkit.report import write_metrics
+
+# Paths are relative to the repository root, wherever the notebook runs from.
+ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+dataset_dir = ROOT / dataset_dir
+config = Config.from_yaml(ROOT / config_file)
+H, W = config.height, config.width
+timings = {}
+
+# %% [markdown]
+# ## The synthetic benchmark
+#
+# `data_prep.synthetic.generate(out, preset, seed)` renders every frame from a seeded plan:
+# identities (clothing colours and patterns, some drawn as look-alikes of another identity:
+# hard negatives), cameras with their own illumination, tracklets with walking motion and
+# occlusions. Same seed, same bytes. If the folder already holds a manifest it is used as it
+# is, so the same cell also works for a real dataset.
+
+# %%
+t0 = time.perf_counter()
+if not (dataset_dir / "tracklets.csv").exists():
+    if not synthetic_preset:
+        raise FileNotFoundError(f"{dataset_dir} has no manifest; prepare it with `python -m data_prep ...`")
+    from data_prep.synthetic import generate
+
+    generate(dataset_dir, preset=synthetic_preset, seed=seed, progress=False)
+timings["generate_s"] = time.perf_counter() - t0
+manifest = Manifest.load(dataset_dir)
+print(manifest)
+print(f"ready in {timings['generate_s']:.1f}s")
+
+# %% [markdown]
+# ## The real datasets
+#
+# Nothing here downloads data (links die; licences differ). Get the raw folders from the
+# datasets' authors, then point `data_prep` at them — for example:
+#
+# ```bash
+# python -m data_prep mars      --src /data/raw/MARS      --out datasets/mars      # bbox_train/, bbox_test/, info/
+# python -m data_prep ilidsvid  --src /data/raw/iLIDS-VID --out datasets/ilidsvid  # i-LIDS-VID/sequences/cam1|cam2
+# python -m data_prep prid2011  --src /data/raw/PRID2011  --out datasets/prid2011  # multi_shot/cam_a|cam_b
+# reidkit report --profile paper --dataset datasets/mars
+# ```
+#
+# Frames are not copied: the manifest stores paths relative to `--out`. Frame order is the
+# frame number parsed from the file name, never a directory listing's order (several toolkits
+# feed iLIDS-VID and PRID2011 frames to their RNNs shuffled). `data_prep/README.md` describes
+# every layout.
+
+# %% [markdown]
+# ## The manifest files
+#
+# Plain text a person can open. The first rows of `tracklets.csv` (frame lists shortened):
+
+# %%
+with open(dataset_dir / "tracklets.csv", encoding="utf-8") as f:
+    head = [next(f).rstrip("\n") for _ in range(4)]
+print("\n".join(line if len(line) < 160 else line[:157] + "..." for line in head))
+split = manifest.split(0)
+print(f"\nsplits.json: {len(manifest.splits)} split(s); split 0: train {len(split.train)}, "
+      f"query {len(split.query)}, gallery {len(split.gallery)} tracklets")
+print("meta.json keys:", ", ".join(manifest.meta))
+
+# %% [markdown]
+# ## Table 1
+#
+# The paper's Table 1 lists identities, tracklets, boxes (frames), distractors, cameras,
+# resolution, how boxes were found, and the evaluation. `reidkit.stats.table1` computes the same
+# rows from any manifest; for reference, MARS has 1,261 identities, ~20.7k tracklets, ~1M boxes
+# and 3.2k distractors from six cameras.
+
+# %%
+table = stats.table1(manifest)
+display(Markdown(stats.format_table1(table)))
+
+# %% [markdown]
+# ## Tracklet lengths
+#
+# The length matters twice: training samples $T = 6$ frames at random inside a tracklet, and
+# testing walks through *all* frames in chunks of $T$ and averages the chunk features, so a
+# long tracklet costs more at test time but is never pushed through the network at once.
+
+# %%
+dist = stats.length_distribution(manifest)
+fig = viz.length_histogram({"train": manifest.lengths[manifest.positions(split.train)],
+                            "test": manifest.lengths[manifest.positions(split.query + split.gallery)]},
+                           title=f"{manifest.name}: tracklet lengths")
+fig
+
+# %% [markdown]
+# The histogram shows a long right tail in both the train and the test tracklets: most are
+# short, a few are several times the median.
+
+# %% [markdown]
+# ## Sample frames (Fig. 8 style)
+#
+# One row per identity, one frame from each tracklet (different cameras side by side): the
+# same person changes colour and brightness between cameras, which is what re-identification
+# has to see through.
+
+# %%
+rng = np.random.default_rng(seed)
+real = [p for p in range(len(manifest)) if manifest.pids[p] >= 1]
+pids = rng.choice(np.unique(manifest.pids[real]), size=min(4, len(np.unique(manifest.pids[real]))), replace=False)
+rows, labels = [], []
+for pid in pids:
+    positions = [p for p in real if manifest.pids[p] == pid][:8]
+    rows.append([np.asarray(Image.open(manifest.frame_paths(p)[manifest.lengths[p] // 2]).convert("RGB"))
+                 for p in positions])
+    labels.append(f"pid {pid}")
+viz.sample_grid(rows, labels, title="sample frames: one row per identity, one column per tracklet")
+
+# %% [markdown]
+# Each row is one identity seen by different cameras; the colour cast and the pose change
+# from column to column while the clothing stays.
+
+# %% [markdown]
+# ## Visibility and occlusion: the ground truth behind the attention lesson
+#
+# Each synthetic frame records `visibility` (the fraction of the person's pixels that are
+# visible) and an `occlusion` label. The temporal attention model (notebook 4) should give
+# such frames less weight — here we can check it, on real data one cannot.
+
+# %%
+vis_frac = {}
+if manifest.has_visibility:
+    occluded = [p for p in real if manifest.tracklets[p].visibility is not None
+                and manifest.tracklets[p].visibility.min() < 0.5]
+    for p in occluded[:2]:
+        t = manifest.tracklets[p]
+        idx = np.linspace(0, t.num_frames - 1, min(8, t.num_frames)).round().astype(int)
+        frames = np.stack([np.asarray(Image.open(manifest.root / t.frames[i]).convert("RGB")) for i in idx])
+        labels_t = t.extras.get("occlusion")
+        title = f"tracklet {t.tracklet_id} (pid {t.pid}, cam {t.camid})"
+        if labels_t:
+            title += ": " + ", ".join(sorted({labels_t[i] for i in idx} - {"none"}))
+        display(viz.frame_strip(frames, visibility=t.visibility[idx], title=title))
+    all_vis = np.concatenate([manifest.tracklets[p].visibility for p in real
+                              if manifest.tracklets[p].visibility is not None])
+    vis_frac = {"frames_below_half_visible": float(np.mean(all_vis < 0.5)),
+                "tracklets_with_occlusion": len(occluded) / max(1, len(real))}
+    print({k: round(v, 3) for k, v in vis_frac.items()})
+else:
+    print("this dataset has no per-frame visibility (real datasets do not)")
+
+# %% [markdown]
+# The bars under each strip are the ground-truth visibility of those frames: the dips are the
+# frames where something passes in front of the person or the crop cuts them off.
+
+# %% [markdown]
+# ## The frame cache
+#
+# Decoding a JPEG costs ~1.5 ms per core, while a GPU trains on ~10⁴ frames per second. So
+# every frame is decoded **once**, resized to the model's input size, and kept as one uint8
+# array `(frames, H, W, 3)` on disk (opened as a memory map; on a GPU it can live in device
+# memory). A training step only gathers rows of it. The cache is keyed by a fingerprint of
+# the manifest and the frame files, and rebuilt only when they change.
+
+# %%
+t0 = time.perf_counter()
+cache = FrameCache.build(manifest, H, W, progress=False)
+timings["cache_s"] = time.perf_counter() - t0
+print(cache)
+print(f"{'built' if cache.built else 'reused'} in {timings['cache_s']:.1f}s; tracklet 0 = rows "
+      f"{cache.offsets[0]}..{cache.offsets[0] + cache.lengths[0] - 1}")
+viz.sample_grid([list(cache.clip(real[0], np.arange(min(8, cache.lengths[real[0]]))))],
+                [f"{H}×{W}"], title="the first tracklet as the model sees it (from the cache)")
+
+# %% [markdown]
+# The cached frames are the source frames resized to the model's input size; the network
+# never sees anything else.
+
+# %%
+write_metrics(metrics_path, {
+    "key": {"identities": table["identities"], "tracklets": table["tracklets"], "frames": table["boxes"],
+            "median_length": dist["median"]},
+    "table1": table, "length_distribution": dist, "visibility": vis_frac,
+    "cache": {"height": H, "width": W, "frames": len(cache), "megabytes": cache.nbytes / 2**20,
+              "built": cache.built},
+    "timings": timings, "dataset_dir": str(dataset_dir),
+})

@@ -1,0 +1,177 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 2. Training: one network, two losses
+#
+# The network of Zhou et al. (Fig. 2) has two heads on one shared CaffeNet. The **feature
+# branch** turns a clip $x$ of $T$ frames into one vector $\mathcal{F}(x)$ (the temporal
+# attention model, notebook 4); the **metric branch** looks at two clips at once and outputs
+# $M(x^i, x^j)$, the probability that they show the same person (the spatial recurrent model,
+# notebook 5). Each head has its own loss, and both are trained together, end to end.
+#
+# **Triplet loss with hard negatives** on the feature branch. With $d(a,b)$ the Euclidean
+# distance of L2-normalised features, for every anchor $a$ in the batch take its *hardest*
+# positive (same person, farthest away) and *hardest* negative (other person, closest):
+#
+# $$L_{\mathrm{tri}} = \frac{1}{N}\sum_{a} \Big[\, m + \max_{p:\,y_p = y_a} d(a,p) \;-\; \min_{n:\,y_n \ne y_a} d(a,n) \Big]_+$$
+#
+# **Binary cross-entropy** on the metric branch, for pairs drawn from the same batch (all
+# positive pairs and as many of the hardest negative pairs), with $y=1$ for "same person":
+#
+# $$L_{\mathrm{pair}} = -\big[\, y \log M(x^i,x^j) + (1-y)\log\big(1 - M(x^i,x^j)\big) \big]$$
+#
+# and $L = L_{\mathrm{tri}} + L_{\mathrm{pair}}$. Both need the right batches: **P identities ×
+# K tracklets**, so every anchor has positives *and* negatives in the batch, each tracklet
+# giving one clip of $T = 6$ frames drawn at random (kept in temporal order) and mirrored with
+# probability ½.
+
+# %% tags=["parameters"]
+profile = "smoke"
+seed = 0
+device = "auto"
+config_file = "configs/smoke.yaml"
+overrides = []                    # extra section.key=value settings, as on the command line
+resume = False                    # continue run_dir/last.pt instead of starting over
+dataset_dir = "reports/notebooks/work/dataset"
+work_dir = "reports/notebooks/work"
+run_dir = "reports/notebooks/work/runs/all"
+metrics_path = "reports/notebooks/metrics/02_training.json"
+interactive = False
+
+# %%
+# %matplotlib inline
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from IPython.display import display
+
+from reidkit import viz
+from reidkit.checkpoint import load_checkpoint
+from reidkit.config import Config
+from reidkit.evaluate import evaluate
+from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
+from reidkit.report import write_metrics
+from reidkit.train import Trainer
+
+ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+dataset_dir, work_dir, run_dir = (ROOT / p for p in (dataset_dir, work_dir, run_dir))
+config = Config.from_yaml(ROOT / config_file, [
+    f"data.dataset={dataset_dir}", f"train.out_dir={run_dir}", f"train.seed={seed}",
+    f"train.device={device}", "model.variant=all", "train.progress=false", "train.log_every=1",
+    *overrides])
+print(config.to_yaml())
+
+# %% [markdown]
+# ## A P × K batch
+#
+# The trainer owns the data pipeline (manifest → frame cache → `TrainClipLoader`); here is
+# what one step sees: P identities, K clips each, $T$ frames per clip.
+
+# %%
+live = []  # filled by the callback below
+trainer = Trainer(config, callbacks=[{"on_step_end": lambda tr, step, logs: live.append({"step": step, **logs})}])
+batch = next(iter(trainer.loader))
+print("clips", tuple(batch.clips.shape), "= (P·K, T, 3, H, W); pids", batch.pids.tolist())
+show = range(0, len(batch.pids), max(1, len(batch.pids) // 6))
+viz.sample_grid([list(viz.to_uint8(batch.clips[i])) for i in show],
+                [f"pid {int(batch.pids[i])}" for i in show],
+                title=f"one batch: P={config.train.P} identities × K={config.train.K} clips of T={config.model.seq_len} frames")
+
+# %% [markdown]
+# Every row is one training clip; consecutive rows with the same pid are the K clips of one
+# identity, from different tracklets (and usually cameras).
+
+# %% [markdown]
+# ## Both losses on that batch, by hand
+#
+# The same computation as `reidkit.train.TrainingObjective`, spelled out: one CNN pass gives
+# $\mathcal{F}(x)$ for the triplet loss and the pool5 maps that $M$ compares.
+
+# %%
+model = trainer.model.train()
+with torch.no_grad():
+    out = model(batch.clips)
+    triplet = batch_hard_triplet(out.features, batch.pids, config.train.margin)
+    idx_a, idx_b, labels = mine_pairs(out.features, batch.pids)
+    bce = pair_bce(model.metric(out.pool5[idx_a], out.pool5[idx_b]), labels)
+print(f"features {tuple(out.features.shape)}, attention {tuple(out.attention.shape)}, pool5 {tuple(out.pool5.shape)}")
+print(f"{int(labels.sum())} positive + {int((1 - labels).sum())} hardest negative pairs for M")
+print(f"L_tri = {triplet.item():.4f}  (margin m = {config.train.margin})")
+print(f"L_pair = {bce.item():.4f}  (log 2 = {np.log(2):.4f} is a coin flip)")
+
+# %% [markdown]
+# ## Training `all`
+#
+# `Trainer.fit` runs the loop; a callback receives the losses every `train.log_every` steps.
+# The library knows nothing about notebooks: here the callback appends to a list, and in
+# interactive mode it also redraws the curves in place.
+
+# %%
+if interactive:
+    handle = display(viz.training_curves([{"step": 0, "loss": np.nan}], keys=("loss",)), display_id=True)
+
+    def redraw(tr, step, logs):
+        handle.update(viz.training_curves(live, title=f"step {step}"))
+
+    trainer.callbacks.append({"on_step_end": redraw})
+
+t0 = time.perf_counter()
+history = trainer.fit(resume=resume)
+train_s = time.perf_counter() - t0
+steps = trainer.step_history or live
+print(f"{trainer.step} steps in {train_s:.0f}s; last epoch: loss {history[-1]['loss']:.4f}, "
+      f"{history[-1]['frames_per_s']:.0f} frames/s")
+viz.training_curves(steps, title=f"training curves ({profile} profile)")
+
+# %% [markdown]
+# The curves show the total loss and its two terms per logged step; the triplet term falls as
+# identities separate in feature space, the pair term falls below log 2 once M beats chance.
+
+# %% [markdown]
+# ## Checkpoints and resuming
+#
+# After every epoch the trainer writes `epoch_XXX.pt` and `last.pt` atomically (a crash never
+# leaves a half-written file). A checkpoint holds the weights *and* everything needed to
+# continue exactly: the optimiser state, the step and epoch counters, the random-number states
+# and the history. `Trainer(config).fit(resume=True)` — or `reidkit train ... --resume` —
+# picks up `last.pt` and continues with the next epoch, drawing the same batches as an
+# uninterrupted run would (the clip loader is seeded by seed and epoch).
+
+# %%
+ckpt_path = run_dir / "last.pt"
+state = load_checkpoint(ckpt_path)
+print(ckpt_path, f"{ckpt_path.stat().st_size / 2**20:.1f} MiB")
+print("keys:", ", ".join(state))
+print("epoch", state["epoch"], "step", state["step"], "variant", state["variant"])
+print("files:", ", ".join(sorted(p.name for p in run_dir.iterdir())))
+
+# %% [markdown]
+# ## A first evaluation
+#
+# The full evaluation (both MARS conventions, retrieval examples) is notebook 6; here one
+# number to see that training did something. The test features are cached under `work/`, so
+# notebook 6 does not extract them again.
+
+# %%
+model.eval()
+result = evaluate(model, trainer.manifest, trainer.cache, convention=config.eval.convention,
+                  rerank_top_k=config.eval.rerank_top_k, batch_size=config.eval.batch_size,
+                  feature_cache_dir=work_dir / "features", progress=False)
+print(result.summary())
+
+# %%
+write_metrics(metrics_path, {
+    "key": {"steps": trainer.step, "final_loss": history[-1]["loss"], "rank1": result.rank1, "mAP": result.mAP,
+            "train_s": round(train_s, 1)},
+    "history": history, "steps": steps, "eval": result.to_dict(per_query=False),
+    "config": config.to_dict(), "checkpoint": str(ckpt_path), "train_s": train_s,
+    "frames_per_s": history[-1]["frames_per_s"],
+})

@@ -1,0 +1,196 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 5. The spatial recurrent model: comparing two tracklets location by location
+#
+# The feature branch squeezes each tracklet into one vector before comparing. The metric
+# branch (Sec. 3.3, Fig. 5–7) compares *before* squeezing: it subtracts the two clips' pool5
+# maps frame by frame and location by location,
+#
+# $$d_{t}(h, w) = f(x^i_t)_{pool5}(h, w) - f(x^j_t)_{pool5}(h, w),$$
+#
+# a $T \times C \times h \times w$ volume that is small where the two people look alike. A
+# difference at one location means little alone (a bag, a shadow, a slightly shifted crop), so
+# after a 1×1 convolution $u = \mathrm{ReLU}(W_1 * d)$ six LSTMs sweep the volume, each along
+# one direction — forward and backward in **time**, left↔right in **width**, top↔bottom in
+# **height** — and each location collects what its neighbours in that direction saw:
+#
+# $$s^{(k)}_\ell = \mathrm{LSTM}_k\big(u_\ell,\; s^{(k)}_{\ell - 1}\big), \qquad k = 1, \dots, 6,$$
+#
+# with $\ell - 1$ the previous location along direction $k$. The six outputs are stacked and a
+# second 1×1 convolution mixes them into the **contextual feature**
+# $c = \mathrm{ReLU}\big(W_2 * [s^{(1)}; \dots; s^{(6)}]\big)$ (Fig. 7); a fully connected layer
+# turns $c$ into the logit of "same person", $M(x^i, x^j) = \sigma(w^\top c + b)$. At test time
+# $M$ joins the feature distance in Eq. 2:
+# $S = \frac{1}{1 + F(\mathcal{F}(x^i), \mathcal{F}(x^j))} + \lambda M(x^i, x^j)$.
+
+# %% tags=["parameters"]
+profile = "smoke"
+seed = 0
+device = "auto"
+config_file = "configs/smoke.yaml"
+ig_steps = 4                      # integration steps of Integrated Gradients
+num_pairs = 64                    # positive and negative pairs for the statistics
+dataset_dir = "reports/notebooks/work/dataset"
+work_dir = "reports/notebooks/work"
+run_dir = "reports/notebooks/work/runs/all"
+metrics_path = "reports/notebooks/metrics/05_srm_difference_maps.json"
+interactive = False
+
+# %%
+# %matplotlib inline
+from pathlib import Path
+
+import numpy as np
+import torch
+from IPython.display import display
+
+from reidkit import explain, viz
+from reidkit.data import FrameCache, Manifest, even_clip, normalize_clips, test_frame_indices
+from reidkit.report import write_metrics
+from reidkit.train import load_model, resolve_device
+
+ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+dataset_dir, run_dir = ROOT / dataset_dir, ROOT / run_dir
+dev = resolve_device(device)
+model, config = load_model(run_dir / "last.pt", device=dev)
+manifest = Manifest.load(dataset_dir)
+cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+T = config.model.seq_len
+print(f"{model.variant} model, pool5 grid {config.model.pool5_grid} × {config.model.pool5_channels} channels, T = {T}")
+
+# %% [markdown]
+# ## A positive and a negative pair
+#
+# A query tracklet, a tracklet of the same person from another camera (positive), and one of
+# another person (negative); $T$ evenly spaced frames of each.
+
+# %%
+split = manifest.split(0)
+rng = np.random.default_rng(seed)
+test = manifest.positions(split.query + split.gallery)
+test = test[manifest.pids[test] >= 1]
+
+
+def frames_and_clip(p):
+    return cache.clip(p, test_frame_indices(int(manifest.lengths[p]), T, "even")[0]), even_clip(manifest, cache, p, T, dev)
+
+
+q = next(p for p in manifest.positions(split.query)
+         if any(manifest.pids[g] == manifest.pids[p] and manifest.camids[g] != manifest.camids[p] for g in test))
+pos = next(g for g in test if manifest.pids[g] == manifest.pids[q] and manifest.camids[g] != manifest.camids[q])
+neg = rng.choice(test[manifest.pids[test] != manifest.pids[q]])
+(fq, cq), (fp, cp), (fn, cn) = (frames_and_clip(p) for p in (q, pos, neg))
+with torch.no_grad():
+    logit_pos, maps_pos = model.metric(cq, cp, return_maps=True)
+    logit_neg, maps_neg = model.metric(cq, cn, return_maps=True)
+m_pos, m_neg = torch.sigmoid(logit_pos).item(), torch.sigmoid(logit_neg).item()
+print(f"query pid {manifest.pids[q]}: M(positive, pid {manifest.pids[pos]}) = {m_pos:.3f}, "
+      f"M(negative, pid {manifest.pids[neg]}) = {m_neg:.3f}")
+print("maps:", {k: tuple(v.shape) for k, v in maps_pos.items()})
+
+# %% [markdown]
+# ## The difference map and the six sweeps
+#
+# Every map below is reduced to one value per location (the L2 norm over channels), one column
+# per frame: first the two clips, then $d$, the 1×1-conv input of the sweeps, the six sweep
+# outputs, and the contextual feature.
+
+# %%
+viz.srm_maps(maps_pos, fq, fp, title=f"SRM maps of the positive pair (M = {m_pos:.3f})")
+
+# %% [markdown]
+# The time sweeps spread information along each row of frames, the width and height sweeps
+# inside each frame; the contextual feature at a location therefore reflects its surroundings,
+# not only its own difference.
+
+# %% [markdown]
+# ## Contextual feature: positive against negative
+#
+# Same colour scale for both pairs, so magnitudes compare.
+
+# %%
+viz.srm_pair_comparison(maps_pos, maps_neg, (fq, fp), (fq, fn), pos_score=m_pos, neg_score=m_neg)
+
+# %% [markdown]
+# For a trained model, the difference map of the same-person pair should be weaker (darker)
+# than that of the different-person pair; the statistics below check this over many pairs
+# instead of one.
+
+# %% [markdown]
+# ## Over many pairs
+#
+# `num_pairs` positive pairs (same person, different cameras) and as many negative pairs from
+# the test set: the mean norm of $d$ and of the contextual feature, and $M$.
+
+# %%
+def pool5_of(positions, batch=64):
+    idx = np.stack([test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
+    with torch.no_grad():
+        return torch.cat([model.features(normalize_clips(cache.gather(cache.rows(positions[s:s + batch], idx[s:s + batch]), dev))).pool5
+                          for s in range(0, len(positions), batch)])
+
+
+pairs = {"positive": [], "negative": []}
+for a in rng.permutation(test):
+    same = test[(manifest.pids[test] == manifest.pids[a]) & (manifest.camids[test] != manifest.camids[a])]
+    if len(same) and len(pairs["positive"]) < num_pairs:
+        pairs["positive"].append((a, rng.choice(same)))
+    if len(pairs["negative"]) < num_pairs:
+        pairs["negative"].append((a, rng.choice(test[manifest.pids[test] != manifest.pids[a]])))
+stats_pairs = {}
+for kind, ab in pairs.items():
+    ab = np.array(ab)
+    with torch.no_grad():
+        logits, maps = model.metric(pool5_of(ab[:, 0]), pool5_of(ab[:, 1]), return_maps=True)
+    stats_pairs[kind] = {"n": len(ab), "M": torch.sigmoid(logits).cpu().numpy(),
+                         "difference_norm": maps["difference"].flatten(2).norm(dim=2).mean(1).cpu().numpy(),
+                         "context_norm": maps["context"].flatten(2).norm(dim=2).mean(1).cpu().numpy()}
+P, N = stats_pairs["positive"], stats_pairs["negative"]
+auc = float(np.mean(P["M"][:, None] > N["M"][None, :]) + 0.5 * np.mean(P["M"][:, None] == N["M"][None, :]))
+for name in ("M", "difference_norm", "context_norm"):
+    print(f"{name:16s} positive {P[name].mean():.3f}   negative {N[name].mean():.3f}")
+print(f"P(M(positive) > M(negative)) = {auc:.3f}  (0.5 = chance)")
+
+# %% [markdown]
+# ## Which frames and pixels drive the score? (Captum)
+#
+# Three attributions of the pair score $S$ (Eq. 2) of (query, positive) to the query's pixels:
+# **Integrated Gradients** (gradients along a path from a grey clip to the real one; the
+# attributions add up to the change of the score), **frame occlusion** (replace one frame at a
+# time by grey and see how much the score drops), and **Grad-CAM** on conv5 (where in each
+# frame the evidence sits).
+
+# %%
+attributions = explain.explain_pair(model, cq, cp, methods=("integrated_gradients", "frame_occlusion", "layer_gradcam"),
+                                    integrated_gradients={"steps": ig_steps})
+viz.attribution_figure(fq, attributions, title=f"attribution of S(query, positive) = {attributions['frame_occlusion'].score:.3f}")
+
+# %% [markdown]
+# The overlays show where each method finds the evidence, the bars how much each frame
+# contributes; frames on which the methods agree are the ones the score really rests on.
+
+# %%
+if interactive:
+    from reidkit.widgets import pair_explorer
+
+    display(pair_explorer(model, manifest, cache, positions=list(test[:200]), device=dev))
+
+# %%
+write_metrics(metrics_path, {
+    "key": {"M_positive": float(P["M"].mean()), "M_negative": float(N["M"].mean()), "pair_auc": auc,
+            "diff_norm_pos": float(P["difference_norm"].mean()), "diff_norm_neg": float(N["difference_norm"].mean())},
+    "example": {"query": int(manifest.tracklet_ids[q]), "positive": int(manifest.tracklet_ids[pos]),
+                "negative": int(manifest.tracklet_ids[neg]), "M_positive": m_pos, "M_negative": m_neg},
+    "pairs": {k: {"n": v["n"], **{n: float(v[n].mean()) for n in ("M", "difference_norm", "context_norm")}}
+              for k, v in stats_pairs.items()},
+    "attributions": {m: {"score": a.score, "kind": a.kind, "frame_importance": a.frame_importance,
+                         **{k: v for k, v in a.info.items() if isinstance(v, (int, float, str))}}
+                     for m, a in attributions.items()},
+})

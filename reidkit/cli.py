@@ -1,0 +1,243 @@
+"""The ``reidkit`` command line: train, evaluate, ablate, stats, prepare, report.
+
+    reidkit train --config configs/cpu.yaml --dataset data/synthetic_small [train.lr=3e-4 ...]
+    reidkit evaluate --checkpoint runs/cpu/last.pt --dataset data/synthetic_small
+    reidkit ablate --config configs/cpu.yaml --dataset data/synthetic_small --out runs/ablation
+    reidkit stats data/synthetic_small
+    reidkit prepare synthetic --out data/synthetic_small --preset small     (= python -m data_prep)
+    reidkit report --profile smoke                                          (executed notebooks)
+
+Every option is in ``reidkit CMD --help``. A user error (a bad config value, a missing file, an
+unreadable manifest) prints one line ``reidkit: error: ...`` and exits with status 2; set
+``REIDKIT_TRACEBACK=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+OVERRIDES_HELP = ("config overrides section.key=value, e.g. train.lr=3e-4 train.epochs=5 model.dropout=0.3 "
+                  "(see configs/default.yaml for every key)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _override(text: str) -> str:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"expected section.key=value, got {text!r}")
+    return text
+
+
+def _load_config(args, extra: list[str]):
+    from reidkit.config import Config  # noqa: PLC0415
+
+    overrides = list(extra)
+    if getattr(args, "dataset", None):
+        overrides.append(f"data.dataset={args.dataset}")
+    if getattr(args, "variant", None):
+        overrides.append(f"model.variant={args.variant}")
+    if getattr(args, "out", None) and args.command == "train":
+        overrides.append(f"train.out_dir={args.out}")
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
+    return Config.from_yaml(args.config, overrides + list(args.overrides))
+
+
+# ---------------------------------------------------------------------- subcommands
+def cmd_train(args) -> int:
+    from reidkit.train import Trainer  # noqa: PLC0415
+
+    config = _load_config(args, [])
+    trainer = Trainer(config)
+    if trainer.is_main:
+        print(f"[train] {config.variant} on {config.data.dataset} → {config.train.out_dir} "
+              f"({trainer.device}, {trainer.steps_per_epoch} steps/epoch × {config.train.epochs} epochs)")
+    try:
+        history = trainer.fit(resume=args.resume)
+    finally:
+        trainer.close()
+    if trainer.is_main and history:
+        last = history[-1]
+        print(f"[train] done: epoch {last['epoch']}, loss {last['loss']:.4f}; checkpoint "
+              f"{Path(config.train.out_dir) / 'last.pt'}, history {Path(config.train.out_dir) / 'history.csv'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from reidkit.data import FrameCache, Manifest  # noqa: PLC0415
+    from reidkit.evaluate import evaluate  # noqa: PLC0415
+    from reidkit.train import load_model, resolve_device  # noqa: PLC0415
+
+    device = resolve_device(args.device or "auto")
+    model, config = load_model(args.checkpoint, device)
+    dataset = args.dataset or config.data.dataset
+    if not dataset:
+        raise ValueError("no dataset: pass --dataset DIR (the checkpoint does not name one)")
+    manifest = Manifest.load(dataset)
+    cache = FrameCache.build(manifest, model.config.height, model.config.width,
+                             args.cache_dir or config.data.cache_dir, progress=not args.quiet)
+    e = config.eval
+    result = evaluate(model, manifest, cache, split=args.split, convention=args.convention or e.convention,
+                      rerank_top_k=args.rerank_top_k if args.rerank_top_k is not None else e.rerank_top_k,
+                      exact=args.exact or e.exact, batch_size=args.batch_size or e.batch_size, device=device,
+                      progress=not args.quiet)
+    print(result.summary())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"checkpoint": str(args.checkpoint), "variant": config.variant,
+                                              **result.to_dict()}, indent=1))
+        print(f"[evaluate] wrote {args.out}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from reidkit.ablate import run_ablation  # noqa: PLC0415
+    from reidkit.models import VARIANTS  # noqa: PLC0415
+
+    config = _load_config(args, [])
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else VARIANTS
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"--variants: unknown variant {bad[0]!r} (expected some of {', '.join(VARIANTS)})")
+    baselines = () if args.no_baselines else ("cnn", "all")
+    run_ablation(config, args.out, variants=variants, baselines=baselines, progress=not args.quiet,
+                 plot=args.plot)
+    print((Path(args.out) / "ablation.md").read_text())
+    return 0
+
+
+def _passthrough(module: str, func: str = "main"):
+    def run(argv: list[str]) -> int:
+        import importlib  # noqa: PLC0415
+
+        return getattr(importlib.import_module(module), func)(argv) or 0
+
+    return run
+
+
+# subcommands whose own parser lives elsewhere: everything after the name is handed over as is
+PASSTHROUGH = {
+    "stats": ("reidkit.stats", "Table 1 statistics of a manifest (reidkit stats DATASET [--json]); "
+                               "see `reidkit stats --help`"),
+    "prepare": ("data_prep.__main__", "convert a raw dataset or generate the synthetic benchmark "
+                                      "(= python -m data_prep); see `reidkit prepare --help`"),
+    "report": ("reidkit.report", "execute the lesson notebooks and write an HTML report "
+                                 "(needs the notebook extras); see `reidkit report --help`"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reidkit import __version__  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(
+        prog="reidkit",
+        description="Video person re-identification with joint spatial and temporal RNNs "
+                    "(Zhou et al., CVPR 2017): train, evaluate, ablate.",
+        epilog="Run `reidkit COMMAND --help` for a command's options. "
+               "REIDKIT_TRACEBACK=1 shows full tracebacks on errors.")
+    parser.add_argument("--version", action="version", version=f"reidkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from reidkit.models import VARIANTS  # noqa: PLC0415
+
+    p = sub.add_parser("train", help="train one variant (checkpoints and history in --out)",
+                       description="Train one model variant. Settings come from --config, then the "
+                                   "options below, then key=value overrides (later wins).")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config (configs/default.yaml: the paper's 227×227 GPU setting; "
+                        "configs/cpu.yaml: the CPU-sized setting; configs/smoke.yaml: seconds). "
+                        "Default: the built-in defaults (= configs/default.yaml)")
+    p.add_argument("--dataset", help="manifest folder (data.dataset)")
+    p.add_argument("--variant", choices=VARIANTS, help="model.variant (Table 2 row)")
+    p.add_argument("--out", help="output folder for checkpoints and history (train.out_dir)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (exact at epoch boundaries)")
+    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="CMC/mAP of a checkpoint on a dataset",
+                       description="Evaluate a training checkpoint; defaults come from the checkpoint's config.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a .pt written by `reidkit train`")
+    p.add_argument("--dataset", help="manifest folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--convention", choices=("common", "official"),
+                   help="MARS protocol: common (gallery without queries, what other toolkits report) or "
+                        "official (MARS MATLAB evaluation); default: the checkpoint's eval.convention")
+    p.add_argument("--rerank-top-k", type=_positive_int, metavar="K",
+                   help="M re-scores the top-K of the feature ranking (default: eval.rerank_top_k)")
+    p.add_argument("--exact", action="store_true", help="score every query × gallery pair with M (small galleries)")
+    p.add_argument("--split", type=int, default=None,
+                   help="protocol split index (default: MARS split 0; two-camera datasets: mean over all ten)")
+    p.add_argument("--batch-size", type=_positive_int, help="clips per forward pass (default: eval.batch_size)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--cache-dir", help="frame cache folder (default: DATASET/.cache)")
+    p.add_argument("--out", help="write the full result (metrics, CMC, per-query rankings) to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="Table 2: train and evaluate the six variants",
+                       description="Train and evaluate every variant with one seed, plus untrained CNN and ALL "
+                                   "as the floor; writes OUT/ablation.csv, ablation.md and cmc.json.")
+    p.add_argument("--config", type=Path, default=None, help="YAML config shared by all variants (e.g. configs/cpu.yaml)")
+    p.add_argument("--dataset", required=True, help="manifest folder")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per variant)")
+    p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all six)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the untrained CNN/ALL rows")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    p.add_argument("--plot", action="store_true", help="also draw OUT/cmc.png (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-variant lines")
+    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_ablate)
+
+    for name, (_, text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=text, add_help=False, description=text)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from reidkit.checkpoint import CheckpointError  # noqa: PLC0415
+    from reidkit.config import ConfigError  # noqa: PLC0415
+    from reidkit.train import TrainingDiverged  # noqa: PLC0415
+
+    errors = [ConfigError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError, KeyError, IndexError]
+    try:
+        from reidkit.data import ManifestError  # noqa: PLC0415
+
+        errors.append(ManifestError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("REIDKIT_TRACEBACK", "") not in ("", "0")
+    try:
+        if argv and argv[0] in PASSTHROUGH:
+            module, _ = PASSTHROUGH[argv[0]]
+            return int(_passthrough(module)(argv[1:]) or 0)
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("reidkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user errors: one line, no traceback
+        if debug or not isinstance(e, _user_errors()):
+            raise
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"reidkit: error: {message.splitlines()[0] if message else type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The ``reidkit`` command line: help for every command, one-line errors, a train → evaluate run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reidkit.cli import main
+from test_train import make_tiny_dataset  # noqa: F401  (tests/ is on sys.path)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("cli") / "tiny")
+
+
+def test_python_dash_m_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "reidkit", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("train", "evaluate", "ablate", "stats", "prepare", "report"):
+        assert command in out.stdout
+
+
+@pytest.mark.parametrize("command, options", [
+    ("train", ["--config", "--dataset", "--variant", "--out", "--resume", "key=value"]),
+    ("evaluate", ["--checkpoint", "--dataset", "--convention", "--rerank-top-k", "--exact", "--out"]),
+    ("ablate", ["--config", "--dataset", "--out", "--variants", "--plot", "key=value"]),
+    ("stats", ["dataset"]),
+    ("prepare", ["synthetic"]),
+    ("report", ["--profile"]),
+])
+def test_every_subcommand_has_help(capsys, command, options):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in options:
+        assert option in text, f"{command} --help does not mention {option}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", SMOKE, "train.lr=abc"], "train.lr: expected float, got 'abc'"),
+    (["train", "--config", SMOKE, "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["train", "--config", "nope.yaml"], "config file not found: nope.yaml"),
+    (["train", "--config", SMOKE], "data.dataset is not set"),
+    (["train", "--config", SMOKE, "--dataset", "/no/such/dir"], "/no/such/dir: dataset folder not found"),
+    (["evaluate", "--checkpoint", "/no/such.pt"], "checkpoint not found: /no/such.pt"),
+])
+def test_user_errors_are_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reidkit: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_argparse_errors_name_the_bad_value(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--variant", "cnn_lstm"])
+    assert exit_.value.code == 2
+    assert "'cnn_lstm'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", "x.pt", "--rerank-top-k", "-3"])
+    assert "'-3'" in capsys.readouterr().err
+
+
+def test_train_then_evaluate(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", SMOKE, "--dataset", str(tiny), "--out", str(out), "--variant", "cnn_tam",
+                 "train.epochs=2", "train.P=2", "train.progress=false",
+                 f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    assert (out / "last.pt").exists() and (out / "epoch_002.pt").exists()
+    with open(out / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    result = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--quiet", "--out", str(result),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    d = json.loads(result.read_text())
+    assert d["variant"] == "cnn_tam" and 0 <= d["rank1"] <= 100 and len(d["cmc"]) >= 1
+    assert "rank-1" in capsys.readouterr().out
+
+
+def test_ablate_writes_tables(tiny, tmp_path):
+    out = tmp_path / "abl"
+    assert main(["ablate", "--config", SMOKE, "--dataset", str(tiny), "--out", str(out), "--quiet",
+                 "--variants", "cnn,cnn_srm", "train.P=2", "train.progress=false",
+                 f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    with open(out / "ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["untrained CNN", "untrained ALL", "CNN", "CNN+SRM"]
+    md = (out / "ablation.md").read_text()
+    assert "| CNN+SRM |" in md and "Rank@1" in md and "mAP" in md and "Protocol:" in md
+    curves = json.loads((out / "cmc.json").read_text())["curves"]
+    assert set(curves) == {r["method"] for r in rows}

@@ -1,0 +1,82 @@
+"""Config: YAML files, typed key=value overrides, clear errors, round trips."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from reidkit.config import Config, ConfigError
+from reidkit.models import ModelConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_shipped_configs_parse():
+    default = Config.from_yaml(CONFIGS / "default.yaml")
+    assert (default.model.height, default.model.width, default.model.cnn) == (227, 227, "caffenet")
+    assert default.model.fc_dim == 1024 and default.model.seq_len == 6 and default.variant == "all"
+    assert asdict(default.model) == asdict(ModelConfig())  # the paper's sizes
+    cpu = Config.from_yaml(CONFIGS / "cpu.yaml")
+    assert asdict(cpu.model) == asdict(ModelConfig.cpu())  # the documented CPU-sized setting
+    assert cpu.model.pool5_grid[0] >= 8 and cpu.model.pool5_grid[1] >= 4  # a real grid for the SRM
+    assert cpu.train.device == "cpu"
+    smoke = Config.from_yaml(CONFIGS / "smoke.yaml")
+    assert smoke.train.epochs == 1 and smoke.height == smoke.model.height
+
+
+def test_overrides_are_typed():
+    c = Config.from_yaml(CONFIGS / "cpu.yaml", [
+        "train.lr=1e-3", "train.epochs=5", "train.amp=true", "train.steps_per_epoch=null",
+        "model.variant=cnn_srm", "data.dataset=some/dir", "train.grad_clip=none", "model.dropout=0",
+        "data.cache_dir=123"])
+    assert c.train.lr == 1e-3 and isinstance(c.train.lr, float)  # YAML reads "1e-3" as a string
+    assert c.train.epochs == 5 and c.train.amp is True
+    assert c.train.steps_per_epoch is None and c.train.grad_clip is None
+    assert c.variant == "cnn_srm" and c.data.dataset == "some/dir"
+    assert c.model.dropout == 0.0 and isinstance(c.model.dropout, float)
+    assert c.data.cache_dir == "123"  # a str field keeps the text as typed
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr: expected float, got 'abc'"),
+    ("train.epochs=1.5", "train.epochs: expected int, got '1.5'"),
+    ("train.amp=maybe", "train.amp: expected bool (true/false), got 'maybe'"),
+    ("train.optimizer=rmsprop", "train.optimizer: expected one of sgd, adam, got 'rmsprop'"),
+    ("model.variant=cnn_lstm", "model.variant: expected one of cnn, cnn_rnn, cnn_tam, cnn_diff, cnn_srm, all"),
+    ("train.learning_rate=0.1", "unknown config key 'train.learning_rate'"),
+    ("optim.lr=0.1", "unknown config key 'optim.lr'"),
+    ("train.lr", "expected section.key=value"),
+    ("train.epochs=0", "train.epochs: expected a positive integer, got 0"),
+    ("model.height=20", "model: input 20×227 is too small"),
+    ("data.height=100", "data.height: 100 differs from model.height=227"),
+])
+def test_bad_values_name_key_and_value(override, message):
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict({}, [override])
+    assert message in str(err.value)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.lr: expected float, got 'fast'"):
+        Config.from_yaml(bad)
+    bad.write_text("trainer:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config section 'trainer'"):
+        Config.from_yaml(bad)
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        Config.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_round_trips(tmp_path):
+    c = Config.from_yaml(CONFIGS / "cpu.yaml", ["model.variant=cnn_tam", "train.lr=0.05", "data.dataset=x"])
+    d = c.to_dict()
+    assert d["model"]["variant"] == "cnn_tam"
+    assert Config.from_dict(d).to_dict() == d
+    c.to_yaml(tmp_path / "c.yaml")
+    assert Config.from_yaml(tmp_path / "c.yaml").to_dict() == d
+    assert c.get("train.lr") == 0.05 and c.get("model.variant") == "cnn_tam"
+    assert Config.from_dict({}).to_dict() == Config().to_dict()  # defaults = the paper = default.yaml
+    assert Config.from_yaml(CONFIGS / "default.yaml").to_dict() == Config().to_dict()
