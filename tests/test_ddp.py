@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from test_train import make_tiny_dataset, tiny_config  # noqa: F401  (tests/ is on sys.path)
+from test_train import make_tiny_dataset  # tests/ is on sys.path (pytest rootdir import mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 

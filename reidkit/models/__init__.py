@@ -152,6 +152,16 @@ class JSTRNN(nn.Module):
             pa, pb = self._as_pool5(a), self._as_pool5(b)
         return self.head(pa, pb, return_maps=return_maps)
 
+    def parameter_groups(self, cnn_lr: float, head_lr: float) -> list[dict]:
+        """Optimizer groups: the CNN at ``cnn_lr``, the temporal model and metric head at ``head_lr``.
+
+        Trained from scratch with Adam, a CNN learning rate of 1e-3 lets the metric loss inflate
+        pool5 (and so fc7) until the TAM's LSTM saturates and F(x) collapses to one point;
+        ~3e-4 for the CNN with ~2e-3 for the heads trains both branches (see tests/test_models.py).
+        """
+        heads = [p for m in (self.temporal, self.head) if m is not None for p in m.parameters()]
+        return [{"params": list(self.cnn.parameters()), "lr": cnn_lr}, {"params": heads, "lr": head_lr}]
+
     def similarity(self, feat_a: torch.Tensor, feat_b: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         """S of Eq. 2 with λ = ``config.lam``."""
         return similarity(feat_a, feat_b, logits, self.config.lam)

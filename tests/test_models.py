@@ -1,0 +1,295 @@
+"""reidkit.models: shapes, TAM and SRM against hand-written references, Eq. 2, weights, overfitting."""
+
+import pytest
+import torch
+from torch import nn
+
+from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
+from reidkit.models import (
+    DIRECTIONS, VARIANTS, CaffeNet, ModelConfig, PretrainedWeightsError, SpatialRecurrentModel,
+    TemporalAttention, build_model, pairwise_feature_similarity, similarity,
+)
+from reidkit.models.spatial import SWEEP_AXES
+
+CPU = ModelConfig.cpu()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The test machine's two cores are shared; one thread avoids oversubscription stalls.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_are_the_paper_and_cpu_keeps_a_grid():
+    c = ModelConfig()
+    assert (c.seq_len, c.height, c.width, c.cnn, c.fc_dim, c.lam, c.dropout) == (6, 227, 227, "caffenet", 1024, 1.0, 0.5)
+    assert c.pool5_grid == (6, 6) and c.pool5_channels == 256
+    assert CPU.cnn == "caffenet_light" and CPU.pool5_grid == (8, 4)
+    assert ModelConfig(height=128, width=64).pool5_grid == (3, 1)  # why the light variant exists
+    assert ModelConfig.from_dict(CPU.to_dict()) == CPU
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"cnn": "resnet"}, "unknown cnn"), ({"seq_len": 0}, "seq_len"), ({"height": 40, "width": 40}, "pool5 would be 0×0")],
+)
+def test_config_errors_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
+        ModelConfig.from_dict({"seq_len": 6, "fc7": 3})
+
+
+# ---------------------------------------------------------------- shapes of every variant
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("config, batch", [(ModelConfig(), 1), (CPU, 2)], ids=["227x227", "cpu"])
+def test_variant_shapes(variant, config, batch):
+    torch.manual_seed(0)
+    model = build_model(variant, config=config).eval()
+    c = config
+    clips = torch.randn(batch, c.seq_len, 3, c.height, c.width)
+    with torch.no_grad():
+        out = model.features(clips)
+        h, w = c.pool5_grid
+        assert out.pool5.shape == (batch, c.seq_len, c.pool5_channels, h, w)
+        assert out.features.shape == (batch, model.feature_dim)
+        if variant in ("cnn_tam", "all"):
+            assert out.attention.shape == (batch, c.seq_len, c.seq_len)
+            assert torch.allclose(out.attention.sum(-1), torch.ones(batch, c.seq_len), atol=1e-5)
+        else:
+            assert out.attention is None
+        if model.has_metric_branch:
+            from_pool5 = model.metric(out.pool5, out.pool5.flip(0))
+            assert from_pool5.shape == (batch,)
+            from_clips = model.metric(clips, clips.flip(0))  # clips are told apart by 3 channels
+            assert torch.allclose(from_pool5, from_clips, atol=1e-4)
+        else:
+            with pytest.raises(RuntimeError, match="no metric branch"):
+                model.metric(out.pool5, out.pool5)
+    expected_ranking = {"cnn": "distance", "cnn_rnn": "distance", "cnn_tam": "distance",
+                        "cnn_diff": "metric", "cnn_srm": "metric", "all": "similarity"}
+    assert model.ranking == expected_ranking[variant]
+
+
+def test_build_model_accepts_config_and_overrides():
+    model = build_model("cnn", config=CPU, seq_len=4)
+    assert model.config.seq_len == 4 and model.config.cnn == "caffenet_light"
+    with pytest.raises(ValueError, match="unknown variant"):
+        build_model("cnn_lstm", config=CPU)
+
+
+def test_bf16_autocast_and_channels_last_run():
+    torch.manual_seed(0)
+    model = build_model("all", config=CPU).eval().to(memory_format=torch.channels_last)
+    clips = torch.randn(2, CPU.seq_len, 3, CPU.height, CPU.width)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.features(clips)
+        logits = model.metric(out.pool5, out.pool5.flip(0))
+    assert torch.isfinite(out.features.float()).all() and torch.isfinite(logits.float()).all()
+
+
+# ---------------------------------------------------------------- TAM (Eq. 3, Fig. 3-4)
+
+
+def _lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One LSTM step written out (gate order i, f, g, o as in torch)."""
+    i, f, g, o = (x @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def test_tam_matches_hand_unrolled_steps():
+    torch.manual_seed(0)
+    n, t_len, d, hidden, att = 2, 5, 7, 6, 4
+    tam = TemporalAttention(d, hidden, att)
+    f = torch.randn(n, t_len, d)
+    feat, omega = tam(f)
+    cell = tam.cell
+    for b in range(n):
+        h, c = torch.zeros(hidden), torch.zeros(hidden)
+        z = f[b].mean(0)  # z_0: the mean of the frame features (documented choice)
+        outs = []
+        for t in range(t_len):
+            e = torch.stack([
+                tam.w.weight[0] @ torch.tanh(tam.U.weight @ f[b, i] + tam.U.bias + tam.V.weight @ h + tam.W.weight @ z)
+                for i in range(t_len)
+            ])
+            w_t = torch.exp(e) / torch.exp(e).sum()
+            assert torch.allclose(omega[b, t], w_t, atol=1e-6)
+            x_bar = sum(w_t[i] * f[b, i] for i in range(t_len))
+            h, c = _lstm_step(x_bar, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+            outs.append(h)
+            z = x_bar
+        assert torch.allclose(feat[b], torch.stack(outs).mean(0), atol=1e-6)
+
+
+def test_tam_learns_to_ignore_blank_frames():
+    """Non-blank frames carry s·v; 1-4 frames per clip are blank (zero). Regressing s needs the
+    attended input at full scale, which uniform weights cannot give (the blank count varies)."""
+    torch.manual_seed(0)
+    n, t_len, d = 32, 6, 8
+    v = nn.functional.normalize(torch.randn(d), dim=0)
+    s = torch.rand(n) + 0.5
+    f = s[:, None, None] * v + 0.1 * torch.randn(n, t_len, d)
+    blank = torch.zeros(n, t_len, dtype=torch.bool)
+    for k in range(n):
+        blank[k, torch.randperm(t_len)[: int(torch.randint(1, 5, ()))]] = True
+    f = f.masked_fill(blank[..., None], 0.0)
+    tam, head = TemporalAttention(d, 16, 8), nn.Linear(16, 1)
+    opt = torch.optim.Adam([*tam.parameters(), *head.parameters()], lr=1e-2)
+
+    def attention_on(mask):
+        with torch.no_grad():
+            omega = tam(f)[1]  # (N, T, T): weight of frame i at step t
+        return (omega * mask[:, None, :]).sum() / (mask.sum() * t_len)
+
+    blank_before = attention_on(blank)
+    for _ in range(60):
+        loss = ((head(tam(f)[0]).squeeze(1) - s) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    blank_after, kept_after = attention_on(blank), attention_on(~blank)
+    assert blank_after < 0.6 * blank_before  # measured: 0.164 → 0.035
+    assert blank_after < 0.6 * kept_after  # measured: 0.035 vs 0.236
+
+
+# ---------------------------------------------------------------- SRM (Fig. 5-7)
+
+
+def _sweep_by_loop(lstm, u, axis, reverse):
+    """Reference sweep: an LSTMCell with the LSTM's weights, position by position (u: N,T,h,w,C)."""
+    cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size)
+    cell.load_state_dict({k.replace("_l0", ""): v for k, v in lstm.state_dict().items()})
+    out = torch.zeros(*u.shape[:-1], lstm.hidden_size)
+    n_, t_, h_, w_ = u.shape[:4]
+    ranges = [range(t_), range(h_), range(w_)]
+    length = u.shape[axis]
+    others = [r for k, r in enumerate(ranges) if k + 1 != axis]
+    for n in range(n_):
+        for p in others[0]:
+            for q in others[1]:
+                state = None
+                order = range(length - 1, -1, -1) if reverse else range(length)
+                for step in order:
+                    pos = [p, q]
+                    pos.insert(axis - 1, step)
+                    idx = (n, *pos)
+                    state = cell(u[idx][None], state)
+                    out[idx] = state[0][0]
+    return out
+
+
+@torch.no_grad()
+def test_each_srm_sweep_matches_an_explicit_loop():
+    torch.manual_seed(0)
+    srm = SpatialRecurrentModel(in_channels=5, seq_len=3, grid=(4, 2), mid_channels=4, hidden=3, out_channels=2).eval()
+    a, b = torch.randn(2, 3, 5, 4, 2), torch.randn(2, 3, 5, 4, 2)
+    _, maps = srm(a, b, return_maps=True)
+    assert torch.allclose(maps["difference"], a - b)
+    u = maps["conv"].permute(0, 1, 3, 4, 2)  # back to (N, T, h, w, C)
+    assert set(DIRECTIONS) == {"time_fwd", "time_bwd", "width_fwd", "width_bwd", "height_fwd", "height_bwd"}
+    for name in DIRECTIONS:
+        axis, direction = name.split("_")
+        ref = _sweep_by_loop(srm.rnns[name], u, SWEEP_AXES[axis], direction == "bwd")
+        assert torch.allclose(maps[name], ref.permute(0, 1, 4, 2, 3), atol=1e-5), name
+    assert maps["context"].shape == (2, 3, 2, 4, 2)
+    assert len({id(m) for m in srm.rnns.values()}) == 6  # six separate LSTMs
+
+
+@torch.no_grad()
+def test_no_srm_sweep_is_a_no_op():
+    """Flipping the input along T, h or w changes M; and the contextual map of the flipped input,
+    flipped back, differs from the original: a sweep that did nothing along that axis (a
+    per-position map) would make the two equal."""
+    torch.manual_seed(0)
+    srm = SpatialRecurrentModel(in_channels=6, seq_len=4, grid=(5, 3), mid_channels=4, hidden=3, out_channels=3).eval()
+    a, b = torch.randn(1, 4, 6, 5, 3), torch.randn(1, 4, 6, 5, 3)
+    logit, maps = srm(a, b, return_maps=True)
+    for dim in (1, 3, 4):  # T, h, w of (N, T, C, h, w)
+        flipped_logit, flipped = srm(a.flip(dim), b.flip(dim), return_maps=True)
+        assert not torch.allclose(flipped_logit, logit, atol=1e-6)
+        assert not torch.allclose(flipped["context"].flip(dim), maps["context"], atol=1e-5)
+        # the 1x1 conv alone is per position: flipping commutes with it
+        assert torch.allclose(flipped["conv"].flip(dim), maps["conv"], atol=1e-6)
+
+
+# ---------------------------------------------------------------- Eq. 2
+
+
+@torch.no_grad()
+def test_similarity_symmetry_and_metric_asymmetry():
+    torch.manual_seed(0)
+    model = build_model("all", config=CPU).eval()
+    clips_a = torch.randn(2, CPU.seq_len, 3, CPU.height, CPU.width)
+    clips_b = torch.randn(2, CPU.seq_len, 3, CPU.height, CPU.width)
+    fa, fb = model.features(clips_a), model.features(clips_b)
+    logits = torch.tensor([0.3, -1.2])
+    assert torch.allclose(model.similarity(fa.features, fb.features, logits), model.similarity(fb.features, fa.features, logits))
+    m_ab, m_ba = model.metric(fa.pool5, fb.pool5), model.metric(fb.pool5, fa.pool5)
+    assert not torch.allclose(m_ab, m_ba)  # d = a − b changes sign: M is not symmetric
+    s_ab = model.similarity(fa.features, fb.features, m_ab)
+    s_ba = model.similarity(fb.features, fa.features, m_ba)
+    assert torch.allclose(s_ab - s_ba, torch.sigmoid(m_ab) - torch.sigmoid(m_ba), atol=1e-6)  # only through M
+    pair = pairwise_feature_similarity(fa.features, fb.features)
+    assert torch.allclose(pair.diagonal(), similarity(fa.features, fb.features), atol=1e-5)
+    assert torch.allclose(similarity(fa.features, fa.features), torch.ones(2), atol=1e-3)  # F(a, a) = 0
+
+
+# ---------------------------------------------------------------- pretrained weights
+
+
+def test_load_pretrained_round_trip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    net = CaffeNet(CPU)
+    path = tmp_path / "w.pt"
+    torch.save(net.state_dict(), path)
+    other = CaffeNet(CPU)
+    other.load_pretrained(path)
+    assert torch.equal(other.conv3.weight, net.conv3.weight)
+
+    state = net.state_dict()
+    state.pop("conv2.bias")
+    state["conv9.weight"] = torch.zeros(1)
+    state["fc6.weight"] = torch.zeros(3, 4)
+    torch.save(state, path)
+    with pytest.raises(PretrainedWeightsError) as err:
+        other.load_pretrained(path)
+    msg = str(err.value)
+    assert "missing keys: conv2.bias" in msg and "unexpected keys: conv9.weight" in msg
+    assert f"fc6.weight: expected {tuple(net.fc6.weight.shape)}, got (3, 4)" in msg
+
+    headless = CaffeNet(CPU, with_fc=False)  # metric-only variants ignore the file's fc layers
+    torch.save(net.state_dict(), path)
+    headless.load_pretrained(path)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_all_overfits_a_tiny_batch():
+    """4 identities × 2 tracklets (cpu config, no dropout): triplet + pair BCE falls ≥ 5× in 25 steps."""
+    torch.manual_seed(0)
+    model = build_model("all", config=ModelConfig.cpu(dropout=0.0))
+    pids = torch.arange(4).repeat_interleave(2)
+    clips = torch.randn(4, 1, 3, CPU.height, CPU.width)[pids] + 0.5 * torch.randn(8, CPU.seq_len, 3, CPU.height, CPU.width)
+    opt = torch.optim.Adam(model.parameter_groups(cnn_lr=3e-4, head_lr=2e-3))
+    losses = []
+    for _ in range(25):
+        out = model.forward_train(clips)  # one CNN pass: features and pool5
+        idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids)
+        logits = model.metric(out.pool5[idx_a], out.pool5[idx_b])
+        loss = batch_hard_triplet(out.features, pids) + pair_bce(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < losses[0] / 5, losses
