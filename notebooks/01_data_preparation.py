@@ -1,11 +1,3 @@
-# ---
-# jupyter:
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown]
 # # 1. Data preparation: from raw videos to a manifest and a frame cache
 #
@@ -33,7 +25,6 @@ device = "auto"
 config_file = "configs/smoke.yaml"  # the training config: its frame size is the cache's
 synthetic_preset = "tiny"         # tiny, small, medium or large (empty: never generate)
 dataset_dir = "reports/notebooks/work/dataset"
-work_dir = "reports/notebooks/work"
 metrics_path = "reports/notebooks/metrics/01_data_preparation.json"
 interactive = False               # True: also build the ipywidgets explorers
 

@@ -1,11 +1,3 @@
-# ---
-# jupyter:
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown]
 # # 2. Training: one network, two losses
 #
@@ -36,7 +28,7 @@ profile = "smoke"
 seed = 0
 device = "auto"
 config_file = "configs/smoke.yaml"
-overrides = []                    # extra section.key=value settings, as on the command line
+overrides = []                    # extra config overrides, as on the command line
 resume = False                    # continue run_dir/last.pt instead of starting over
 dataset_dir = "reports/notebooks/work/dataset"
 work_dir = "reports/notebooks/work"

@@ -1,11 +1,3 @@
-# ---
-# jupyter:
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown]
 # # 3. Ablations: what does each part buy? (Table 2, Fig. 9)
 #
@@ -32,9 +24,8 @@ profile = "smoke"
 seed = 0
 device = "auto"
 config_file = "configs/smoke.yaml"
-overrides = []                    # extra section.key=value settings for every variant
+overrides = []                    # extra config overrides for every variant, as on the command line
 dataset_dir = "reports/notebooks/work/dataset"
-work_dir = "reports/notebooks/work"
 ablation_dir = "reports/notebooks/work/ablation"
 metrics_path = "reports/notebooks/metrics/03_ablations.json"
 interactive = False

@@ -1,11 +1,3 @@
-# ---
-# jupyter:
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown]
 # # 4. The temporal attention model: which frames count?
 #
@@ -32,10 +24,8 @@
 profile = "smoke"
 seed = 0
 device = "auto"
-config_file = "configs/smoke.yaml"
 max_tracklets = 32                # test tracklets used for the statistics
 dataset_dir = "reports/notebooks/work/dataset"
-work_dir = "reports/notebooks/work"
 run_dir = "reports/notebooks/work/runs/all"
 metrics_path = "reports/notebooks/metrics/04_temporal_attention.json"
 interactive = False

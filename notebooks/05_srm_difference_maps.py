@@ -1,11 +1,3 @@
-# ---
-# jupyter:
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown]
 # # 5. The spatial recurrent model: comparing two tracklets location by location
 #
@@ -34,11 +26,9 @@
 profile = "smoke"
 seed = 0
 device = "auto"
-config_file = "configs/smoke.yaml"
 ig_steps = 4                      # integration steps of Integrated Gradients
 num_pairs = 64                    # positive and negative pairs for the statistics
 dataset_dir = "reports/notebooks/work/dataset"
-work_dir = "reports/notebooks/work"
 run_dir = "reports/notebooks/work/runs/all"
 metrics_path = "reports/notebooks/metrics/05_srm_difference_maps.json"
 interactive = False

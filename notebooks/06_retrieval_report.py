@@ -1,11 +1,3 @@
-# ---
-# jupyter:
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown]
 # # 6. Retrieval, the two MARS conventions, and a reproducibility report
 #
@@ -39,7 +31,6 @@
 profile = "smoke"
 seed = 0
 device = "auto"
-config_file = "configs/smoke.yaml"
 dataset_dir = "reports/notebooks/work/dataset"
 work_dir = "reports/notebooks/work"
 run_dir = "reports/notebooks/work/runs/all"

@@ -53,10 +53,10 @@ NOTEBOOKS = (
 PROFILES: dict[str, dict[str, dict]] = {
     # ~1 minute on 2 CPU cores: proves every notebook runs end to end; the numbers mean nothing.
     "smoke": {
-        "*": {"profile": "smoke", "seed": 0, "config_file": "configs/smoke.yaml"},
-        "01_data_preparation": {"synthetic_preset": "tiny"},
-        "02_training": {"overrides": ["train.epochs=1", "train.steps_per_epoch=2"]},
-        "03_ablations": {"overrides": ["train.epochs=1", "train.steps_per_epoch=1"]},
+        "*": {"profile": "smoke", "seed": 0},
+        "01_data_preparation": {"config_file": "configs/smoke.yaml", "synthetic_preset": "tiny"},
+        "02_training": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=2"]},
+        "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=1"]},
         "04_temporal_attention": {"max_tracklets": 32},
         "05_srm_difference_maps": {"ig_steps": 4},
         "06_retrieval_report": {},
@@ -64,20 +64,20 @@ PROFILES: dict[str, dict[str, dict]] = {
     # <= 15 minutes on 2 CPU cores: the CPU-sized model (configs/cpu.yaml) on the small
     # synthetic benchmark; long enough that attention and ranking move away from chance.
     "default": {
-        "*": {"profile": "default", "seed": 0, "config_file": "configs/cpu.yaml"},
-        "01_data_preparation": {"synthetic_preset": "small"},
-        "02_training": {"overrides": ["train.epochs=4", "train.steps_per_epoch=15"]},
-        "03_ablations": {"overrides": ["train.epochs=1", "train.steps_per_epoch=10"]},
+        "*": {"profile": "default", "seed": 0},
+        "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
+        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=4", "train.steps_per_epoch=15"]},
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=10"]},
         "04_temporal_attention": {"max_tracklets": 300},
         "05_srm_difference_maps": {"ig_steps": 16},
         "06_retrieval_report": {},
     },
     # The paper's setting (configs/default.yaml: 227×227 CaffeNet) on a real dataset: hours on a GPU.
     "paper": {
-        "*": {"profile": "paper", "seed": 0, "config_file": "configs/default.yaml"},
-        "01_data_preparation": {"synthetic_preset": ""},
-        "02_training": {"overrides": []},
-        "03_ablations": {"overrides": ["train.epochs=30"]},
+        "*": {"profile": "paper", "seed": 0},
+        "01_data_preparation": {"config_file": "configs/default.yaml", "synthetic_preset": ""},
+        "02_training": {"config_file": "configs/default.yaml", "overrides": []},
+        "03_ablations": {"config_file": "configs/default.yaml", "overrides": ["train.epochs=30"]},
         "04_temporal_attention": {"max_tracklets": 2000},
         "05_srm_difference_maps": {"ig_steps": 32},
         "06_retrieval_report": {},
@@ -335,14 +335,13 @@ def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
     work = out_dir / "work"
     dataset_dir = str(Path(dataset).resolve()) if dataset else str(work / "dataset")
     run_dir = str(work / "runs" / "all")
-    common = {**spec.get("*", {}), "device": device, "work_dir": str(work),
-              "dataset_dir": dataset_dir}
+    common = {**spec.get("*", {}), "device": device, "dataset_dir": dataset_dir}
     extra = {
-        "02_training": {"run_dir": run_dir},
+        "02_training": {"work_dir": str(work), "run_dir": run_dir},
         "03_ablations": {"ablation_dir": str(work / "ablation")},
         "04_temporal_attention": {"run_dir": run_dir},
         "05_srm_difference_maps": {"run_dir": run_dir},
-        "06_retrieval_report": {"run_dir": run_dir, "report_dir": str(out_dir)},
+        "06_retrieval_report": {"work_dir": str(work), "run_dir": run_dir, "report_dir": str(out_dir)},
     }
     return {nb: {**common, **spec.get(nb, {}), **extra.get(nb, {}),
                  "metrics_path": str(out_dir / "metrics" / f"{nb}.json")}

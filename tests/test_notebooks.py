@@ -1,0 +1,118 @@
+"""The lesson notebooks: every one runs end to end (smoke profile) and the .ipynb match the .py.
+
+One module-scoped ``reidkit report --profile smoke`` run (about a minute on 2 CPU cores)
+executes all six notebooks through papermill; the tests then look at what it left behind:
+executed notebooks without errors, figures, the metrics JSON of each notebook, index.html.
+"""
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("papermill")
+jupytext = pytest.importorskip("jupytext")
+nbformat = pytest.importorskip("nbformat")
+
+from reidkit import report  # noqa: E402
+
+# fewest image/png outputs each notebook must produce
+MIN_FIGURES = {"01_data_preparation": 4, "02_training": 2, "03_ablations": 1,
+               "04_temporal_attention": 4, "05_srm_difference_maps": 3, "06_retrieval_report": 2}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert report.main(["--profile", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def _metrics(out, name):
+    return json.loads((out / "metrics" / f"{name}.json").read_text())
+
+
+def _in_percent(x):
+    return x is not None and 0.0 <= x <= 100.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", report.NOTEBOOKS)
+def test_notebook_executed_with_figures(smoke, name):
+    nb = nbformat.read(str(smoke / f"{name}.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "a cell did not run"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in code)
+    figures = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert figures >= MIN_FIGURES[name]
+    assert (smoke / f"{name}.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_index_lists_every_notebook(smoke):
+    run = json.loads((smoke / "run.json").read_text())
+    assert [n["name"] for n in run["notebooks"]] == list(report.NOTEBOOKS)
+    assert all(n["status"] == "ok" and n["duration_s"] > 0 for n in run["notebooks"])
+    index = (smoke / "index.html").read_text()
+    for name in report.NOTEBOOKS:
+        assert f'href="{name}.html"' in index
+    assert (smoke / "reproducibility.json").exists()
+
+
+@pytest.mark.slow
+def test_metrics_data_and_training(smoke):
+    m = _metrics(smoke, "01_data_preparation")
+    assert m["key"]["identities"] > 0 and m["key"]["frames"] >= m["key"]["tracklets"] > 0
+    assert m["cache"]["frames"] == m["key"]["frames"]
+    m = _metrics(smoke, "02_training")
+    assert m["key"]["steps"] > 0 and math.isfinite(m["key"]["final_loss"])
+    assert _in_percent(m["key"]["rank1"]) and _in_percent(m["key"]["mAP"])
+
+
+@pytest.mark.slow
+def test_metrics_ablation_has_six_variants_and_baselines(smoke):
+    m = _metrics(smoke, "03_ablations")
+    methods = [r["method"] for r in m["rows"]]
+    assert {"CNN", "CNN+RNN", "CNN+TAM", "CNN+DIFF", "CNN+SRM", "ALL"} <= set(methods)
+    assert any(x.startswith("untrained") for x in methods)
+    assert all(_in_percent(r[k]) for r in m["rows"] for k in ("rank1", "rank5", "rank20", "mAP"))
+
+
+@pytest.mark.slow
+def test_metrics_attention_rows_are_distributions(smoke):
+    m = _metrics(smoke, "04_temporal_attention")
+    assert m["row_sum_max_error"] < 1e-4
+    example = m["example"]["attention"]
+    assert all(abs(sum(row) - 1) < 1e-4 and min(row) >= 0 for row in example)
+    assert m["key"]["mean_spread"] >= 0 and 0 <= m["key"]["mean_entropy"] <= 1 + 1e-6
+    r = m["key"]["pearson_r"]
+    assert r is None or -1 <= r <= 1
+
+
+@pytest.mark.slow
+def test_metrics_srm_and_retrieval(smoke):
+    m = _metrics(smoke, "05_srm_difference_maps")
+    assert 0 <= m["key"]["M_positive"] <= 1 and 0 <= m["key"]["M_negative"] <= 1
+    assert 0 <= m["key"]["pair_auc"] <= 1
+    assert set(m["attributions"]) == {"integrated_gradients", "frame_occlusion", "layer_gradcam"}
+    m = _metrics(smoke, "06_retrieval_report")
+    for convention in ("common", "official"):
+        ev = m["evaluation"][convention]
+        assert _in_percent(ev["rank1"]) and _in_percent(ev["mAP"])
+        cmc = m["cmc"][convention]
+        assert all(a <= b + 1e-9 for a, b in zip(cmc, cmc[1:]))  # CMC never decreases
+
+
+@pytest.mark.parametrize("name", report.NOTEBOOKS)
+def test_ipynb_in_sync_with_py(name):
+    py = report.NOTEBOOK_DIR / f"{name}.py"
+    ipynb = py.with_suffix(".ipynb")
+    assert ipynb.exists(), f"run `jupytext --sync {py}`"
+    a, b = jupytext.read(str(py)), jupytext.read(str(ipynb))
+    assert [(c.cell_type, c.source) for c in a.cells] == [(c.cell_type, c.source) for c in b.cells], \
+        f"{ipynb.name} differs from {py.name}: run `jupytext --sync notebooks/*.py`"
+    raw = nbformat.read(str(ipynb), as_version=4)
+    assert not any(c.get("outputs") for c in raw.cells), f"{ipynb.name} has outputs: clear them"
+    assert any("parameters" in c.metadata.get("tags", []) for c in raw.cells)
