@@ -89,7 +89,8 @@ def cmd_evaluate(args) -> int:
     cache = FrameCache.build(manifest, model.config.height, model.config.width,
                              args.cache_dir or config.data.cache_dir, progress=not args.quiet)
     e = config.eval
-    result = evaluate(model, manifest, cache, split=args.split, convention=args.convention or e.convention,
+    split = args.split if args.split is not None else config.data.split  # the split the model did not train on
+    result = evaluate(model, manifest, cache, split=split, convention=args.convention or e.convention,
                       rerank_top_k=args.rerank_top_k if args.rerank_top_k is not None else e.rerank_top_k,
                       exact=args.exact or e.exact, batch_size=args.batch_size or e.batch_size, device=device,
                       progress=not args.quiet)
@@ -177,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="M re-scores the top-K of the feature ranking (default: eval.rerank_top_k)")
     p.add_argument("--exact", action="store_true", help="score every query × gallery pair with M (small galleries)")
     p.add_argument("--split", type=int, default=None,
-                   help="protocol split index (default: MARS split 0; two-camera datasets: mean over all ten)")
+                   help="protocol split index (default: the checkpoint's data.split, i.e. the split whose "
+                        "test persons the model never saw during training)")
     p.add_argument("--batch-size", type=_positive_int, help="clips per forward pass (default: eval.batch_size)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     p.add_argument("--cache-dir", help="frame cache folder (default: DATASET/.cache)")

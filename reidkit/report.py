@@ -97,6 +97,7 @@ class NotebookExecutionError(ReportError):
         self.notebook, self.cell_index, self.first_line = notebook, cell_index, first_line
         self.ename, self.evalue, self.executed_path = ename, evalue, executed_path
         where = ("the injected parameters cell" if cell_index is None
+                 else "the kernel (no cell raised)" if cell_index < 0
                  else f"cell {cell_index} (first line: {first_line!r})")
         msg = f"notebook {notebook} failed in {where}: {ename}: {evalue}"
         if executed_path is not None:

@@ -293,3 +293,13 @@ def test_all_overfits_a_tiny_batch():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < losses[0] / 5, losses
+
+
+def test_feature_path_compiles_without_graph_breaks():
+    """CNN + TAM trace as one graph (the SRM's nn.LSTM sweeps graph-break under dynamo; they run eagerly)."""
+    torch.manual_seed(0)
+    model = build_model("cnn_tam", config=ModelConfig.cpu(dropout=0.0))
+    clips = torch.randn(1, CPU.seq_len, 3, CPU.height, CPU.width)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out, ref = compiled(clips), model(clips)
+    assert torch.allclose(out.features, ref.features, atol=1e-5) and torch.allclose(out.attention, ref.attention, atol=1e-6)

@@ -298,8 +298,11 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
             rows.extend(_render_job(job))
             bar.update(len(job[3]))
     else:
-        # spawn: safe even when the caller has threads (torch) running
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # fork where there is one: workers need no re-import of the caller's __main__ (spawn would
+        # re-run a script without a __main__ guard, and fails under `python -` / some notebooks);
+        # the workers use only numpy and PIL, so a parent's torch threads do not matter here
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
             for result in pool.imap_unordered(_render_job, jobs):
                 rows.extend(result)
                 bar.update(len(result))

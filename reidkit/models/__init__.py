@@ -120,6 +120,7 @@ class JSTRNN(nn.Module):
         return pool5, None if fc7 is None else fc7.reshape(n, t, -1)
 
     def features(self, clips: torch.Tensor) -> FeatureOutput:
+        """F(x) of Eq. 1 (or the pool5 descriptor), TAM weights ω and pool5, from one CNN pass."""
         pool5, fc7 = self.pool5_and_fc7(clips)
         if self.temporal is None:
             return FeatureOutput(pool5.mean(dim=(1, 3, 4)), None, pool5)

@@ -10,6 +10,10 @@ Layout: internally maps are channels-last, ``(N, T, h, w, C)``, so a 1×1 convol
 ``nn.Linear`` over the last axis (the same operation) and every sweep is a reshape away from
 ``nn.LSTM``'s ``(batch, sequence, features)`` input. Maps returned for plotting are
 ``(N, T, C, h, w)``, like pool5.
+
+Speed: each sweep is one ``nn.LSTM`` call over all positions at once (cuDNN on GPU), never a
+Python loop over positions or steps. ``torch.compile`` runs these modules with a graph break at
+each ``nn.LSTM`` (dynamo does not trace RNN modules); compile the CNN for the big win.
 """
 
 from __future__ import annotations
