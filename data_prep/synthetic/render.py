@@ -31,7 +31,7 @@ class Camera:
     """One of the fixed cameras: its scene and how it images people.
 
     `facing` is the dominant walking direction (+1 right, -1 left, i.e. mirrored views);
-    `scale`, `shear`, `offset_x` model viewpoint and detector habits; `gain`, `bias`, `noise`,
+    `scale`, `shear`, `aspect` (horizontal stretch), `offset_x` model viewpoint and detector habits; `gain`, `bias`, `noise`,
     `resolution` model illumination, colour cast and sensor quality.
     """
 
@@ -40,6 +40,7 @@ class Camera:
     facing: int
     scale: float
     shear: float
+    aspect: float
     offset_x: float
     gain: tuple[float, float, float]
     bias: float
@@ -50,7 +51,7 @@ class Camera:
     def describe(self) -> dict:
         return {
             "camid": self.camid, "scene": self.scene, "facing": self.facing,
-            "scale": round(self.scale, 3), "shear": round(self.shear, 3),
+            "scale": round(self.scale, 3), "shear": round(self.shear, 3), "aspect": round(self.aspect, 3),
             "offset_x": round(self.offset_x, 2), "gain": [round(g, 3) for g in self.gain],
             "bias": round(self.bias, 2), "noise": round(self.noise, 2),
             "resolution": self.resolution,
@@ -125,6 +126,7 @@ def make_camera(camid: int, seed: int, height: int, width: int) -> Camera:
         facing=1 if camid % 2 else -1,
         scale=float(rng.uniform(0.9, 1.04)),
         shear=float(rng.uniform(-0.12, 0.12)),
+        aspect=float(rng.uniform(0.9, 1.1)),
         offset_x=float(rng.uniform(-4, 4)),
         gain=tuple(float(g) for g in cast * brightness),
         bias=float(rng.uniform(-10, 15)),

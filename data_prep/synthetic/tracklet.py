@@ -84,7 +84,7 @@ def render_tracklet(plan: TrackletPlan, ident: Identity | None, cam: Camera, see
     """Render every frame of `plan` (person `ident`, or None for pid 0/-1) seen by `cam`."""
     rng = np.random.default_rng([seed, 2, plan.tracklet_id])
     if plan.pid >= 1:
-        return _person(plan, ident, cam, seed, params, rng)
+        return _person(plan, ident, cam, params, rng)
     return _distractor(plan, cam, params, rng)
 
 
@@ -96,7 +96,7 @@ def _pan(rng: np.random.Generator, cam: Camera, n: int, direction: int, width: i
     return start + direction * speed * np.arange(n)
 
 
-def _person(plan, ident: Identity, cam: Camera, seed: int, params: dict, rng) -> list[RenderedFrame]:
+def _person(plan, ident: Identity, cam: Camera, params: dict, rng) -> list[RenderedFrame]:
     H, W = params["height"], params["width"]
     n = plan.num_frames
     canvas = (W + 2 * MARGIN, H + 2 * MARGIN)
@@ -141,7 +141,7 @@ def _person(plan, ident: Identity, cam: Camera, seed: int, params: dict, rng) ->
         pose = Pose(
             cx=MARGIN + W / 2 + cam.offset_x + jx[t] + dx,
             feet_y=MARGIN + (H + b) / 2 + jy[t] + dy,
-            body_px=b, phase=phase0 + cadence * t, facing=facing, shear=cam.shear,
+            body_px=b, phase=phase0 + cadence * t, facing=facing, shear=cam.shear, width=cam.aspect,
         )
         target = draw_person(ident, pose, canvas)
         occluder = None
@@ -152,7 +152,8 @@ def _person(plan, ident: Identity, cam: Camera, seed: int, params: dict, rng) ->
             else:   # a closer passer-by (larger, feet lower) crossing in front
                 ob = body * occ.scale
                 opose = Pose(cx=x, feet_y=MARGIN + (H + ob) / 2 + 4, body_px=ob,
-                             phase=occ.other.cadence * t, facing=occ.facing, shear=cam.shear)
+                             phase=occ.other.cadence * t, facing=occ.facing, shear=cam.shear,
+                             width=cam.aspect)
                 occluder = (*draw_person(occ.other, opose, canvas), True)
         res = compose_frame(cam, bg_x[t], target, occluder, (level[t], bias), float(blur[t]),
                             rng, H, W)
