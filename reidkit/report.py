@@ -56,7 +56,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "*": {"profile": "smoke", "seed": 0},
         "01_data_preparation": {"config_file": "configs/smoke.yaml", "synthetic_preset": "tiny"},
         "02_training": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=2"]},
-        "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=1"]},
+        "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=1"],
+                         "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 32},
         "05_srm_difference_maps": {"ig_steps": 4},
         "06_retrieval_report": {},
@@ -66,8 +67,9 @@ PROFILES: dict[str, dict[str, dict]] = {
     "default": {
         "*": {"profile": "default", "seed": 0},
         "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
-        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=4", "train.steps_per_epoch=15"]},
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=10"]},
+        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=6", "train.steps_per_epoch=20"]},
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=15"],
+                         "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 300},
         "05_srm_difference_maps": {"ig_steps": 16},
         "06_retrieval_report": {},
@@ -219,6 +221,8 @@ def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
     started = datetime.now(timezone.utc)
     for p, nb, prm, res in zip(paths, sources, params, results):
         out_nb = out_dir / f"{p.stem}.ipynb"
+        metrics_file = out_dir / "metrics" / f"{p.stem}.json"
+        metrics_file.unlink(missing_ok=True)  # never show an earlier run's numbers as this run's
         log(f"[report] {p.stem} ...")
         t0 = time.perf_counter()
         failure: NotebookExecutionError | None = None
@@ -244,7 +248,7 @@ def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
                     res.html = out_nb.with_suffix(".html").name
                 except Exception as e:  # the HTML is a convenience; never hide the real result
                     log(f"[report] {p.stem}: HTML export failed: {e}")
-        res.metrics = _read_metrics(out_dir / "metrics" / f"{p.stem}.json")
+        res.metrics = _read_metrics(metrics_file)
         log(f"[report] {p.stem} {res.status} in {res.duration_s:.1f}s")
         write_index(out_dir, results, title=title, started=started)
         if failure is not None:
