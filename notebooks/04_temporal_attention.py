@@ -142,6 +142,8 @@ else:
 
 # %%
 spread = viz.attention_spread(attention)
+print(f"mean spread {spread['spread'].mean():.3f} (uniform: 0, one-hot: 1); {np.mean(spread['spread'] < 1e-3):.0%} "
+      f"of the clips are within 1e-3 of uniform; mean normalised entropy {spread['entropy'].mean():.3f}")
 viz.spread_of_attention(attention, title=f"spread of the attention over {len(positions)} clips")
 
 # %% [markdown]

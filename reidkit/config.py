@@ -63,6 +63,7 @@ class TrainConfig:
     K: int = 4                           # tracklets per identity
     optimizer: str = field(default="adam", metadata=_choices("sgd", "adam"))
     lr: float = 3e-4
+    cnn_lr_scale: float = 1.0            # the CNN's lr = lr × this (the TAM/SRM heads use lr)
     momentum: float = 0.9                # SGD momentum (Adam: beta1)
     weight_decay: float = 5e-4
     schedule: str = field(default="cosine", metadata=_choices("step", "cosine", "none"))

@@ -67,8 +67,8 @@ PROFILES: dict[str, dict[str, dict]] = {
     "default": {
         "*": {"profile": "default", "seed": 0},
         "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
-        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=6", "train.steps_per_epoch=20"]},
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=15"],
+        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=25"]},
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=20"],
                          "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 300},
         "05_srm_difference_maps": {"ig_steps": 16},
@@ -301,6 +301,8 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], *, title: str 
         rows.append(f'<tr class="{r.status.replace(" ", "-")}"><td>{html.escape(r.name)}</td>'
                     f"<td>{r.status}</td><td>{dur}</td><td>{links}</td><td>{metrics}</td></tr>")
     total = sum(r.duration_s or 0 for r in results)
+    files = " · ".join(f'<a href="{n}">{n}</a>' for n in ("run.json", "reproducibility.json", "metrics/")
+                       if n == "run.json" or (out_dir / n).exists())
     when = (started or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -316,7 +318,9 @@ tr.not-run {{ color: #888; }}
 {total:.1f} s in total. Zhou et al., CVPR 2017, "See the Forest for the Trees".</p>
 <table><tr><th>notebook</th><th>status</th><th>duration</th><th>open</th><th>key metrics</th></tr>
 {chr(10).join(rows)}
-</table></body></html>
+</table>
+<p>Also here: {files}.</p>
+</body></html>
 """
     (out_dir / "index.html").write_text(page, encoding="utf-8")
     (out_dir / "run.json").write_text(json.dumps(

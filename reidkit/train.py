@@ -228,7 +228,12 @@ class Trainer:
 
     def _make_optimizer(self):
         t = self.config.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # two groups: the CNN at lr × cnn_lr_scale, the temporal model and metric head at lr.
+        # Trained from scratch, a CNN as fast as the heads lets the pair loss inflate pool5 until
+        # the TAM's LSTM saturates (see JSTRNN.parameter_groups); a slower CNN trains both.
+        params = self.model.parameter_groups(t.lr * t.cnn_lr_scale, t.lr)
+        for group in params:
+            group["lr_scale"] = group["lr"] / t.lr
         fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for all parameters
         if t.optimizer == "sgd":
             return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
@@ -308,7 +313,7 @@ class Trainer:
         """
         t = self.config.train
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             terms = self.step_fn(batch.clips, batch.pids)
         self.optimizer.zero_grad(set_to_none=True)
