@@ -40,10 +40,10 @@ from PIL import Image
 from reidkit import stats, viz
 from reidkit.config import Config
 from reidkit.data import FrameCache, Manifest
-from reidkit.report import write_metrics
+from reidkit.report import REPO_ROOT, write_metrics
 
 # Paths are relative to the repository root, wherever the notebook runs from.
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir = ROOT / dataset_dir
 config = Config.from_yaml(ROOT / config_file)
 H, W = config.height, config.width

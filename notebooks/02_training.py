@@ -50,10 +50,10 @@ from reidkit.checkpoint import load_checkpoint
 from reidkit.config import Config
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
-from reidkit.report import write_metrics
+from reidkit.report import REPO_ROOT, write_metrics
 from reidkit.train import Trainer
 
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, work_dir, run_dir = (ROOT / p for p in (dataset_dir, work_dir, run_dir))
 config = Config.from_yaml(ROOT / config_file, [
     f"data.dataset={dataset_dir}", f"train.out_dir={run_dir}", f"train.seed={seed}",

@@ -43,9 +43,9 @@ from IPython.display import Markdown, display
 from reidkit import viz
 from reidkit.ablate import PAPER_RANK1, run_ablation
 from reidkit.config import Config
-from reidkit.report import write_metrics
+from reidkit.report import REPO_ROOT, write_metrics
 
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, ablation_dir = ROOT / dataset_dir, ROOT / ablation_dir
 config = Config.from_yaml(ROOT / config_file, [
     f"data.dataset={dataset_dir}", f"train.seed={seed}", f"train.device={device}", "train.progress=false",

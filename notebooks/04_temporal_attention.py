@@ -39,16 +39,14 @@ import torch
 from IPython.display import display
 
 from reidkit import viz
-from reidkit.data import FrameCache, Manifest, normalize_clips, test_frame_indices
-from reidkit.report import write_metrics
-from reidkit.train import load_model, resolve_device
+from reidkit.data import normalize_clips, test_frame_indices
+from reidkit.report import REPO_ROOT, load_run, write_metrics
+from reidkit.train import resolve_device
 
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, run_dir = ROOT / dataset_dir, ROOT / run_dir
 dev = resolve_device(device)
-model, config = load_model(run_dir / "last.pt", device=dev)
-manifest = Manifest.load(dataset_dir)
-cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+model, config, manifest, cache = load_run(run_dir, dataset_dir, dev)
 T = config.model.seq_len
 print(f"{model.variant} model from {run_dir / 'last.pt'}, T = {T}, {config.height}×{config.width} frames")
 

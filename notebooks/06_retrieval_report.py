@@ -48,17 +48,15 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from reidkit import viz
-from reidkit.data import FrameCache, Manifest, test_frame_indices
+from reidkit.data import test_frame_indices
 from reidkit.evaluate import EvalResult, evaluate
-from reidkit.report import environment_info, git_info, key_metrics, write_metrics
-from reidkit.train import load_model, resolve_device
+from reidkit.report import REPO_ROOT, environment_info, git_info, key_metrics, load_run, write_metrics
+from reidkit.train import resolve_device
 
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").exists())
+ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, work_dir, run_dir, report_dir = (ROOT / p for p in (dataset_dir, work_dir, run_dir, report_dir))
 dev = resolve_device(device)
-model, config = load_model(run_dir / "last.pt", device=dev)
-manifest = Manifest.load(dataset_dir)
-cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+model, config, manifest, cache = load_run(run_dir, dataset_dir, dev)
 T = config.model.seq_len
 
 # %% [markdown]

@@ -401,6 +401,18 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- used by the notebooks
 
 
+def load_run(run_dir: str | Path, dataset_dir: str | Path, device: str = "auto"):
+    """What notebooks 04–06 start from: ``(model, config, manifest, cache)`` for the checkpoint
+    ``run_dir/last.pt`` on ``dataset_dir``, the frame cache at the model's input size."""
+    from reidkit.data import FrameCache, Manifest  # noqa: PLC0415
+    from reidkit.train import load_model, resolve_device  # noqa: PLC0415
+
+    model, config = load_model(Path(run_dir) / "last.pt", device=resolve_device(device))
+    manifest = Manifest.load(dataset_dir)
+    cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+    return model, config, manifest, cache
+
+
 def write_metrics(path: str | Path, metrics: Mapping) -> Path:
     """Write a notebook's numbers as JSON (numpy scalars/arrays → Python, NaN/inf → null).
 
