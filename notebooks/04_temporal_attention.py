@@ -39,7 +39,7 @@ import torch
 from IPython.display import display
 
 from reidkit import viz
-from reidkit.data import normalize_clips, test_frame_indices
+from reidkit.evaluate import even_clip_outputs
 from reidkit.report import REPO_ROOT, load_run, write_metrics
 from reidkit.train import resolve_device
 
@@ -57,23 +57,13 @@ print(f"{model.variant} model from {run_dir / 'last.pt'}, T = {T}, {config.heigh
 # the weights, and the ground truth of the same frames.
 
 # %%
-def attention_on(positions, batch=64):
-    """TAM weights (N, T, T) and the frame indices (N, T) of one even clip per tracklet."""
-    idx = np.stack([test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(positions), batch):
-            clips = normalize_clips(cache.gather(cache.rows(positions[s:s + batch], idx[s:s + batch]), dev))
-            out.append(model.features(clips).attention.float().cpu())
-    return torch.cat(out).numpy(), idx
-
-
 split = manifest.split(0)
 test = manifest.positions(split.query + split.gallery)
 test = test[manifest.pids[test] >= 1]  # real people only: distractors and junk have no "person"
 rng = np.random.default_rng(seed)
 positions = np.sort(rng.choice(test, size=min(max_tracklets, len(test)), replace=False))
-attention, frame_idx = attention_on(positions)
+clip_out = even_clip_outputs(model, manifest, cache, positions, device=dev, with_pool5=False)
+attention, frame_idx = clip_out.attention.numpy(), clip_out.frame_idx
 row_sums = attention.sum(-1)
 print(f"{len(positions)} clips, attention {attention.shape}; rows sum to 1 within "
       f"{np.abs(row_sums - 1).max():.1e}")

@@ -42,7 +42,8 @@ import torch
 from IPython.display import display
 
 from reidkit import explain, viz
-from reidkit.data import even_clip, normalize_clips, test_frame_indices
+from reidkit.data import even_clip, test_frame_indices
+from reidkit.evaluate import even_clip_outputs
 from reidkit.report import REPO_ROOT, load_run, write_metrics
 from reidkit.train import resolve_device
 
@@ -118,11 +119,8 @@ viz.srm_pair_comparison(maps_pos, maps_neg, (fq, fp), (fq, fn), pos_score=m_pos,
 # the test set: the mean norm of $d$ and of the contextual feature, and $M$.
 
 # %%
-def pool5_of(positions, batch=64):
-    idx = np.stack([test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
-    with torch.no_grad():
-        return torch.cat([model.features(normalize_clips(cache.gather(cache.rows(positions[s:s + batch], idx[s:s + batch]), dev))).pool5
-                          for s in range(0, len(positions), batch)])
+def pool5_of(positions):
+    return even_clip_outputs(model, manifest, cache, positions, device=dev).pool5.to(dev)
 
 
 pairs = {"positive": [], "negative": []}

@@ -75,6 +75,8 @@ class TrainConfig:
     margin: float = 0.3                  # triplet margin (on L2-normalised features)
     triplet_weight: float = 1.0
     bce_weight: float = 1.0
+    camera_balanced_pairs: bool = True   # M's hard negatives match the positives' camera mix (losses.mine_pairs)
+    hard_negative_fraction: float = 0.5  # share of M's negatives that are the hardest; the rest random
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     amp: bool = True                     # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True           # CUDA only
@@ -138,6 +140,8 @@ class Config:
             raise ConfigError(f"train.steps_per_epoch: expected a positive integer or null, got {t.steps_per_epoch}")
         if t.lr <= 0:
             raise ConfigError(f"train.lr: expected a positive float, got {t.lr}")
+        if not 0.0 <= t.hard_negative_fraction <= 1.0:
+            raise ConfigError(f"train.hard_negative_fraction: expected a value in [0, 1], got {t.hard_negative_fraction}")
         if t.eval_every < 0:
             raise ConfigError(f"train.eval_every: expected >= 0, got {t.eval_every}")
         if t.keep_last is not None and t.keep_last < 1:

@@ -67,7 +67,7 @@ from .metrics import FLAG_IGNORED, evaluate_order, match_flags
 __all__ = [
     "TrackletFeatures", "extract_features", "feature_distances", "Ranking", "rank_gallery",
     "PerQuery", "EvalResult", "evaluate", "evaluate_features", "evaluation_positions",
-    "describe_convention", "describe_ranking",
+    "describe_convention", "describe_ranking", "EvenClipOutputs", "even_clip_outputs",
 ]
 
 FEATURE_CACHE_VERSION = 1
@@ -222,6 +222,56 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
 # --------------------------------------------------------------------------------------------
 # Ranking
 # --------------------------------------------------------------------------------------------
+
+@dataclass
+class EvenClipOutputs:
+    """What the model computes on one clip of T evenly spaced frames per tracklet (on the CPU).
+
+    ``frame_idx`` (N, T) are the frames' indices inside each tracklet; ``features`` (N, D);
+    ``attention`` (N, T, T) TAM weights ω or None; ``pool5`` (N, T, C, h, w) or None.
+    """
+
+    positions: np.ndarray
+    frame_idx: np.ndarray
+    features: torch.Tensor
+    attention: torch.Tensor | None
+    pool5: torch.Tensor | None
+
+
+def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, device=None,
+                      with_pool5: bool = True) -> EvenClipOutputs:
+    """Features, TAM weights and pool5 of one evenly spaced T-frame clip per tracklet.
+
+    The per-tracklet view the attention and SRM lessons plot (Fig. 3, Fig. 8): unlike
+    ``extract_features`` nothing is averaged over chunks, so ω and pool5 belong to known frames.
+    Runs in ``model.eval()`` under ``torch.no_grad()``; the training mode is restored after.
+    """
+    from .data import normalize_clips, test_frame_indices
+
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.ndim != 1 or len(positions) == 0:
+        raise ValueError(f"positions must be a non-empty 1-D list of manifest positions, got shape {positions.shape}")
+    T = model.config.seq_len
+    device = torch.device(device) if device is not None else _model_device(model)
+    idx = np.stack([test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
+    feats, att, pool5 = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _autocast(device):
+            for s in range(0, len(positions), batch_size):
+                rows = cache.rows(positions[s:s + batch_size], idx[s:s + batch_size])
+                out = model.features(normalize_clips(cache.gather(rows, device)))
+                feats.append(out.features.float().cpu())
+                if out.attention is not None:
+                    att.append(out.attention.float().cpu())
+                if with_pool5:
+                    pool5.append(out.pool5.float().cpu())
+    finally:
+        model.train(was_training)
+    return EvenClipOutputs(positions, idx, torch.cat(feats), torch.cat(att) if att else None,
+                           torch.cat(pool5) if pool5 else None)
+
 
 def feature_distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     """F for every query × gallery pair: Euclidean distance of L2-normalised features, (Q, G)."""

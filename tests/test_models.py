@@ -271,6 +271,25 @@ def test_load_pretrained_round_trip_and_errors(tmp_path):
     torch.save(net.state_dict(), path)
     headless.load_pretrained(path)
 
+    # CaffeNet's own layout (LRN, no BatchNorm) loads into norm="lrn" and is refused, with a hint, by "batch"
+    caffe = CaffeNet(ModelConfig.cpu(norm="lrn"))
+    torch.save(caffe.state_dict(), path)
+    CaffeNet(ModelConfig.cpu(norm="lrn")).load_pretrained(path)
+    with pytest.raises(PretrainedWeightsError, match="norm='lrn'"):
+        CaffeNet(CPU).load_pretrained(path)
+
+
+def test_norm_choices_change_the_layers_not_the_shapes():
+    x = torch.randn(2, 3, 128, 64)
+    lrn, bn = CaffeNet(ModelConfig.cpu(norm="lrn")).eval(), CaffeNet(ModelConfig.cpu(norm="batch")).eval()
+    assert isinstance(lrn.norm, nn.LocalResponseNorm) and lrn.bn is None
+    assert isinstance(bn.norm, nn.Identity) and sorted(bn.bn) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert [t.shape for t in lrn(x)] == [t.shape for t in bn(x)]
+    with pytest.raises(ValueError, match="unknown norm 'layer'"):
+        ModelConfig.cpu(norm="layer")
+    with pytest.raises(ValueError, match="fc_dropout must be in"):
+        ModelConfig.cpu(fc_dropout=1.0)
+
 
 # ---------------------------------------------------------------- end to end
 

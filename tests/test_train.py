@@ -89,7 +89,8 @@ def test_fit_writes_history_checkpoints_and_calls_callbacks(tiny, tmp_path):
         def on_epoch_end(self, trainer, epoch, logs):
             calls["epoch"].append((epoch, logs))
 
-    config = tiny_config(tiny, tmp_path / "run", "model.variant=all", "train.keep_last=1")
+    # margin 2: the triplet term stays > 0 (see test_single_branch_variants_train)
+    config = tiny_config(tiny, tmp_path / "run", "model.variant=all", "train.keep_last=1", "train.margin=2.0")
     before = weights(Trainer(config).model)
     trainer = Trainer(config, callbacks=[Recorder(), {"on_step_end": lambda t, s, logs: calls["step"].append((s, logs))}])
     history = trainer.fit()
@@ -115,7 +116,9 @@ def test_fit_writes_history_checkpoints_and_calls_callbacks(tiny, tmp_path):
 
 @pytest.mark.parametrize("variant", ["cnn_tam", "cnn_srm"])
 def test_single_branch_variants_train(tiny, tmp_path, variant):
-    config = tiny_config(tiny, tmp_path / variant, f"model.variant={variant}", "train.epochs=1")
+    # margin 2 = the largest distance between unit vectors: the triplet term cannot reach 0, so
+    # "> 0" shows it is computed (the tiny coloured-block set is otherwise solved in one step)
+    config = tiny_config(tiny, tmp_path / variant, f"model.variant={variant}", "train.epochs=1", "train.margin=2.0")
     row = Trainer(config).fit()[-1]
     if variant == "cnn_tam":
         assert row["triplet"] > 0 and row["bce"] == 0

@@ -17,6 +17,12 @@ Two variants (``ModelConfig.cnn``):
   (128×64 → pool5 8×4; the standard CaffeNet gives 3×1). Combine with ``width_mult`` < 1 to
   shrink every layer's channel count for CPU training (``ModelConfig.cpu()``).
 
+And two normalisations (``ModelConfig.norm``): ``"lrn"``, CaffeNet's own (the layers above,
+what ImageNet CaffeNet weights expect), and ``"batch"``: BatchNorm between each convolution
+and its ReLU, no LRN. Trained from scratch, as everything here is (no weights can be
+downloaded), the LRN network with 0.5 dropout on fc6/fc7 learns little in a few hundred
+steps; BatchNorm and ``fc_dropout=0`` train it (see the README's ablation notes).
+
 Max-pooling uses ``ceil_mode=True`` in both variants because Caffe rounds pooling output sizes
 up; at 227×227 this gives the same 55 → 27 → 13 → 6 sizes as floor rounding.
 """
@@ -44,6 +50,7 @@ _CONVS = (
 )
 _POOL_AFTER = ("conv1", "conv2", "conv5")  # 3×3 max-pool, stride 2
 CNN_NAMES = ("caffenet", "caffenet_light")
+NORMS = ("lrn", "batch")
 
 
 class PretrainedWeightsError(ValueError):
@@ -113,18 +120,21 @@ class CaffeNet(nn.Module):
         super().__init__()
         self.config, self.with_fc = config, with_fc
         in_ch = 3
+        self.bn = nn.ModuleDict() if config.norm == "batch" else None
         for name, out, k, s, p, g in conv_specs(config.cnn, config.width_mult):
             setattr(self, name, nn.Conv2d(in_ch, out, k, stride=s, padding=p, groups=g))
+            if self.bn is not None:
+                self.bn[name] = nn.BatchNorm2d(out)
             in_ch = out
         self.out_channels = in_ch
         self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
         # Caffe's LRN divides alpha by the window size, as torch does.
-        self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if self.bn is None else nn.Identity()
         self.grid = pool5_grid(config.cnn, config.height, config.width)
         if with_fc:
             self.fc6 = nn.Linear(in_ch * self.grid[0] * self.grid[1], config.fc_dim)
             self.fc7 = nn.Linear(config.fc_dim, config.fc_dim)
-            self.dropout = nn.Dropout(config.dropout)
+            self.dropout = nn.Dropout(config.fc_dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -139,12 +149,17 @@ class CaffeNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+    def _conv(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """conv → (BatchNorm) → ReLU."""
+        x = getattr(self, name)(x)
+        return F.relu(x if self.bn is None else self.bn[name](x))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.norm(self.pool(F.relu(self.conv1(x))))  # CaffeNet: pool, then normalise
-        x = self.norm(self.pool(F.relu(self.conv2(x))))
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))
-        pool5 = self.pool(F.relu(self.conv5(x)))
+        x = self.norm(self.pool(self._conv("conv1", x)))  # CaffeNet: pool, then normalise (LRN)
+        x = self.norm(self.pool(self._conv("conv2", x)))
+        x = self._conv("conv3", x)
+        x = self._conv("conv4", x)
+        pool5 = self.pool(self._conv("conv5", x))
         if not self.with_fc:
             return pool5, None
         # flatten (not view): pool5 may be channels_last in memory
@@ -179,6 +194,9 @@ class CaffeNet(nn.Module):
         problems = []
         if missing:
             problems.append("missing keys: " + ", ".join(missing))
+            if all(k.startswith("bn.") for k in missing):
+                problems.append("the file has no BatchNorm layers: build the network with norm='lrn' "
+                                "(CaffeNet's own) to load ImageNet CaffeNet weights")
         if unexpected:
             problems.append("unexpected keys: " + ", ".join(unexpected))
         if mismatched:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .caffenet import CNN_NAMES, conv_specs, feature_map_sizes, pool5_grid
+from .caffenet import CNN_NAMES, NORMS, conv_specs, feature_map_sizes, pool5_grid
 
 
 @dataclass
@@ -12,10 +12,17 @@ class ModelConfig:
     """Sizes of the CNN, the temporal attention model and the spatial recurrent model.
 
     Defaults follow the paper: T = 6 frames per clip, 227×227 frames, CaffeNet with
-    fc6 = fc7 = 1024, λ = 1 in Eq. 2, dropout 0.5. The paper does not give the RNN sizes;
-    ``rnn_hidden`` (TAM/LSTM state), ``attention_dim`` (the sub-net of Fig. 4), ``srm_in``
-    (channels after the first 1×1 conv of the SRM), ``srm_hidden`` (state of each of the six
-    spatial LSTMs) and ``srm_out`` (channels of the contextual feature) are our choices.
+    fc6 = fc7 = 1024, λ = 1 in Eq. 2 — except for two settings made for training from scratch
+    (below): ``norm="batch"`` and ``fc_dropout=0``; CaffeNet's own are ``norm="lrn"`` and
+    ``fc_dropout=0.5``, which ImageNet CaffeNet weights (``CaffeNet.load_pretrained``) need. The paper does not give the RNN sizes; ``rnn_hidden`` (TAM/LSTM state),
+    ``attention_dim`` (the sub-net of Fig. 4), ``srm_in`` (channels after the first 1×1 conv of
+    the SRM), ``srm_hidden`` (state of each of the six spatial LSTMs) and ``srm_out`` (channels
+    of the contextual feature) are our choices, as is ``dropout`` (before the metric heads' FC).
+
+    ``norm="batch"`` puts BatchNorm after every convolution instead of LRN. The paper starts
+    from ImageNet weights, which cannot be downloaded here; from scratch, the LRN network with
+    0.5 dropout on fc6/fc7 barely trains in a few hundred steps (README, "Ablation": CNN+RNN
+    rank-1 4.7 vs 64.1 with BatchNorm and no fc dropout, same 200 steps).
 
     ``ModelConfig.cpu()`` is the documented CPU-sized setting; every result must say which was used.
     """
@@ -33,6 +40,8 @@ class ModelConfig:
     srm_out: int = 32
     lam: float = 1.0
     dropout: float = 0.5
+    fc_dropout: float = 0.0
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,8 +82,11 @@ class ModelConfig:
         for name in ("fc_dim", "rnn_hidden", "attention_dim", "srm_in", "srm_hidden", "srm_out"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "fc_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
         if self.lam < 0:
             raise ValueError(f"lam (λ of Eq. 2) must be >= 0, got {self.lam}")
         h, w = self.pool5_grid
