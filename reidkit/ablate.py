@@ -125,17 +125,20 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
         writer.writerows(rows)
     convention = rows[0]["convention"] if rows else config.eval.convention
     m, t = config.model, config.train
-    rerank = "all pairs (exact)" if config.eval.exact else f"top-{config.eval.rerank_top_k} of the feature ranking"
+    rerank = ("every query × gallery pair (exact)" if config.eval.exact
+              else f"top-{config.eval.rerank_top_k} of the feature ranking (every pair when K ≥ the gallery size)")
     lines = [
         f"# Ablation (Table 2 style) on {dataset or config.data.dataset}",
         "",
         f"- Protocol: {convention}.",
         f"- Ranking (per row below, as reported by reidkit.evaluate): distance of L2-normalised F(x) for "
         f"CNN/CNN+RNN/CNN+TAM; M for CNN+DIFF/CNN+SRM and S = 1/(1+F) + λM (λ = {m.lam}) for ALL, both "
-        f"re-scoring the {rerank} (every pair when K ≥ the gallery size).",
-        f"- Model: {m.cnn} (width × {m.width_mult}), {m.height}×{m.width} frames, T = {m.seq_len}; "
+        f"scoring {rerank}.",
+        f"- Model: {m.cnn} (width × {m.width_mult}, norm {m.norm}, fc dropout {m.fc_dropout}), "
+        f"{m.height}×{m.width} frames, T = {m.seq_len}; "
         f"trained {t.epochs} epochs × {rows[-1]['steps'] // max(1, t.epochs) if rows else '?'} steps of "
-        f"P={t.P} × K={t.K} clips, {t.optimizer} lr {t.lr}, seed {t.seed}.",
+        f"P={t.P} × K={t.K} clips, {t.optimizer} lr {t.lr}, seed {t.seed}; M's negatives "
+        f"{t.hard_negative_fraction:.0%} hardest{' (camera-balanced)' if t.camera_balanced_pairs else ''}, the rest random.",
         "- One seed, one split: differences of a point or two are within the seed-to-seed spread.",
         "- Paper column: Zhou et al. (CVPR 2017) Table 2, rank-1 on MARS with 227×227 CaffeNet — for "
         "orientation only, a different dataset and scale.",
