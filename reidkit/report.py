@@ -68,7 +68,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "*": {"profile": "default", "seed": 0},
         "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
         "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=25"]},
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=20"],
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=2", "train.steps_per_epoch=40"],
                          "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 300},
         "05_srm_difference_maps": {"ig_steps": 16},

@@ -233,9 +233,8 @@ class Trainer:
 
     def _make_optimizer(self):
         t = self.config.train
-        # two groups: the CNN at lr × cnn_lr_scale, the temporal model and metric head at lr.
-        # Trained from scratch, a CNN as fast as the heads lets the pair loss inflate pool5 until
-        # the TAM's LSTM saturates (see JSTRNN.parameter_groups); a slower CNN trains both.
+        # two groups: the CNN at lr × cnn_lr_scale, the temporal model and metric head at lr
+        # (see JSTRNN.parameter_groups)
         params = self.model.parameter_groups(t.lr * t.cnn_lr_scale, t.lr)
         for group in params:
             group["lr_scale"] = group["lr"] / t.lr

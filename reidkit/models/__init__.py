@@ -156,9 +156,9 @@ class JSTRNN(nn.Module):
     def parameter_groups(self, cnn_lr: float, head_lr: float) -> list[dict]:
         """Optimizer groups: the CNN at ``cnn_lr``, the temporal model and metric head at ``head_lr``.
 
-        Trained from scratch with Adam, a CNN learning rate of 1e-3 lets the metric loss inflate
-        pool5 (and so fc7) until the TAM's LSTM saturates and F(x) collapses to one point;
-        ~3e-4 for the CNN with ~2e-3 for the heads trains both branches (see tests/test_models.py).
+        ``train.cnn_lr_scale`` sets the ratio. With CaffeNet's LRN and fc dropout (``norm="lrn"``)
+        a slower CNN kept the TAM's LSTM from saturating; with the default BatchNorm one rate
+        for both (scale 1) trains every variant (README, "Ablation").
         """
         heads = [p for m in (self.temporal, self.head) if m is not None for p in m.parameters()]
         return [{"params": list(self.cnn.parameters()), "lr": cnn_lr}, {"params": heads, "lr": head_lr}]
