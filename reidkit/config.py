@@ -136,6 +136,9 @@ class Config:
                 raise ConfigError(f"train.{key}: expected a positive integer, got {getattr(t, key)}")
         if t.P < 2:
             raise ConfigError(f"train.P: batch-hard mining needs at least 2 identities, got {t.P}")
+        if t.K < 2:
+            raise ConfigError(f"train.K: the triplet and pair losses need positive pairs, so at least 2 "
+                              f"tracklets per identity; got {t.K}")
         if t.steps_per_epoch is not None and t.steps_per_epoch < 1:
             raise ConfigError(f"train.steps_per_epoch: expected a positive integer or null, got {t.steps_per_epoch}")
         if t.lr <= 0:

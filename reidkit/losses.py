@@ -87,7 +87,7 @@ def mine_pairs(
         else:
             cams = camids.to(device)
             cross = (cams[neg_i] != cams[neg_j])[order]
-            quota_cross = math.ceil(int((cams[pos_i] != cams[pos_j]).sum()) * n_hard / k)
+            quota_cross = math.ceil(int((cams[pos_i] != cams[pos_j]).sum()) * n_hard / k) if k else 0
             # rank of each negative among those of its kind, in hardness order
             rank = torch.where(cross, torch.cumsum(cross, 0), torch.cumsum(~cross, 0)) - 1
             take = torch.where(cross, rank < quota_cross, rank < n_hard - quota_cross)

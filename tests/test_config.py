@@ -51,6 +51,9 @@ def test_overrides_are_typed():
     ("train.epochs=0", "train.epochs: expected a positive integer, got 0"),
     ("model.height=20", "model: input 20×227 is too small"),
     ("data.height=100", "data.height: 100 differs from model.height=227"),
+    ("train.K=1", "train.K: the triplet and pair losses need positive pairs"),
+    ("train.hard_negative_fraction=1.5", "train.hard_negative_fraction: expected a value in [0, 1], got 1.5"),
+    ("model.norm=group", "model: unknown norm 'group'"),
 ])
 def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError) as err:

@@ -120,6 +120,13 @@ def test_mine_pairs_camera_balanced_removes_the_camera_shortcut():
         assert int((camids[idx_a[neg]] != camids[idx_b[neg]]).sum()) == expect_cross
 
 
+def test_mine_pairs_without_positives_returns_no_pairs():
+    pids, camids = torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 1, 2])
+    for kwargs in ({}, {"camids": camids}, {"camids": camids, "hard_fraction": 0.5}):
+        idx_a, idx_b, labels = mine_pairs(torch.randn(4, 3), pids, **kwargs)
+        assert len(idx_a) == len(idx_b) == len(labels) == 0
+
+
 def test_mine_pairs_hard_fraction_mixes_hardest_and_random_negatives():
     g = torch.Generator().manual_seed(0)
     pids = torch.arange(12) // 4  # 3 ids × 4: 18 positive pairs, 48 negative pairs
