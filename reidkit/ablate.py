@@ -140,7 +140,7 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
         f"P={t.P} × K={t.K} clips, {t.optimizer} lr {t.lr}, seed {t.seed}; M's negatives "
         f"{t.hard_negative_fraction:.0%} hardest{' (camera-balanced)' if t.camera_balanced_pairs else ''}, the rest random.",
         "- One seed, one split: trust a gap only if it exceeds the seed-to-seed spread (on the synthetic "
-        "small benchmark two seeds moved one variant's rank-1 by up to 8 points; see the README).",
+        "small benchmark two seeds moved one variant's rank-1 by up to 8.3 points; see the README).",
         "- Paper column: Zhou et al. (CVPR 2017) Table 2, rank-1 on MARS with 227×227 CaffeNet — for "
         "orientation only, a different dataset and scale.",
         "",

@@ -219,10 +219,6 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
     return TrackletFeatures(positions, features, pool5, T, key or "", False, time.perf_counter() - start)
 
 
-# --------------------------------------------------------------------------------------------
-# Ranking
-# --------------------------------------------------------------------------------------------
-
 @dataclass
 class EvenClipOutputs:
     """What the model computes on one clip of T evenly spaced frames per tracklet (on the CPU).
@@ -246,7 +242,7 @@ def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, d
     ``extract_features`` nothing is averaged over chunks, so ω and pool5 belong to known frames.
     Runs in ``model.eval()`` under ``torch.no_grad()``; the training mode is restored after.
     """
-    from .data import normalize_clips, test_frame_indices
+    from .data import iter_test_clips, test_frame_indices
 
     positions = np.asarray(positions, dtype=np.int64)
     if positions.ndim != 1 or len(positions) == 0:
@@ -259,9 +255,8 @@ def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, d
     model.eval()
     try:
         with torch.no_grad(), _autocast(device):
-            for s in range(0, len(positions), batch_size):
-                rows = cache.rows(positions[s:s + batch_size], idx[s:s + batch_size])
-                out = model.features(normalize_clips(cache.gather(rows, device)))
+            for clips, _ in iter_test_clips(manifest, cache, positions, T, "even", batch_size, device):
+                out = model.features(clips)
                 feats.append(out.features.float().cpu())
                 if out.attention is not None:
                     att.append(out.attention.float().cpu())
@@ -272,6 +267,10 @@ def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, d
     return EvenClipOutputs(positions, idx, torch.cat(feats), torch.cat(att) if att else None,
                            torch.cat(pool5) if pool5 else None)
 
+
+# --------------------------------------------------------------------------------------------
+# Ranking
+# --------------------------------------------------------------------------------------------
 
 def feature_distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     """F for every query × gallery pair: Euclidean distance of L2-normalised features, (Q, G)."""

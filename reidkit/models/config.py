@@ -14,10 +14,11 @@ class ModelConfig:
     Defaults follow the paper: T = 6 frames per clip, 227×227 frames, CaffeNet with
     fc6 = fc7 = 1024, λ = 1 in Eq. 2 — except for two settings made for training from scratch
     (below): ``norm="batch"`` and ``fc_dropout=0``; CaffeNet's own are ``norm="lrn"`` and
-    ``fc_dropout=0.5``, which ImageNet CaffeNet weights (``CaffeNet.load_pretrained``) need. The paper does not give the RNN sizes; ``rnn_hidden`` (TAM/LSTM state),
-    ``attention_dim`` (the sub-net of Fig. 4), ``srm_in`` (channels after the first 1×1 conv of
-    the SRM), ``srm_hidden`` (state of each of the six spatial LSTMs) and ``srm_out`` (channels
-    of the contextual feature) are our choices, as is ``dropout`` (before the metric heads' FC).
+    ``fc_dropout=0.5``, which ImageNet CaffeNet weights (``CaffeNet.load_pretrained``) need.
+    The paper does not give the RNN sizes; ``rnn_hidden`` (TAM/LSTM state), ``attention_dim``
+    (the sub-net of Fig. 4), ``srm_in`` (channels after the first 1×1 conv of the SRM),
+    ``srm_hidden`` (state of each of the six spatial LSTMs) and ``srm_out`` (channels of the
+    contextual feature) are our choices, as is ``dropout`` (before the metric heads' FC).
 
     ``norm="batch"`` puts BatchNorm after every convolution instead of LRN. The paper starts
     from ImageNet weights, which cannot be downloaded here; from scratch, the LRN network with
