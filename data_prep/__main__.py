@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--preset", choices=("tiny", "small", "medium", "large"), default="small",
                      help="size of the benchmark (default small)")
     syn.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    syn.add_argument("--occlusion", default="default", metavar="LEVEL",
+                     help="how often and how badly frames are degraded (occluders, bad crops, blur): "
+                          "none, default, heavy, or a number in [0, 1] (none = 0, default = 0.5, "
+                          "heavy = 1)")
     return parser
 
 
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset == "synthetic":
             from .synthetic import generate  # lazy: the renderer is not needed for real datasets
 
-            generate(args.out, preset=args.preset, seed=args.seed, progress=True)
+            generate(args.out, preset=args.preset, seed=args.seed, progress=True, occlusion=args.occlusion)
         else:
             progress = not args.no_progress
             if args.dataset == "mars":

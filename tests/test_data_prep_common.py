@@ -218,14 +218,14 @@ def test_cli_synthetic_calls_the_generator_lazily(tmp_path, monkeypatch, capsys)
 
     calls = []
 
-    def generate(out, preset, seed, progress):
-        calls.append((out, preset, seed, progress))
+    def generate(out, preset, seed, progress, occlusion="default"):
+        calls.append((out, preset, seed, progress, occlusion))
         tracklets, splits, meta = _dataset(out)
         write_manifest(out, tracklets, splits, meta)
 
     monkeypatch.setitem(sys.modules, "data_prep.synthetic", types.SimpleNamespace(generate=generate))
     assert main(["synthetic", "--out", str(tmp_path), "--preset", "tiny", "--seed", "4"]) == 0
-    assert calls == [(tmp_path, "tiny", 4, True)]
+    assert calls == [(tmp_path, "tiny", 4, True, "default")]
     assert "tracklets 6" in capsys.readouterr().out
 
 

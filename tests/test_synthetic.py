@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.synthetic import PRESETS, generate, make_plan, preset_params
+from data_prep.__main__ import main
+from data_prep.synthetic import (PRESETS, generate, make_plan, occlusion_level, occlusion_params,
+                                  preset_params)
 from data_prep.synthetic.identity import change_one_region, sample_identity
 from data_prep.synthetic.render import MARGIN, Pose, compose_frame, draw_person, make_camera
 from data_prep.synthetic.tracklet import LABELS
@@ -190,3 +192,103 @@ def test_bad_input():
         preset_params("huge")
     with pytest.raises(ValueError, match="num_train_ids"):
         preset_params("tiny", num_trian_ids=3)
+
+
+# --------------------------------------------------------------------------- the occlusion dial
+
+@pytest.fixture(scope="module")
+def dialled(tmp_path_factory, tiny):
+    """The tiny benchmark at occlusion none, 0.25, default (the `tiny` fixture), heavy."""
+    base = tmp_path_factory.mktemp("occl")
+    roots = {level: generate(base / str(level), "tiny", seed=0, progress=False, occlusion=level)
+             for level in ("none", 0.25, "heavy")}
+    roots["default"] = tiny[0]
+    return {level: (root, *_read(root)) for level, root in roots.items()}
+
+
+def _degraded(rows):
+    """Fraction of real-person frames with visibility < 0.7 or a label other than none."""
+    flags = [v < 0.7 or o != "none"
+             for r in rows if r["pid"] >= 1 for v, o in zip(r["visibility"], r["occlusion"])]
+    return sum(flags) / len(flags)
+
+
+def test_occlusion_dial_is_monotone(dialled):
+    frac = {level: _degraded(rows) for level, (_, rows, _, _) in dialled.items()}
+    assert frac["none"] < frac[0.25] < frac["default"] < frac["heavy"], frac
+    assert frac["none"] < 0.01 and frac["heavy"] > 2 * frac["default"], frac
+    # none: no occluder, no blur, no bad-crop event; only detector jitter may cut a body edge
+    labels = {o for r in dialled["none"][1] if r["pid"] >= 1 for o in r["occlusion"]}
+    assert labels <= {"none", "crop"}
+    with open(dialled["none"][0] / "tracklets.csv", newline="", encoding="utf-8") as fh:
+        blur = [float(b) for r in csv.DictReader(fh) if int(r["pid"]) >= 1 for b in r["blur"].split("|")]
+    assert not any(blur)
+
+
+def test_occlusion_dial_changes_only_the_degradations(dialled):
+    from reidkit.data import FrameCache, Manifest
+
+    root, rows, splits, meta = dialled["default"]
+    prints = set()
+    for level, (other, other_rows, other_splits, other_meta) in dialled.items():
+        assert other_splits == splits
+        assert (other / "identities.json").read_bytes() == (root / "identities.json").read_bytes()
+        assert [r["frames"] for r in other_rows] == [r["frames"] for r in rows]
+        # distractors and junk are degraded by definition: the same at every level
+        assert [r for r in other_rows if r["pid"] < 1] == [r for r in rows if r["pid"] < 1]
+        name, r = occlusion_level(level)
+        assert other_meta["generator"]["occlusion"] == {"level": name, "r": r}
+        assert other_meta["name"] == "synthetic-tiny" + ("" if name == "default" else f"-occl-{name}")
+        prints.add(FrameCache.fingerprint_of(Manifest.load(other), H, W))
+    assert len(prints) == len(dialled)
+    assert dialled["heavy"][3]["generator"]["params"]["p_occlusion"] == 0.85
+
+
+def test_occlusion_default_is_unchanged(tiny, tmp_path):
+    assert occlusion_params("default") == occlusion_params(0.5) == {}
+    assert preset_params("tiny", occlusion="default") == preset_params("tiny")
+    root, rows, _, _ = tiny
+    again = generate(tmp_path / "d", "tiny", seed=0, progress=False, occlusion="default")
+    for name in ("tracklets.csv", "splits.json", "meta.json", "identities.json"):
+        assert (root / name).read_bytes() == (again / name).read_bytes(), name
+    for r in rows[::7]:
+        f = r["frames"][-1]
+        assert (root / f).read_bytes() == (again / f).read_bytes(), f
+
+
+def test_occlusion_params_interpolate():
+    none, default, heavy = (preset_params("tiny", level) for level in ("none", "default", "heavy"))
+    assert none["p_occlusion"] == none["p_crop"] == none["p_blur"] == 0.0
+    assert heavy["p_occlusion"] > 0.5 and heavy["occlusion_len"] > default["occlusion_len"]
+    for lo, level, hi in ((none, 0.25, default), (default, 0.75, heavy)):
+        mid = preset_params("tiny", level)
+        for key in ("p_occlusion", "p_crop", "p_blur"):
+            assert lo[key] < mid[key] < hi[key], (level, key)
+        assert mid["p_occlusion"] == pytest.approx((lo["p_occlusion"] + hi["p_occlusion"]) / 2)
+    # explicit parameters win over the dial
+    assert preset_params("tiny", "heavy", p_blur=0.0)["p_blur"] == 0.0
+
+
+@pytest.mark.parametrize("level", ["1.5", "foo", -0.1, "nan", True, None])
+def test_occlusion_bad_level(level):
+    expected = r"occlusion level .*: expected none, default, heavy or a number in \[0, 1\]"
+    with pytest.raises(ValueError, match=expected):
+        occlusion_params(level)
+
+
+@pytest.mark.parametrize("level", ["1.5", "foo"])
+def test_occlusion_bad_level_cli(level, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["synthetic", "--out", str(out), "--preset", "tiny", "--occlusion", level]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: occlusion level") and repr(level) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_occlusion_cli(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["synthetic", "--out", str(out), "--preset", "tiny", "--occlusion", "0.25"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["name"] == "synthetic-tiny-occl-0.25"
+    assert meta["generator"]["occlusion"] == {"level": "0.25", "r": 0.25}
+    assert "synthetic-tiny-occl-0.25" in capsys.readouterr().out

@@ -3,11 +3,15 @@
     from data_prep.synthetic import generate
     generate("data/synthetic_small", preset="small", seed=0)
 
-or ``python -m data_prep synthetic --out DIR --preset small --seed 0``. See generate.py for the
-layout and protocol, identity.py for what makes people differ, render.py for how a frame is
-drawn and how its ground-truth visibility is measured, tracklet.py for motion and occlusions.
+or ``python -m data_prep synthetic --out DIR --preset small --seed 0``; ``occlusion=`` /
+``--occlusion`` (none, default, heavy or a number in [0, 1]) sets how degraded the frames are.
+See generate.py for the layout, protocol and occlusion dial, identity.py for what makes people
+differ, render.py for how a frame is drawn and how its ground-truth visibility is measured,
+tracklet.py for motion and occlusions.
 """
 
-from .generate import DEFAULTS, PRESETS, generate, make_plan, mars_split, preset_params
+from .generate import (DEFAULTS, OCCLUSION_DIAL, OCCLUSION_LEVELS, PRESETS, generate, make_plan, mars_split,
+                       occlusion_level, occlusion_params, preset_params)
 
-__all__ = ["generate", "PRESETS", "DEFAULTS", "preset_params", "make_plan", "mars_split"]
+__all__ = ["generate", "PRESETS", "DEFAULTS", "preset_params", "make_plan", "mars_split",
+           "occlusion_params", "occlusion_level", "OCCLUSION_LEVELS", "OCCLUSION_DIAL"]

@@ -21,6 +21,11 @@ tracklet per camera, kept as a query only while every query of that identity sti
 same-identity tracklet from another camera in the gallery. Gallery: all other test tracklets,
 plus distractors (pid 0) and junk (pid -1).
 
+Occlusion dial: `generate(..., occlusion="none" | "default" | "heavy" | r in [0, 1])` sets how
+often and how badly real-person frames are degraded (`occlusion_params`); identities, tracklet
+lengths, cameras, splits and frame names are the same at every level, and "default" is the
+benchmark as it was before the dial, byte for byte.
+
 Determinism: identity `pid` draws from `default_rng([seed, 1, pid])`, tracklet `t` from
 `default_rng([seed, 2, t])`, camera `c` from `default_rng([seed, 3, c])`; the same seed gives
 the same bytes whatever the number of workers.
@@ -58,9 +63,17 @@ DEFAULTS: dict = {
     "junk_frac": 0.04,
     "hard_negative_frac": 0.15,         # identities drawn as look-alikes of an earlier one
     "one_region_frac": 0.10,            # identities differing from an earlier one in one region
+    # degradations of real-person tracklets (the occlusion dial, OCCLUSION_DIAL, moves these);
+    # (a, b) pairs are uniform ranges drawn per event
     "p_occlusion": 0.35,                # per tracklet: an object / person passes in front
+    "occlusion_len": (0.3, 0.7),        # its duration, fraction of the tracklet
+    "occluder_speed": (2.5, 6.0),       # its drift across the box, px/frame (slower: longer in front)
+    "occluder_size": (0.0, 1.0),        # object size (pole width, bin / car height: render.draw_object)
+    "occluder_scale": (1.0, 1.12),      # passer-by height / target height (closer: larger)
     "p_crop": 0.2,                      # per tracklet: a few frames of bad crops
+    "crop_len": (0.05, 0.25),           # their duration, fraction of the tracklet
     "p_blur": 0.06,                     # per frame
+    "blur_radius": (1.2, 2.5),          # Gaussian radius of a blurred frame, px
     "height": 128,
     "width": 64,
     "jpeg_quality": 90,
@@ -84,11 +97,65 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset_params(preset: str, **overrides) -> dict:
-    """DEFAULTS + PRESETS[preset] + overrides, validated."""
+# The occlusion dial: a level r in [0, 1] ("none" = 0, "default" = 0.5, "heavy" = 1) sets how
+# often and how badly real-person frames are degraded. Each parameter below is piecewise linear in
+# r through (0, none value), (0.5, DEFAULTS value), (1, heavy value), element-wise for ranges: below
+# the default only the probabilities fall (events keep their default shape), above it events also
+# grow longer, slower, larger. "default" changes nothing (same seed, same bytes as without the dial).
+OCCLUSION_LEVELS = {"none": 0.0, "default": 0.5, "heavy": 1.0}
+OCCLUSION_DIAL: dict[str, tuple] = {    # parameter: (value at none, value at heavy)
+    "p_occlusion": (0.0, 0.85),
+    "occlusion_len": ((0.3, 0.7), (0.6, 1.0)),
+    "occluder_speed": ((2.5, 6.0), (1.0, 3.0)),
+    "occluder_size": ((0.0, 1.0), (0.5, 2.0)),
+    "occluder_scale": ((1.0, 1.12), (1.05, 1.25)),
+    "p_crop": (0.0, 0.5),
+    "crop_len": ((0.05, 0.25), (0.15, 0.45)),
+    "p_blur": (0.0, 0.15),
+    "blur_radius": ((1.2, 2.5), (1.5, 3.0)),
+}
+_RANGES = ("occlusion_len", "occluder_speed", "occluder_size", "occluder_scale", "crop_len", "blur_radius")
+
+
+def occlusion_level(level: str | float = "default") -> tuple[str, float]:
+    """(name, r) of an occlusion level: none / default / heavy or a number in [0, 1].
+
+    The name is the level's word when r is 0, 0.5 or 1, else the number ("0.25").
+    """
+    word = level.strip().lower() if isinstance(level, str) else None
+    if word in OCCLUSION_LEVELS:
+        return word, OCCLUSION_LEVELS[word]
+    try:
+        r = float("nan") if isinstance(level, bool) else float(level)
+    except (TypeError, ValueError):
+        r = float("nan")
+    if not 0.0 <= r <= 1.0:
+        raise DataPrepError(f"occlusion level {level!r}: expected none, default, heavy or a number in [0, 1]")
+    names = {v: k for k, v in OCCLUSION_LEVELS.items()}
+    return names.get(r, str(r)), r
+
+
+def occlusion_params(level: str | float = "default") -> dict:
+    """The parameters an occlusion level overrides (see OCCLUSION_DIAL); {} for the default."""
+    _, r = occlusion_level(level)
+    r0 = OCCLUSION_LEVELS["default"]
+    if r == r0:
+        return {}
+    out = {}
+    for key, (none, heavy) in OCCLUSION_DIAL.items():
+        a, b, t = (none, DEFAULTS[key], r / r0) if r < r0 else (DEFAULTS[key], heavy, (r - r0) / (1 - r0))
+        if isinstance(a, tuple):   # (1 - t) * a + t * b: exactly a at t = 0, b at t = 1
+            out[key] = tuple(round((1 - t) * x + t * y, 6) for x, y in zip(a, b))
+        else:
+            out[key] = round((1 - t) * a + t * b, 6)
+    return out
+
+
+def preset_params(preset: str, occlusion: str | float = "default", **overrides) -> dict:
+    """DEFAULTS + PRESETS[preset] + occlusion_params(occlusion) + overrides, validated."""
     if preset not in PRESETS:
         raise DataPrepError(f"unknown synthetic preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    params = {**DEFAULTS, **PRESETS[preset]}
+    params = {**DEFAULTS, **PRESETS[preset], **occlusion_params(occlusion)}
     unknown = sorted(set(overrides) - set(params))
     if unknown:
         raise DataPrepError(f"unknown synthetic parameter(s) {unknown}; valid: {', '.join(sorted(params))}")
@@ -101,6 +168,17 @@ def preset_params(preset: str, **overrides) -> dict:
         raise DataPrepError("tracklet lengths: need 1 <= min_len <= median_len <= max_len <= 999")
     if params["height"] < 32 or params["width"] < 16:
         raise DataPrepError("frames must be at least 32×16 (H×W)")
+    for key in ("p_occlusion", "p_crop", "p_blur"):
+        if not 0.0 <= params[key] <= 1.0:
+            raise DataPrepError(f"{key} = {params[key]}: expected a probability in [0, 1]")
+    for key in _RANGES:
+        try:
+            lo, hi = (float(x) for x in params[key])
+        except (TypeError, ValueError):
+            lo = hi = -1.0
+        if not 0.0 <= lo <= hi:
+            raise DataPrepError(f"{key} = {params[key]}: expected a range (low, high) with 0 <= low <= high")
+        params[key] = (lo, hi)
     params["cameras_per_id"] = tuple(float(p) for p in params["cameras_per_id"])
     return params
 
@@ -274,15 +352,18 @@ def _prepare_out(out: Path) -> None:
 
 
 def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bool = True,
-             **overrides) -> Path:
+             occlusion: str | float = "default", **overrides) -> Path:
     """Render the synthetic benchmark into `out` (frames + manifest) and return the folder.
 
-    `preset` is one of PRESETS (tiny, small, medium, large); `overrides` change any parameter of
-    DEFAULTS/PRESETS (e.g. `num_train_ids=5, workers=1`). Same seed, same bytes.
+    `preset` is one of PRESETS (tiny, small, medium, large); `occlusion` a level of the occlusion
+    dial (none, default, heavy or a number in [0, 1], see OCCLUSION_DIAL); `overrides` change any
+    parameter of DEFAULTS/PRESETS, after the dial (e.g. `num_train_ids=5, workers=1`). Same seed,
+    same bytes.
     """
     from tqdm import tqdm
 
-    params = preset_params(preset, **overrides)
+    params = preset_params(preset, occlusion, **overrides)
+    level, r = occlusion_level(occlusion)
     out = Path(out)
     _prepare_out(out)
     start = time.perf_counter()
@@ -314,12 +395,14 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
     # `workers` changes the speed, never the bytes: left out so meta.json is identical too
     params_json = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items() if k != "workers"}
     meta = {
-        "name": f"synthetic-{preset}" + (f"-seed{seed}" if seed else ""),
+        "name": (f"synthetic-{preset}" + (f"-occl-{level}" if level != "default" else "")
+                 + (f"-seed{seed}" if seed else "")),
         "source": "synthetic",
         "protocol": "mars",
         "frame_size": [params["height"], params["width"]],
         "excluded": [],
-        "generator": {"preset": preset, "seed": seed, "version": GENERATOR_VERSION, "params": params_json},
+        "generator": {"preset": preset, "seed": seed, "version": GENERATOR_VERSION,
+                      "occlusion": {"level": level, "r": r}, "params": params_json},
         "notes": ("Procedurally rendered; frames are half MARS's 256x128 and tracklets shorter than "
                   "MARS's (~59 frames on average). visibility = visible target pixels / all target "
                   "pixels (pixel masks); occlusion labels: " + "|".join(LABELS) + "; blur = Gaussian "
@@ -339,6 +422,6 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
     write_manifest(out, rows, [split], meta, check_files=True)
     if progress:
         elapsed = time.perf_counter() - start
-        print(f"synthetic {preset} (seed {seed}): {len(rows)} tracklets, "
+        print(f"synthetic {preset} (seed {seed}, occlusion {level}): {len(rows)} tracklets, "
               f"{sum(len(r['frames']) for r in rows)} frames in {elapsed:.1f} s -> {out}")
     return out

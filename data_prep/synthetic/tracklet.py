@@ -3,8 +3,9 @@
 Per frame: gait phase (legs/arms swing, body bobs), background panning (the box follows the
 walker), detector jitter (a smooth random walk of box offset and scale), and events drawn once
 per tracklet: an occluder passing in front (a scene object or another person), a few frames of
-bad crops (the box slips off the body), blurred frames. Each frame gets its measured
-visibility (render.compose_frame) and one label:
+bad crops (the box slips off the body), blurred frames; how often and how badly is set by the
+`p_*`, `*_len`, `occluder_*` and `blur_radius` parameters (the occlusion dial, generate.py).
+Each frame gets its measured visibility (render.compose_frame) and one label:
 
     none | object | person | blur | crop
 
@@ -111,28 +112,30 @@ def _person(plan, ident: Identity, cam: Camera, params: dict, rng) -> list[Rende
     # events
     occ_frames, occ = range(0), None
     if n >= 3 and rng.random() < params["p_occlusion"]:
-        occ_frames = _window(rng, n, (0.3, 0.7))
+        occ_frames = _window(rng, n, params["occlusion_len"])
         kind = "object" if rng.random() < 0.6 else "person"
         sweep = -facing if rng.random() < 0.8 else facing   # static things drift against the walk
         # the occluder crosses the body centre mid-event, at a walking-speed drift
-        speed = rng.uniform(2.5, 6.0) * sweep
+        speed = rng.uniform(*params["occluder_speed"]) * sweep
         mid = occ_frames.start + (len(occ_frames) - 1) / 2
         xs = W / 2 + rng.normal(0, 0.08 * W) + speed * (np.arange(len(occ_frames)) + occ_frames.start - mid)
         if kind == "object":
             obj = str(rng.choice(OBJECTS, p=[0.45, 0.35, 0.2]))
             color = tuple(int(c) for c in rng.uniform(30, 220, size=3))
-            occ = _Occluder("object", xs, obj=obj, color=color, size=float(rng.uniform(0, 1)))
+            size = float(rng.uniform(*params["occluder_size"]))
+            occ = _Occluder("object", xs, obj=obj, color=color, size=size)
         else:
-            occ = _Occluder("person", xs + MARGIN, other=sample_identity(rng),
-                            scale=float(rng.uniform(1.0, 1.12)), facing=int(rng.choice([-1, 1])))
+            other = sample_identity(rng)
+            scale = float(rng.uniform(*params["occluder_scale"]))
+            occ = _Occluder("person", xs + MARGIN, other=other, scale=scale, facing=int(rng.choice([-1, 1])))
     crop_frames, crop_shift = range(0), (0.0, 0.0)
     if n >= 3 and rng.random() < params["p_crop"]:
-        crop_frames = _window(rng, n, (0.05, 0.25), min_len=1)
+        crop_frames = _window(rng, n, params["crop_len"], min_len=1)
         if rng.random() < 0.6:
             crop_shift = (float(rng.choice([-1, 1]) * rng.uniform(0.35, 0.6) * W), 0.0)
         else:
             crop_shift = (0.0, float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.35) * H))
-    blur = np.where(rng.random(n) < params["p_blur"], rng.uniform(1.2, 2.5, size=n), 0.0)
+    blur = np.where(rng.random(n) < params["p_blur"], rng.uniform(*params["blur_radius"], size=n), 0.0)
 
     frames = []
     for t in range(n):
