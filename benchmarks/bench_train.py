@@ -59,7 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 50 on CUDA)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (default 1 on CPU, 10 on CUDA; more with --compile)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    ap.add_argument("--no-amp", action="store_true", help="float32 instead of bf16 autocast (CUDA)")
+    ap.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                    help="bf16 autocast: auto (CUDA, or a CPU with native bf16), bf16 (force) or off (fp32)")
+    ap.add_argument("--no-amp", action="store_true", help="same as --amp off")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("overrides", nargs="*", help="config overrides section.key=value")
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     cuda = args.device == "cuda"
     config_path = args.config or ROOT / "configs" / ("default.yaml" if cuda else "cpu.yaml")
     overrides = [f"model.variant={args.variant}", f"train.device={args.device}", "train.progress=false",
-                 f"train.compile={args.compile}", f"train.amp={not args.no_amp}",
+                 f"train.compile={args.compile}", f"train.amp={'off' if args.no_amp else args.amp}",
                  f"train.channels_last={not args.no_channels_last}"]
     if cuda:
         overrides += ["train.gpu_cache=always", "train.warmup=0"]

@@ -37,7 +37,7 @@ from PIL import Image
 
 __all__ = [
     "MEAN", "STD", "ManifestError", "Tracklet", "Split", "Manifest", "load_manifest",
-    "decode_frame", "FrameCache", "train_frame_indices", "test_frame_indices", "PKSampler",
+    "decode_frame", "erase_frames", "FrameCache", "train_frame_indices", "test_frame_indices", "PKSampler",
     "normalize_clips", "denormalize_clips", "ClipBatch", "TrainClipLoader", "iter_test_clips",
     "num_test_clips", "even_clip",
 ]
@@ -697,6 +697,36 @@ def normalize_clips(clips: torch.Tensor, mirror: torch.Tensor | None = None,
     return x if x.dtype == dtype else x.to(dtype)
 
 
+def erase_frames(clips: torch.Tensor, rng: np.random.Generator, p: float,
+                 area: tuple[float, float] = (0.3, 0.7)) -> tuple[torch.Tensor, np.ndarray]:
+    """Frame-level random erasing: occlude whole frames of a clip batch, as a passer-by would.
+
+    Each frame of uint8 ``clips`` (N, T, H, W, 3) is chosen with probability ``p``; a rectangle
+    covering ``area`` (a fraction drawn uniformly) of it, of random aspect ratio, is replaced by
+    the same rectangle of a random frame of *another* clip in the batch (another person or
+    another background). Random erasing (Zhong et al., 2020) is usually applied to every image;
+    here it hits single frames of a clip, so the clip's other frames stay clean and a temporal
+    model can learn that some frames are less trustworthy than others. Reads no label: which
+    frames of the *data* are occluded is never known to training. Returns the new clips (the
+    input is not modified) and the (N, T) bool mask of erased frames. Deterministic for ``rng``.
+    """
+    N, T, H, W, _ = clips.shape
+    hit = rng.random((N, T)) < p
+    if N < 2 or not hit.any():  # one clip has no other clip to take an occluder from
+        return clips, np.zeros((N, T), bool)
+    out = clips.clone()
+    for n, t in zip(*np.nonzero(hit)):
+        frac = rng.uniform(*area)
+        aspect = float(np.exp(rng.uniform(np.log(0.3), np.log(3.3))))  # height / width
+        h = int(min(H, max(1, round(np.sqrt(frac * H * W * aspect)))))
+        w = int(min(W, max(1, round(np.sqrt(frac * H * W / aspect)))))
+        y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        src = int(rng.integers(0, N - 1))
+        src += src >= n  # another clip
+        out[n, t, y:y + h, x:x + w] = clips[src, int(rng.integers(0, T)), y:y + h, x:x + w]
+    return out, hit
+
+
 def denormalize_clips(clips: torch.Tensor) -> torch.Tensor:
     """Inverse of ``normalize_clips`` (no un-mirroring): float (..., 3, H, W) -> float RGB in [0, 1]."""
     shape = [1] * (clips.dim() - 3) + [3, 1, 1]
@@ -751,8 +781,9 @@ class TrainClipLoader:
     """Training batches (``ClipBatch``) for split ``split``: P identities x K tracklets x T frames.
 
     Per step: ``PKSampler`` picks tracklets, ``train_frame_indices`` picks T sorted random frames
-    in each, the frames are gathered from the cache, then normalised and (with ``mirror``)
-    flipped with probability 1/2 per clip, on ``device``. With a CUDA device the whole uint8
+    in each, the frames are gathered from the cache, ``frame_erasing`` > 0 occludes single frames
+    (``erase_frames``), then they are normalised and (with ``mirror``) flipped with probability
+    1/2 per clip, on ``device``. With a CUDA device the whole uint8
     cache is made resident on the GPU by default (``resident=True``; MARS at 256x128 is 50 GB),
     so a step moves only indices; with ``resident=False`` the gather happens on the CPU and only
     the batch's uint8 frames cross to the GPU.
@@ -764,12 +795,15 @@ class TrainClipLoader:
     def __init__(self, manifest: Manifest, cache: FrameCache, split: int = 0, P: int = 8, K: int = 4,
                  T: int = 6, steps_per_epoch: int | None = None, seed: int = 0, device="cpu",
                  mirror: bool = True, rank: int = 0, world_size: int = 1, resident: bool | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, frame_erasing: float = 0.0):
         if len(cache.offsets) != len(manifest.tracklets):
             raise ValueError(f"cache has {len(cache.offsets)} tracklets, manifest {len(manifest.tracklets)}")
         self.manifest, self.cache, self.T = manifest, cache, T
         self.device = torch.device(device)
         self.mirror, self.seed, self.rank, self.dtype = mirror, seed, rank, dtype
+        if not 0.0 <= frame_erasing <= 1.0:
+            raise ValueError(f"frame_erasing must be a probability in [0, 1], got {frame_erasing}")
+        self.frame_erasing = frame_erasing
         train_pos = manifest.positions(manifest.split(split).train)
         self.sampler = PKSampler(manifest.pids[train_pos], P, K, seed=seed, rank=rank,
                                  world_size=world_size, positions=train_pos,
@@ -791,11 +825,14 @@ class TrainClipLoader:
         epoch = self.epoch
         self.sampler.set_epoch(epoch)
         rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
+        erase_rng = np.random.default_rng([self.seed, epoch, self.rank, 2])
         m = self.manifest
         for positions in self.sampler:
             frame_idx = np.stack([train_frame_indices(int(m.lengths[p]), self.T, rng) for p in positions])
             flips = rng.random(len(positions)) < 0.5 if self.mirror else np.zeros(len(positions), bool)
             raw = self.cache.gather(self.cache.rows(positions, frame_idx), self.device)
+            if self.frame_erasing > 0:  # its own stream: the clips drawn do not depend on it
+                raw = erase_frames(raw, erase_rng, self.frame_erasing)[0]
             mirrored = torch.from_numpy(flips)
             clips = normalize_clips(raw, mirrored, self.dtype)  # flags stay on the CPU: no sync
             vis = _visibility(m, positions, frame_idx)

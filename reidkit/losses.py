@@ -21,8 +21,12 @@ def _unit_distances(features: torch.Tensor) -> torch.Tensor:
     return sq.sqrt()  # the clamp keeps sqrt's gradient finite on the diagonal
 
 
-def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3) -> torch.Tensor:
     """mean over anchors a of max(0, margin + max_p d(a, p) − min_n d(a, n)) on normalised features.
+
+    ``margin=None`` is the soft-margin form log(1 + exp(max_p d(a, p) − min_n d(a, n)))
+    (Hermans et al., 2017): never exactly 0, so a triplet that already satisfies a margin keeps
+    pulling its positive in and pushing its negative away, with a weight that decays smoothly.
 
     p ranges over the other samples with the anchor's pid, n over samples with another pid.
     Anchors with no positive or no negative in the batch are left out; if none is left the loss
@@ -38,7 +42,9 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
         return features.sum() * 0.0
     hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(1)
     hardest_neg = dist.masked_fill(~neg, float("inf")).amin(1)
-    return F.relu(margin + hardest_pos - hardest_neg)[valid].mean()
+    gap = hardest_pos - hardest_neg
+    per_anchor = F.softplus(gap) if margin is None else F.relu(margin + gap)
+    return per_anchor[valid].mean()
 
 
 @torch.no_grad()

@@ -32,7 +32,8 @@ def test_overrides_are_typed():
         "model.variant=cnn_srm", "data.dataset=some/dir", "train.grad_clip=none", "model.dropout=0",
         "data.cache_dir=123"])
     assert c.train.lr == 1e-3 and isinstance(c.train.lr, float)  # YAML reads "1e-3" as a string
-    assert c.train.epochs == 5 and c.train.amp is True
+    assert c.train.epochs == 5 and c.train.amp == "auto"  # the former bool: true = auto, false = off
+    assert Config.from_dict({"train": {"amp": False}}).train.amp == "off"
     assert c.train.steps_per_epoch is None and c.train.grad_clip is None
     assert c.variant == "cnn_srm" and c.data.dataset == "some/dir"
     assert c.model.dropout == 0.0 and isinstance(c.model.dropout, float)
@@ -42,7 +43,9 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "train.lr: expected float, got 'abc'"),
     ("train.epochs=1.5", "train.epochs: expected int, got '1.5'"),
-    ("train.amp=maybe", "train.amp: expected bool (true/false), got 'maybe'"),
+    ("train.amp=maybe", "train.amp: expected one of auto, bf16, off, got 'maybe'"),
+    ("train.frame_erasing=1.5", "train.frame_erasing: expected a probability in [0, 1], got 1.5"),
+    ("train.margin=-1", "train.margin: expected a non-negative float or null"),
     ("train.optimizer=rmsprop", "train.optimizer: expected one of sgd, adam, got 'rmsprop'"),
     ("model.variant=cnn_lstm", "model.variant: expected one of cnn, cnn_rnn, cnn_tam, cnn_diff, cnn_srm, all"),
     ("train.learning_rate=0.1", "unknown config key 'train.learning_rate'"),

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from reidkit.data import (
-    MEAN, STD, FrameCache, Manifest, ManifestError, PKSampler, TrainClipLoader, decode_frame,
+    MEAN, STD, FrameCache, erase_frames, Manifest, ManifestError, PKSampler, TrainClipLoader, decode_frame,
     denormalize_clips, even_clip, iter_test_clips, normalize_clips, num_test_clips,
     test_frame_indices, train_frame_indices,
 )
@@ -324,6 +324,39 @@ def test_train_loader_batches(dataset):
     assert not torch.equal(epoch1, torch.cat([b.frame_idx for b in batches]))
     moved = batches[0].to("cpu")
     assert torch.equal(moved.pids, batches[0].pids)
+
+
+def test_erase_frames_occludes_single_frames_with_another_clips_pixels():
+    rng = np.random.default_rng(0)
+    clips = torch.from_numpy(np.stack([np.full((6, 16, 8, 3), 10 * (n + 1), np.uint8) for n in range(4)]))
+    out, hit = erase_frames(clips, np.random.default_rng(1), p=0.5)
+    assert hit.shape == (4, 6) and 0 < hit.sum() < 24
+    assert torch.equal(clips[:, :, 0, 0, 0], torch.tensor([[10] * 6, [20] * 6, [30] * 6, [40] * 6], dtype=torch.uint8))
+    for n in range(4):
+        for t in range(6):
+            changed = out[n, t] != clips[n, t]
+            if not hit[n, t]:
+                assert not changed.any()  # untouched frames stay bit-identical
+                continue
+            frac = changed.any(-1).float().mean().item()
+            assert 0.15 < frac <= 0.75, frac  # 30-70 % of the frame (rounded to whole pixels)
+            assert set(out[n, t][changed].unique().tolist()) <= {10, 20, 30, 40} - {10 * (n + 1)}
+    again, hit_again = erase_frames(clips, np.random.default_rng(1), p=0.5)
+    assert torch.equal(again, out) and (hit_again == hit).all()  # deterministic for the rng
+    none, no_hit = erase_frames(clips, rng, p=0.0)
+    assert none is clips and not no_hit.any()
+    many = erase_frames(torch.zeros(200, 6, 16, 8, 3, dtype=torch.uint8), np.random.default_rng(2), p=0.15)[1]
+    assert abs(many.mean() - 0.15) < 0.02
+
+
+def test_train_loader_frame_erasing_changes_only_pixels(dataset):
+    m, cache = dataset
+    plain = next(iter(TrainClipLoader(m, cache, P=2, K=3, T=5, seed=7)))
+    erased = next(iter(TrainClipLoader(m, cache, P=2, K=3, T=5, seed=7, frame_erasing=0.5)))
+    assert torch.equal(plain.frame_idx, erased.frame_idx) and torch.equal(plain.mirrored, erased.mirrored)
+    assert not torch.equal(plain.clips, erased.clips)
+    with pytest.raises(ValueError, match="frame_erasing must be a probability"):
+        TrainClipLoader(m, cache, P=2, K=3, T=5, frame_erasing=2.0)
 
 
 def test_iter_test_clips_covers_all_frames_in_chunks(dataset):

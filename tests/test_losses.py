@@ -34,6 +34,27 @@ def test_batch_hard_triplet_matches_brute_force():
             assert math.isclose(got.item(), _triplet_reference(feats, pids, margin), rel_tol=1e-5, abs_tol=1e-6)
 
 
+def test_soft_margin_triplet_matches_brute_force_and_never_stops_pulling():
+    torch.manual_seed(3)
+    pids = [1, 1, 2, 2, 3, 3]
+    feats = torch.randn(len(pids), 5)
+    x = torch.nn.functional.normalize(feats, dim=1)
+    dist = torch.cdist(x.double(), x.double())
+    expected = []
+    for a, pa in enumerate(pids):
+        pos = max(dist[a, p] for p, pp in enumerate(pids) if pp == pa and p != a)
+        neg = min(dist[a, n] for n, pn in enumerate(pids) if pn != pa)
+        expected.append(math.log1p(math.exp(pos - neg)))
+    got = batch_hard_triplet(feats, torch.tensor(pids), margin=None)
+    assert math.isclose(got.item(), sum(expected) / len(expected), rel_tol=1e-5)
+    # far-apart identities: the hard margin is exactly 0 (no gradient), the soft one still pulls
+    easy = torch.tensor([[1.0, 0, 0], [0.99, 0.1, 0], [0, 1.0, 0], [0, 0.99, 0.1]], requires_grad=True)
+    ids = torch.tensor([1, 1, 2, 2])
+    assert batch_hard_triplet(easy, ids, margin=0.3).item() == 0.0
+    batch_hard_triplet(easy, ids, margin=None).backward()
+    assert easy.grad.abs().sum() > 0
+
+
 def test_triplet_is_scale_invariant_and_differentiable():
     torch.manual_seed(1)
     feats = torch.randn(6, 4, requires_grad=True)

@@ -229,3 +229,50 @@ def test_eval_every_adds_metrics_to_history(tiny, tmp_path):
     assert trainer.model.training  # evaluation restores the training mode
     with open(tmp_path / "ev" / "history.csv") as f:
         assert "mAP" in next(csv.DictReader(f))
+
+
+def test_training_never_reads_the_ground_truth_columns(tmp_path):
+    """Visibility, occlusion and blur labels measure; they never train (issue 9's rule).
+
+    The same synthetic data with and without those columns in tracklets.csv, the same seed:
+    every weight and buffer of ``all`` (attention, SRM, BatchNorm statistics) is bit-identical
+    after training with frame erasing on. One thread, so the comparison is exact.
+    """
+    import os
+    import shutil
+
+    from data_prep.synthetic import generate
+    from reidkit.data import Manifest
+
+    full = tmp_path / "with_labels"
+    generate(full, preset="tiny", seed=0, progress=False, workers=1)
+    bare = tmp_path / "without_labels"
+    bare.mkdir()
+    for name in ("splits.json", "meta.json"):
+        shutil.copy(full / name, bare / name)
+    os.symlink(full / "bbox", bare / "bbox")
+    with open(full / "tracklets.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [k for k in rows[0] if k not in ("visibility", "occlusion", "blur")]
+    with open(bare / "tracklets.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=kept, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert Manifest.load(full).has_visibility and not Manifest.load(bare).has_visibility
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        states = []
+        for root in (full, bare):
+            config = tiny_config(root, tmp_path / f"run_{root.name}", "model.variant=all", "train.epochs=1",
+                                 "train.steps_per_epoch=3", "train.frame_erasing=0.3", "train.margin=null",
+                                 "train.optimizer=adam", "train.lr=1e-3")
+            trainer = Trainer(config)
+            trainer.fit()
+            states.append(weights(trainer.model))
+    finally:
+        torch.set_num_threads(threads)
+    assert states[0].keys() == states[1].keys()
+    differing = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
+    assert not differing, f"weights depend on the ground-truth columns: {differing[:5]}"
