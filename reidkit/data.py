@@ -698,7 +698,8 @@ def normalize_clips(clips: torch.Tensor, mirror: torch.Tensor | None = None,
 
 
 def erase_frames(clips: torch.Tensor, rng: np.random.Generator, p: float,
-                 area: tuple[float, float] = (0.3, 0.7)) -> tuple[torch.Tensor, np.ndarray]:
+                 area: tuple[float, float] = (0.3, 0.7), frames: np.ndarray | None = None
+                 ) -> tuple[torch.Tensor, np.ndarray]:
     """Frame-level random erasing: occlude whole frames of a clip batch, as a passer-by would.
 
     Each frame of uint8 ``clips`` (N, T, H, W, 3) is chosen with probability ``p``; a rectangle
@@ -709,9 +710,12 @@ def erase_frames(clips: torch.Tensor, rng: np.random.Generator, p: float,
     model can learn that some frames are less trustworthy than others. Reads no label: which
     frames of the *data* are occluded is never known to training. Returns the new clips (the
     input is not modified) and the (N, T) bool mask of erased frames. Deterministic for ``rng``.
+    ``frames`` (bool (N, T)) chooses the frames instead of ``p`` (the attention lesson's probe).
     """
     N, T, H, W, _ = clips.shape
-    hit = rng.random((N, T)) < p
+    hit = rng.random((N, T)) < p if frames is None else np.asarray(frames, bool).copy()
+    if hit.shape != (N, T):
+        raise ValueError(f"frames must be a ({N}, {T}) mask, got shape {hit.shape}")
     if N < 2 or not hit.any():  # one clip has no other clip to take an occluder from
         return clips, np.zeros((N, T), bool)
     out = clips.clone()

@@ -58,19 +58,33 @@ PROFILES: dict[str, dict[str, dict]] = {
         "02_training": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=2"]},
         "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=1"],
                          "baselines": ["cnn"]},
-        "04_temporal_attention": {"max_tracklets": 32},
+        "04_temporal_attention": {"max_tracklets": 32, "probe_clips": 8, "dose_response": "skip"},
         "05_srm_difference_maps": {"ig_steps": 4},
         "06_retrieval_report": {},
     },
-    # <= 15 minutes on 2 CPU cores: the CPU-sized model (configs/cpu.yaml) on the small
-    # synthetic benchmark; long enough that attention and ranking move away from chance.
+    # <= 15 minutes on 2 CPU cores: the CPU-sized model (configs/cpu.yaml, bf16 + channels_last
+    # where the CPU has native bf16) on the small synthetic benchmark.
     "default": {
         "*": {"profile": "default", "seed": 0},
         "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
-        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=25"]},
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=2", "train.steps_per_epoch=40"],
+        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=50"]},
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=4", "train.steps_per_epoch=40"],
                          "baselines": ["cnn"]},
-        "04_temporal_attention": {"max_tracklets": 300},
+        "04_temporal_attention": {"max_tracklets": 300, "probe_clips": 120, "dose_response": "show"},
+        "05_srm_difference_maps": {"ig_steps": 16},
+        "06_retrieval_report": {},
+    },
+    # The default profile plus the attention lesson's dose-response study: CNN and CNN+TAM
+    # trained at three occlusion levels (six more training runs; see the README for its time).
+    "full": {
+        "*": {"profile": "full", "seed": 0},
+        "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
+        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=50"]},
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=4", "train.steps_per_epoch=40"],
+                         "baselines": ["cnn"]},
+        "04_temporal_attention": {"max_tracklets": 300, "probe_clips": 120, "dose_response": "run",
+                                  "dose_config_file": "configs/cpu.yaml",
+                                  "dose_overrides": ["train.epochs=8", "train.steps_per_epoch=50"]},
         "05_srm_difference_maps": {"ig_steps": 16},
         "06_retrieval_report": {},
     },
@@ -80,7 +94,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "01_data_preparation": {"config_file": "configs/default.yaml", "synthetic_preset": ""},
         "02_training": {"config_file": "configs/default.yaml", "overrides": []},
         "03_ablations": {"config_file": "configs/default.yaml", "overrides": ["train.epochs=30"]},
-        "04_temporal_attention": {"max_tracklets": 2000},
+        "04_temporal_attention": {"max_tracklets": 2000, "dose_response": "skip"},
         "05_srm_difference_maps": {"ig_steps": 32},
         "06_retrieval_report": {},
     },
@@ -348,7 +362,7 @@ def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
     extra = {
         "02_training": {"work_dir": str(work), "run_dir": run_dir},
         "03_ablations": {"ablation_dir": str(work / "ablation")},
-        "04_temporal_attention": {"run_dir": run_dir},
+        "04_temporal_attention": {"run_dir": run_dir, "work_dir": str(work)},
         "05_srm_difference_maps": {"run_dir": run_dir},
         "06_retrieval_report": {"work_dir": str(work), "run_dir": run_dir, "report_dir": str(out_dir)},
     }
@@ -362,8 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="reidkit report",
         description="Execute the lesson notebooks (papermill) and write an HTML report.")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="default",
-                    help="smoke: ~1 min check; default: ≤15 min on 2 CPU cores (synthetic); "
-                         "paper: 227×227 CaffeNet on --dataset (long)")
+                    help="smoke: ~1 min check; default: ≤15 min on 2 CPU cores (synthetic); full: default "
+                         "+ the attention dose-response study; paper: 227×227 CaffeNet on --dataset (long)")
     ap.add_argument("--dataset", help="dataset folder with a manifest (default: generate the "
                                       "synthetic benchmark under <out>/work/dataset)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -22,6 +22,7 @@ after the current epoch::
 
     on_step_end(trainer, step, logs)    every ``train.log_every`` steps (and at each epoch's
                                          last step); logs = mean of loss, triplet, bce, grad_norm
+                                         (+ attention_entropy, attention_grad_norm with the TAM)
                                          over those steps + lr, frames_per_s, epoch
     on_epoch_end(trainer, epoch, logs)  after the epoch's checkpoint is written; logs = the
                                          epoch's history row (+ eval metrics when evaluated)
@@ -61,12 +62,15 @@ from torch import nn
 from reidkit.checkpoint import load_checkpoint, save_checkpoint
 from reidkit.config import Config
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
-from reidkit.models import ModelConfig, build_model
+from reidkit.models import ModelConfig, TemporalAttention, build_model
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingObjective", "cpu_has_native_bf16", "load_model", "resolve_device",
            "seed_everything", "use_amp"]
 
 TERMS = ("loss", "triplet", "bce", "grad_norm")  # what a step reports (device tensors until a sync)
+# and, for models with the TAM, how the attention trains: the mean normalised entropy H(ω_t)/log T
+# of the batch's weights (1 = uniform) and the gradient norm reaching the attention sub-net (U, V, W, w)
+ATTENTION_TERMS = ("attention_entropy", "attention_grad_norm")
 
 
 class TrainingDiverged(RuntimeError):
@@ -127,7 +131,8 @@ class TrainingObjective(nn.Module):
         self.generator = torch.Generator()  # pair subsampling in mine_pairs (CPU generator)
 
     def forward(self, clips: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
-        """Returns a (3,) tensor: total loss, triplet term, BCE term (0 for an absent branch)."""
+        """Returns a (3,) tensor: total loss, triplet term, BCE term (0 for an absent branch),
+        and a 4th element, the normalised entropy of ω (detached), for models with the TAM."""
         out = self.model(clips)
         zero = out.features.new_zeros((), dtype=torch.float32)
         triplet = bce = zero
@@ -139,7 +144,13 @@ class TrainingObjective(nn.Module):
             logits = self.model.metric(out.pool5[idx_a], out.pool5[idx_b])
             bce = pair_bce(logits, labels)
         loss = self.triplet_weight * triplet + self.bce_weight * bce
-        return torch.stack([loss, triplet.float(), bce.float()])
+        terms = [loss, triplet.float(), bce.float()]
+        if out.attention is not None:
+            w = out.attention.detach().float()
+            t_len = w.shape[-1]
+            entropy = -(w * w.clamp_min(1e-12).log()).sum(-1).mean() / math.log(t_len) if t_len > 1 else zero + 1
+            terms.append(entropy)
+        return torch.stack(terms)
 
 
 def _call(callbacks, name, *args):
@@ -229,6 +240,9 @@ class Trainer:
         seed_everything(t.seed)
         self.model = build_model(config.variant, config=ModelConfig.from_dict(asdict(config.model)))
         self.model.to(self.device)
+        tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
+        self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
+        self.terms = TERMS + (ATTENTION_TERMS if tam is not None else ())
         if t.channels_last:  # NHWC convolutions and pooling: faster on CUDA and in oneDNN on CPU
             self.model.to(memory_format=torch.channels_last)
         self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight,
@@ -308,7 +322,7 @@ class Trainer:
         for epoch in range(self.epoch + 1, t.epochs + 1):
             self.loader.set_epoch(epoch)
             self.objective.train()
-            window, sums, count = [], torch.zeros(len(TERMS), dtype=torch.float64), 0
+            window, sums, count = [], torch.zeros(len(self.terms), dtype=torch.float64), 0
             bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}",
                        disable=not (self.is_main and t.progress), leave=False)
             tick = epoch_start = time.perf_counter()
@@ -318,7 +332,7 @@ class Trainer:
                 if len(window) == t.log_every or i == self.steps_per_epoch - 1:
                     values = self._sync(window, epoch)  # (len(window), 4) floats, checked finite
                     now = time.perf_counter()
-                    logs = dict(zip(TERMS, values.mean(0).tolist()))
+                    logs = dict(zip(self.terms, values.mean(0).tolist()))
                     logs.update(lr=lr, epoch=epoch, frames_per_s=frames_per_step * len(window) / (now - tick))
                     sums += values.sum(0)
                     count += len(window)
@@ -328,7 +342,7 @@ class Trainer:
                     _call(self.callbacks, "on_step_end", self, self.step, logs)
             bar.close()
             self._sync_buffers()
-            row = {"epoch": epoch, "step": self.step, **dict(zip(TERMS, (sums / count).tolist())), "lr": lr,
+            row = {"epoch": epoch, "step": self.step, **dict(zip(self.terms, (sums / count).tolist())), "lr": lr,
                    "frames_per_s": frames_per_step * count / (time.perf_counter() - epoch_start)}
             if t.eval_every and epoch % t.eval_every == 0:
                 row.update(self.evaluate())
@@ -354,11 +368,18 @@ class Trainer:
             terms = self.step_fn(batch.clips, batch.pids, batch.camids)
         self.optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
+        extra = []
+        if self._attention_params:  # before clipping: what the loss sends to the attention sub-net
+            grads = [p.grad for p in self._attention_params if p.grad is not None]
+            extra = [torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).float().view(1)
+                     if grads else terms.new_zeros(1, dtype=torch.float32)]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), t.grad_clip if t.grad_clip is not None else float("inf"))
         self.optimizer.step()
         self.step += 1
-        return torch.cat([terms.detach().float(), grad_norm.detach().float().view(1)])
+        values = terms.detach().float()
+        # order of self.terms: loss, triplet, bce, grad_norm[, attention_entropy, attention_grad_norm]
+        return torch.cat([values[:3], grad_norm.detach().float().view(1), values[3:], *extra])
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's buffers (BatchNorm running statistics).
@@ -383,13 +404,13 @@ class Trainer:
         if bad.any():
             row = int(bad.any(1).nonzero()[0])
             step = self.step - len(window) + row + 1
-            names = [TERMS[j] for j in range(len(TERMS)) if bad[row, j]]
+            names = [self.terms[j] for j in range(len(self.terms)) if bad[row, j]]
             terms = [n for n in names if n != "loss"] or names
             last = self.out_dir / "last.pt"
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
             raise TrainingDiverged(
                 f"training diverged at step {step} (epoch {epoch}): non-finite {', '.join(terms)} "
-                f"({', '.join(f'{n}={values[row, TERMS.index(n)].item()}' for n in names)}); {kept}. "
+                f"({', '.join(f'{n}={values[row, self.terms.index(n)].item()}' for n in names)}); {kept}. "
                 f"Try a lower train.lr (now {self.config.train.lr}) or train.grad_clip.")
         return values
 

@@ -51,6 +51,9 @@ __all__ = [
     "retrieval_grid",
     "retrieval_rows",
     "training_curves",
+    "attention_training",
+    "occlusion_probe_plot",
+    "dose_response_plot",
     "length_histogram",
     "spread_of_attention",
     "attribution_figure",
@@ -769,4 +772,78 @@ def attribution_figure(frames, attributions: Mapping, title: str | None = None, 
     bar_ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     sns.despine(ax=bar_ax)
     fig.suptitle(title or "Attribution of the pair score to the frames of clip a")
+    return fig
+
+
+@_styled
+def attention_training(steps: Sequence[Mapping], title: str | None = None) -> Figure:
+    """How the TAM trained: triplet loss, entropy of ω (1 = uniform) and the gradient norm
+    reaching the attention sub-net, against the optimiser step (``history.json``'s ``steps``)."""
+    rows = [r for r in steps if "attention_entropy" in r]
+    if not rows:
+        raise ValueError("no attention_entropy in the step history: the run has no TAM, or predates the logging")
+    x = [r["step"] for r in rows]
+    fig = _figure(figsize=(10, 3), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, key, label in zip(axes, ("triplet", "attention_entropy", "attention_grad_norm"),
+                              ("triplet loss", "entropy of ω / log T", "‖∇ attention sub-net‖")):
+        ax.plot(x, [r[key] for r in rows], marker="o", ms=2)
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        sns.despine(ax=ax)
+    axes[2].set_yscale("log")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@_styled
+def occlusion_probe_plot(probe: Mapping, T: int, title: str | None = None) -> Figure:
+    """The controlled probe: relative weight T·ω̄ of the occluded and of the untouched frames
+    against the number k of occluded frames, one panel per kind of occlusion (1 = uniform)."""
+    kinds = list(probe)
+    fig = _figure(figsize=(4.2 * len(kinds), 3.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(kinds)))
+    for ax, kind in zip(axes, kinds):
+        ks = sorted(int(k) for k in probe[kind])
+        occ = [probe[kind][k]["occluded"] if k in probe[kind] else probe[kind][str(k)]["occluded"] for k in ks]
+        clean = [probe[kind][k]["clean"] if k in probe[kind] else probe[kind][str(k)]["clean"] for k in ks]
+        ax.plot(ks, [np.nan if v is None else v for v in occ], marker="o", color="#d62728", label="occluded frames")
+        ax.plot(ks, [np.nan if v is None else v for v in clean], marker="o", color="#2ca02c", label="untouched frames")
+        ax.axhline(1.0, color="grey", ls="--", lw=1, label="uniform (1/T each)")
+        ax.set_xticks(ks)
+        ax.set_xlabel(f"frames occluded (of T = {T})")
+        ax.set_ylabel("relative weight T·ω̄")
+        ax.set_title(f"{kind}")
+        ax.grid(alpha=0.3)
+        sns.despine(ax=ax)
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@_styled
+def dose_response_plot(rows: Sequence[Mapping], title: str | None = None) -> Figure:
+    """Rank-1 of each method and the TAM's ρ(T·ω̄, visibility) against the occlusion level."""
+    levels = list(dict.fromkeys(r["occlusion"] for r in rows))
+    fig = _figure(figsize=(9, 3.2), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        y = [next((r["rank1"] for r in rows if r["method"] == method and r["occlusion"] == lv), np.nan) for lv in levels]
+        ax1.plot(levels, y, marker="o", label=method)
+        rho = [next((r.get("spearman_rho", np.nan) for r in rows if r["method"] == method and r["occlusion"] == lv),
+                    np.nan) for lv in levels]
+        if np.isfinite(np.asarray(rho, float)).any():
+            ax2.plot(levels, rho, marker="o", label=method)
+    ax1.set_ylabel("rank-1 (%)")
+    ax2.set_ylabel("Spearman ρ(T·ω̄, visibility)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("occlusion level of the synthetic benchmark")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        sns.despine(ax=ax)
+    if title:
+        fig.suptitle(title)
     return fig

@@ -309,7 +309,9 @@ def test_norm_choices_change_the_layers_not_the_shapes():
     x = torch.randn(2, 3, 128, 64)
     lrn, bn = CaffeNet(ModelConfig.cpu(norm="lrn")).eval(), CaffeNet(ModelConfig.cpu(norm="batch")).eval()
     assert isinstance(lrn.norm, nn.LocalResponseNorm) and lrn.bn is None
-    assert isinstance(bn.norm, nn.Identity) and sorted(bn.bn) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert isinstance(bn.norm, nn.Identity)
+    assert sorted(bn.bn) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+    assert sorted(CaffeNet(ModelConfig.cpu(norm="batch"), with_fc=False).bn) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert [t.shape for t in lrn(x)] == [t.shape for t in bn(x)]
     with pytest.raises(ValueError, match="unknown norm 'layer'"):
         ModelConfig.cpu(norm="layer")

@@ -98,7 +98,7 @@ class JSTRNN(nn.Module):
         self.temporal = {
             "avg": lambda: AveragePooling(c.fc_dim),
             "rnn": lambda: RecurrentPooling(c.fc_dim, c.rnn_hidden),
-            "tam": lambda: TemporalAttention(c.fc_dim, c.rnn_hidden, c.attention_dim),
+            "tam": lambda: TemporalAttention(c.fc_dim, c.rnn_hidden, c.attention_dim, c.attention_temperature),
             None: lambda: None,
         }[kind]()
         kind = _METRIC.get(variant)

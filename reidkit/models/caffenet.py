@@ -19,7 +19,9 @@ Two variants (``ModelConfig.cnn``):
 
 And two normalisations (``ModelConfig.norm``): ``"lrn"``, CaffeNet's own (the layers above,
 what ImageNet CaffeNet weights expect), and ``"batch"``: BatchNorm between each convolution
-and its ReLU, no LRN. Trained from scratch, as everything here is (no weights can be
+(and fc6, fc7) and its ReLU, no LRN. Without it on fc6/fc7, fc7 grew to ~5× its usual norm in
+50 steps on the heavier-occlusion synthetic data and saturated the TAM's LSTM: every clip got
+the same feature and training stopped (docs/attention.md). Trained from scratch, as everything here is (no weights can be
 downloaded), the LRN network with 0.5 dropout on fc6/fc7 learns little in a few hundred
 steps; BatchNorm and ``fc_dropout=0`` train it (see the README's ablation notes).
 
@@ -135,6 +137,9 @@ class CaffeNet(nn.Module):
             self.fc6 = nn.Linear(in_ch * self.grid[0] * self.grid[1], config.fc_dim)
             self.fc7 = nn.Linear(config.fc_dim, config.fc_dim)
             self.dropout = nn.Dropout(config.fc_dropout)
+            if self.bn is not None:  # fc6/fc7 too: keeps fc7's scale, which the LSTMs take as input
+                self.bn["fc6"] = nn.BatchNorm1d(config.fc_dim)
+                self.bn["fc7"] = nn.BatchNorm1d(config.fc_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -154,6 +159,11 @@ class CaffeNet(nn.Module):
         x = getattr(self, name)(x)
         return F.relu(x if self.bn is None else self.bn[name](x))
 
+    def _fc(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """fc → (BatchNorm) → ReLU."""
+        x = getattr(self, name)(x)
+        return F.relu(x if self.bn is None else self.bn[name](x))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.norm(self.pool(self._conv("conv1", x)))  # CaffeNet: pool, then normalise (LRN)
         x = self.norm(self.pool(self._conv("conv2", x)))
@@ -163,8 +173,8 @@ class CaffeNet(nn.Module):
         if not self.with_fc:
             return pool5, None
         # flatten (not view): pool5 may be channels_last in memory
-        x = self.dropout(F.relu(self.fc6(torch.flatten(pool5, 1))))
-        fc7 = self.dropout(F.relu(self.fc7(x)))
+        x = self.dropout(self._fc("fc6", torch.flatten(pool5, 1)))
+        fc7 = self.dropout(self._fc("fc7", x))
         return pool5, fc7
 
     def load_pretrained(self, path: str | Path) -> None:
@@ -182,7 +192,7 @@ class CaffeNet(nn.Module):
         if not isinstance(state, dict):
             raise PretrainedWeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
         if not self.with_fc:
-            state = {k: v for k, v in state.items() if not k.startswith(("fc6.", "fc7."))}
+            state = {k: v for k, v in state.items() if not k.startswith(("fc6.", "fc7.", "bn.fc6.", "bn.fc7."))}
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

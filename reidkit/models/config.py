@@ -36,6 +36,7 @@ class ModelConfig:
     fc_dim: int = 1024
     rnn_hidden: int = 512
     attention_dim: int = 256
+    attention_temperature: float = 1.0  # ω_t = softmax(e_t / τ); 1 = Eq. 3 as printed
     srm_in: int = 64
     srm_hidden: int = 32
     srm_out: int = 32
@@ -88,6 +89,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
+        if not self.attention_temperature > 0:
+            raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
         if self.lam < 0:
             raise ValueError(f"lam (λ of Eq. 2) must be >= 0, got {self.lam}")
         h, w = self.pool5_grid

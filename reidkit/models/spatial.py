@@ -38,13 +38,16 @@ def sweep(lstm: nn.LSTM, x: torch.Tensor, axis: int, reverse: bool = False) -> t
     The swept axis becomes the sequence axis and all other positions become the batch, so one
     ``nn.LSTM`` call (one cuDNN kernel on GPU) does the whole sweep. ``reverse`` flips the axis
     before and after, which runs the sequence backward and puts each output back at its own
-    position (Fig. 6, right). Returns ``(..., hidden)`` with the input's layout.
+    position (Fig. 6, right). Returns ``(..., hidden)`` with the input's layout, in float32: the
+    LSTM runs with autocast off (torch's CUDA autocast would run cuDNN RNNs in fp16, and bf16
+    rounding compounds over a recurrence; the sweeps are a small part of the cost).
     """
     if reverse:
         x = x.flip(axis)
     moved = x.movedim(axis, -2)  # (..., L, C)
     shape = moved.shape
-    out, _ = lstm(moved.reshape(-1, shape[-2], shape[-1]))
+    with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32, even under bf16 autocast
+        out, _ = lstm(moved.reshape(-1, shape[-2], shape[-1]).float())
     out = out.reshape(*shape[:-1], out.shape[-1]).movedim(-2, axis)
     return out.flip(axis) if reverse else out
 

@@ -35,7 +35,8 @@ class RecurrentPooling(nn.Module):
         self.out_dim = hidden
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, None]:
-        out, _ = self.lstm(f)
+        with torch.autocast(f.device.type, enabled=False):  # fp32 recurrence (see TemporalAttention)
+            out, _ = self.lstm(f.float())
         return out.mean(dim=1), None
 
 
@@ -53,12 +54,15 @@ class TemporalAttention(nn.Module):
     The paper names z_{t-1} without defining it; we take the previous attended input
     z_{t-1} = x̄_{t-1} (so the sub-net knows what it already looked at), with z_0 = the mean of
     the f_i (the unattended summary) and h_0 = c_0 = 0. U f_i does not depend on t, so it is
-    computed once for all frames rather than at every step. ``forward`` returns
+    computed once for all frames rather than at every step. ``temperature`` τ divides the
+    scores before the softmax (τ = 1 is Eq. 3; τ < 1 sharpens ω and scales up the gradient that
+    reaches w, U, V, W — a recipe choice, see ``ModelConfig.attention_temperature``). ``forward`` returns
     ``(F(x) (N, H), ω (N, T, T))`` with ω[:, t, i] = ω_{t,i}; the notebooks plot ω.
     """
 
-    def __init__(self, in_dim: int, hidden: int, attention_dim: int):
+    def __init__(self, in_dim: int, hidden: int, attention_dim: int, temperature: float = 1.0):
         super().__init__()
+        self.temperature = float(temperature)
         self.U = nn.Linear(in_dim, attention_dim)  # its bias is b
         self.V = nn.Linear(hidden, attention_dim, bias=False)
         self.W = nn.Linear(in_dim, attention_dim, bias=False)
@@ -67,6 +71,12 @@ class TemporalAttention(nn.Module):
         self.hidden, self.out_dim = hidden, hidden
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp32 even under bf16 autocast: ω near 1/T differs from uniform by less than bf16's
+        # resolution there (2^-10), and the TAM costs little next to the CNN
+        with torch.autocast(f.device.type, enabled=False):
+            return self._attend(f.float())
+
+    def _attend(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, t_len, _ = f.shape
         uf = self.U(f)  # (N, T, A): once, not per step
         h = f.new_zeros(n, self.hidden)
@@ -75,7 +85,7 @@ class TemporalAttention(nn.Module):
         outputs, weights = [], []
         for _ in range(t_len):  # T is small (6); the loop is the recurrence itself
             e = self.w(torch.tanh(uf + (self.V(h) + self.W(z)).unsqueeze(1))).squeeze(-1)  # (N, T)
-            omega = torch.softmax(e, dim=1)
+            omega = torch.softmax(e / self.temperature if self.temperature != 1.0 else e, dim=1)
             x_bar = torch.bmm(omega.unsqueeze(1), f).squeeze(1)  # Σ_i ω_{t,i} f_i
             h, c = self.cell(x_bar, (h, c))
             outputs.append(h)

@@ -1,0 +1,264 @@
+"""Does the temporal attention (Eq. 3) look past degraded frames? Measurements for lesson 4.
+
+Three tools, all reading ground-truth visibility only to *measure* (training never sees it):
+
+- :func:`visibility_stats` — how the TAM's per-frame weight T·ω̄_i relates to each frame's
+  ground-truth visibility over many clips: Spearman ρ over all frames and over the frames of
+  clips that hold a degraded frame, the mean relative weight of frames below 0.5 visibility
+  (1 = the uniform weight 1/T), the spread and entropy of ω.
+- :func:`occlusion_probe` — the controlled experiment behind the paper's Fig. 1: take clean
+  test clips, occlude k of their T frames (blanked to grey, or covered by a patch of another
+  clip, as ``data.erase_frames`` does), and measure where ω moves.
+- :func:`dose_response` — train CNN (averaging) and CNN+TAM on datasets of increasing
+  occlusion, and report rank-1 and the attention statistics of each (slow: the ``full``
+  report profile). Its JSON records a code fingerprint and the machine, so a lesson can show a
+  stored result only when this code on this machine produced it (:func:`find_result`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+__all__ = ["DEGRADED", "visibility_stats", "clean_positions", "occlusion_probe", "dose_response",
+           "code_fingerprint", "machine_id", "find_result"]
+
+DEGRADED = 0.7  # a clip "holds a degraded frame" when one of its frames is less than 70 % visible
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def visibility_stats(attention, visibility) -> dict:
+    """Attention against visibility for clips of T frames.
+
+    ``attention`` (N, T, T) with rows ω_t; ``visibility`` (N, T). Per frame the relative weight
+    is T·ω̄_i (ω̄_i = mean over the steps t; 1 = uniform). Returns plain floats: ``spearman_rho``
+    (all frames), ``spearman_rho_degraded_clips`` (frames of clips with a frame < ``DEGRADED``),
+    ``relative_weight_visibility_below_0.5`` / ``_above_0.9`` (None without such frames),
+    ``mean_spread`` (max−min of ω_t, averaged), ``mean_entropy`` (H(ω_t)/log T), and counts.
+    """
+    a = np.asarray(attention, np.float64)
+    v = np.asarray(visibility, np.float64)
+    if a.ndim != 3 or a.shape[1] != a.shape[2] or v.shape != a.shape[:2]:
+        raise ValueError(f"expected attention (N, T, T) and visibility (N, T), got {a.shape} and {v.shape}")
+    T = a.shape[-1]
+    rel = a.mean(axis=1) * T
+    ok = np.isfinite(v)
+
+    def rho(mask):
+        x, y = rel[mask], v[mask]
+        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+            return float("nan")
+        return float(sps.spearmanr(x, y)[0])
+
+    degraded_clip = (np.where(ok, v, 1.0) < DEGRADED).any(axis=1)
+    low, high = ok & (v < 0.5), ok & (v > 0.9)
+    p = np.clip(a, 1e-12, None)
+    entropy = -(a * np.log(p)).sum(-1) / np.log(T) if T > 1 else np.ones(a.shape[:2])
+    return {
+        "spearman_rho": rho(ok),
+        "spearman_rho_degraded_clips": rho(ok & degraded_clip[:, None]),
+        "relative_weight_visibility_below_0.5": float(rel[low].mean()) if low.any() else None,
+        "relative_weight_visibility_above_0.9": float(rel[high].mean()) if high.any() else None,
+        "mean_spread": float((a.max(-1) - a.min(-1)).mean()),
+        "mean_entropy": float(entropy.mean()),
+        "num_clips": int(len(a)), "num_degraded_clips": int(degraded_clip.sum()),
+        "num_frames_below_0.5": int(low.sum()), "T": int(T),
+    }
+
+
+def clean_positions(manifest, positions, T: int, min_visibility: float = 0.9) -> np.ndarray:
+    """The tracklets among ``positions`` whose evenly spaced T-frame clip is fully visible."""
+    from .data import test_frame_indices
+
+    keep = []
+    for p in np.asarray(positions, dtype=np.int64):
+        vis = manifest.tracklets[p].visibility
+        if vis is None:
+            raise ValueError(f"tracklet {manifest.tracklets[p].tracklet_id} has no visibility: the probe needs "
+                             f"the synthetic benchmark's ground truth to pick clean clips")
+        idx = test_frame_indices(int(manifest.lengths[p]), T, "even")[0]
+        if np.min(np.asarray(vis)[idx]) >= min_visibility:
+            keep.append(p)
+    return np.asarray(keep, dtype=np.int64)
+
+
+@torch.no_grad()
+def occlusion_probe(model, manifest, cache, positions, ks=(0, 1, 2, 3), kinds=("blank", "patch"),
+                    seed: int = 0, device="cpu", batch_size: int = 64) -> dict:
+    """Occlude k of the T frames of clean clips and measure the TAM's weights (Fig. 1, measured).
+
+    For each clip (one evenly spaced T-frame clip per tracklet in ``positions``) and each k,
+    k frames chosen at random (``seed``) are ``"blank"`` (replaced by a mid-grey frame) or
+    ``"patch"`` (a rectangle of 30–70 % of the frame replaced by the same region of another
+    clip's frame, ``data.erase_frames``). Returns ``{kind: {k: {...}}}`` with the mean relative
+    weight T·ω̄ of the occluded frames and of the untouched ones, and the mean spread of ω.
+    """
+    from .data import erase_frames, normalize_clips, test_frame_indices
+
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) < 2:
+        raise ValueError("the probe needs at least two clean clips (a patch comes from another clip)")
+    T = model.config.seq_len
+    if max(ks) > T:
+        raise ValueError(f"cannot occlude {max(ks)} of T={T} frames")
+    was_training = model.training
+    model.eval()
+    rows = np.stack([cache.offsets[p] + test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
+    raw = cache.gather(rows)  # uint8 (N, T, H, W, 3) on the CPU
+    out: dict = {}
+    try:
+        for kind in kinds:
+            if kind not in ("blank", "patch"):
+                raise ValueError(f"unknown occlusion kind {kind!r}; expected 'blank' or 'patch'")
+            out[kind] = {}
+            for k in ks:
+                rng = np.random.default_rng([seed, k, 0 if kind == "blank" else 1])
+                mask = np.zeros((len(positions), T), bool)
+                for n in range(len(positions)):
+                    mask[n, rng.choice(T, size=k, replace=False)] = True
+                clips = raw.clone()
+                if kind == "blank":
+                    clips[torch.from_numpy(mask)] = 128
+                else:
+                    clips = erase_frames(raw, rng, p=1.0, frames=mask)[0]
+                att = []
+                for a in range(0, len(clips), batch_size):
+                    x = normalize_clips(clips[a:a + batch_size]).to(device)
+                    att.append(model.features(x).attention.float().cpu())
+                w = torch.cat(att).numpy()
+                rel = w.mean(axis=1) * T
+                out[kind][k] = {
+                    "occluded": float(rel[mask].mean()) if mask.any() else None,
+                    "clean": float(rel[~mask].mean()) if (~mask).any() else None,
+                    "spread": float((w.max(-1) - w.min(-1)).mean()),
+                    "num_clips": int(len(positions)),
+                }
+    finally:
+        model.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The dose-response study (slow) and where its results may be shown
+# --------------------------------------------------------------------------------------------
+
+def code_fingerprint(root: Path = REPO_ROOT) -> str:
+    """SHA-256 of the code and configs that produce a result: reidkit/, data_prep/, configs/."""
+    h = hashlib.sha256()
+    for sub, pattern in (("reidkit", "*.py"), ("data_prep", "*.py"), ("configs", "*.yaml")):
+        for path in sorted((root / sub).rglob(pattern)):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def machine_id() -> dict:
+    """What identifies the machine a result was produced on (host, CPU model, torch, threads)."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), progress: bool = False,
+                  log=print) -> dict:
+    """Train ``variants`` on each dataset of ``datasets`` ({occlusion level: manifest folder}).
+
+    Every run uses ``config`` (only the dataset and variant change) and is scored with
+    ``config.eval``; models with the TAM are also measured with :func:`visibility_stats` on one
+    evenly spaced clip per real-person test tracklet. Writes ``out_dir/dose_response.json``
+    (results, config, code fingerprint, machine, wall time) and returns the same dict.
+    """
+    from .ablate import METHOD_NAMES
+    from .data import FrameCache, Manifest
+    from .evaluate import evaluate, even_clip_outputs
+    from .train import Trainer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = []
+    for level, root in datasets.items():
+        manifest = Manifest.load(root)
+        cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+        for variant in variants:
+            cfg = config.from_dict(config.to_dict(), [f"data.dataset={root}", f"model.variant={variant}",
+                                                      f"train.out_dir={out_dir / str(level) / variant}"])
+            t0 = time.perf_counter()
+            trainer = Trainer(cfg, manifest=manifest, cache=cache)
+            trainer.fit()
+            model = trainer.model.eval()
+            e = cfg.eval
+            result = evaluate(model, manifest, cache, split=cfg.data.split, convention=e.convention,
+                              rerank_top_k=e.rerank_top_k, exact=e.exact, batch_size=e.batch_size,
+                              device=trainer.device, progress=progress)
+            row = {"occlusion": str(level), "variant": variant, "method": METHOD_NAMES[variant],
+                   "rank1": float(result.rank1), "mAP": float(result.mAP), "steps": trainer.step}
+            if model.temporal is not None and variant in ("cnn_tam", "all"):
+                split = manifest.split(cfg.data.split)
+                test = manifest.positions(split.query + split.gallery)
+                test = test[manifest.pids[test] >= 1]
+                clip = even_clip_outputs(model, manifest, cache, test, device=trainer.device, with_pool5=False)
+                vis = np.stack([np.asarray(manifest.tracklets[p].visibility)[i] for p, i in zip(test, clip.frame_idx)])
+                row.update(visibility_stats(clip.attention.numpy(), vis))
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            log(f"[dose-response] occlusion {level}, {METHOD_NAMES[variant]}: rank-1 {row['rank1']:.1f}"
+                + (f", ρ {row['spearman_rho']:.2f}" if "spearman_rho" in row else "") + f" ({row['seconds']:.0f} s)")
+    result = {
+        "rows": rows, "levels": [str(k) for k in datasets], "variants": list(variants),
+        "config": config.to_dict(), "code_fingerprint": code_fingerprint(), "machine": machine_id(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out_dir / "dose_response.json").write_text(json.dumps(result, indent=1, default=_plain))
+    return result
+
+
+def _plain(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    return asdict(x) if hasattr(x, "__dataclass_fields__") else str(x)
+
+
+def find_result(search_root: Path, pattern: str = "*/work/dose_response/dose_response.json") -> tuple[dict | None, str]:
+    """The newest stored dose-response result made by this code on this machine, if any.
+
+    Returns ``(result, reason)``: ``result`` is None when nothing qualifies, and ``reason``
+    says why (none found, or the newest was made by other code / on another machine).
+    """
+    found = sorted(Path(search_root).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        return None, f"no dose-response result under {search_root} (run the `full` report profile)"
+    fingerprint, machine = code_fingerprint(), machine_id()
+    reasons = []
+    for path in found:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            reasons.append(f"{path}: unreadable ({e})")
+            continue
+        if result.get("code_fingerprint") != fingerprint:
+            reasons.append(f"{path}: made by other code (fingerprint {str(result.get('code_fingerprint'))[:12]}…, "
+                           f"this code {fingerprint[:12]}…)")
+            continue
+        stored = result.get("machine", {})
+        if (stored.get("host"), stored.get("cpu")) != (machine["host"], machine["cpu"]):
+            reasons.append(f"{path}: made on another machine ({stored.get('host')}, {stored.get('cpu')})")
+            continue
+        result["path"] = str(path)
+        return result, f"{path}: made by this code on this machine on {result.get('created')}"
+    return None, "; ".join(reasons[:3])
