@@ -154,9 +154,10 @@ else:
     print("no per-frame visibility in this dataset: the correlation needs the synthetic benchmark")
 
 # %% [markdown]
-# ## Why does the attention stay close to uniform? Measured
+# ## What shapes the attention? Measured
 #
-# Four measurements, each a possible reason.
+# Four measurements, each a possible reason for weights that stay close to uniform (docs/attention.md
+# has the experiments behind the recipe this run used).
 #
 # **1. The signal the attention trains on.** The attention sub-net ($U, V, W, w$) learns only
 # through the triplet loss on $\mathcal{F}(x)$: once the training identities are separated
