@@ -55,8 +55,11 @@ timings = {}
 # `data_prep.synthetic.generate(out, preset, seed)` renders every frame from a seeded plan:
 # identities (clothing colours and patterns, some drawn as look-alikes of another identity:
 # hard negatives), cameras with their own illumination, tracklets with walking motion and
-# occlusions. Same seed, same bytes. If the folder already holds a manifest it is used as it
-# is, so the same cell also works for a real dataset.
+# occlusions. Same seed, same bytes. How often and how badly frames are degraded is a dial:
+# `generate(out, preset, seed, occlusion="none" | "default" | "heavy" | r)` (or
+# `python -m data_prep synthetic ... --occlusion LEVEL`); this report uses the default level,
+# and notebook 4's dose-response study trains at several. If the folder already holds a
+# manifest it is used as it is, so the same cell also works for a real dataset.
 
 # %%
 t0 = time.perf_counter()

@@ -169,7 +169,11 @@ class CaffeNet(nn.Module):
         x = self.norm(self.pool(self._conv("conv2", x)))
         x = self._conv("conv3", x)
         x = self._conv("conv4", x)
-        pool5 = self.pool(self._conv("conv5", x))
+        # conv5 and pool5 in fp32 under autocast: the metric branch compares two clips by the
+        # *difference* of their pool5 maps, which bf16's 8-bit mantissa leaves mostly rounding
+        # noise (measured: CNN+DIFF rank-1 15-17 with a bf16 pool5, 25 in fp32, docs/attention.md)
+        with torch.autocast(x.device.type, enabled=False):
+            pool5 = self.pool(self._conv("conv5", x.float()))
         if not self.with_fc:
             return pool5, None
         # flatten (not view): pool5 may be channels_last in memory

@@ -65,6 +65,10 @@ class DifferenceHead(nn.Module):
         self.fc = nn.Linear(seq_len * grid[0] * grid[1] * mid_channels, 1)
 
     def forward(self, pool5_a: torch.Tensor, pool5_b: torch.Tensor, return_maps: bool = False):
+        with torch.autocast(pool5_a.device.type, enabled=False):  # a difference: fp32 (see SpatialRecurrentModel.forward)
+            return self._forward(pool5_a.float(), pool5_b.float(), return_maps)
+
+    def _forward(self, pool5_a: torch.Tensor, pool5_b: torch.Tensor, return_maps: bool):
         d = (pool5_a - pool5_b).permute(0, 1, 3, 4, 2)  # (N, T, h, w, C)
         x = F.relu(self.conv(d))
         logit = self.fc(self.dropout(x).flatten(1)).squeeze(1)
@@ -104,7 +108,13 @@ class SpatialRecurrentModel(nn.Module):
     def forward(self, pool5_a: torch.Tensor, pool5_b: torch.Tensor, return_maps: bool = False):
         """Logits ``(N,)``; with ``return_maps`` also a dict of ``(N, T, C, h, w)`` maps:
         ``difference``, ``conv`` (the sweeps' input), one per direction (``time_fwd`` …
-        ``height_bwd``) and ``context`` (the contextual feature)."""
+        ``height_bwd``) and ``context`` (the contextual feature). Runs in fp32 under autocast:
+        the difference of two similar bf16 maps keeps little precision (measured: CNN+DIFF
+        rank-1 14.7 with a bf16 head against 24.7 in fp32, 160 steps on a synthetic draw)."""
+        with torch.autocast(pool5_a.device.type, enabled=False):
+            return self._forward(pool5_a.float(), pool5_b.float(), return_maps)
+
+    def _forward(self, pool5_a: torch.Tensor, pool5_b: torch.Tensor, return_maps: bool):
         d = (pool5_a - pool5_b).permute(0, 1, 3, 4, 2)  # (N, T, h, w, C)
         u = F.relu(self.conv_in(d))
         outs = {}
