@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     print(f"device        {name}")
     print(f"config        {config_path.name}: variant={config.variant} {config.model.cnn} "
           f"{config.height}x{config.width} T={config.model.seq_len} batch={trainer.loader.sampler.batch_size} clips "
-          f"amp={trainer.amp} channels_last={config.train.channels_last and cuda} compile={config.train.compile and cuda} "
+          f"amp={trainer.amp} channels_last={config.train.channels_last} compile={config.train.compile and cuda} "
           f"gpu_cache={cuda}")
     print(f"setup         {setup_s:.1f} s (cache {cache.nbytes / 2**30:.2f} GiB); warm-up {warmup} steps {warm_s:.1f} s")
     print(f"timed         {steps} steps in {dt:.2f} s = {dt / steps * 1000:.1f} ms/step (last loss {loss:.4f})")
