@@ -187,6 +187,7 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = code_fingerprint()  # the code this study starts with (edits during the run don't count)
     started = time.perf_counter()
     rows = []
     for level, root in datasets.items():
@@ -218,7 +219,7 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
                 + (f", ρ {row['spearman_rho']:.2f}" if "spearman_rho" in row else "") + f" ({row['seconds']:.0f} s)")
     result = {
         "rows": rows, "levels": [str(k) for k in datasets], "variants": list(variants),
-        "config": config.to_dict(), "code_fingerprint": code_fingerprint(), "machine": machine_id(),
+        "config": config.to_dict(), "code_fingerprint": fingerprint, "machine": machine_id(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
     }
