@@ -87,8 +87,15 @@ def test_metrics_attention_rows_are_distributions(smoke):
     example = m["example"]["attention"]
     assert all(abs(sum(row) - 1) < 1e-4 and min(row) >= 0 for row in example)
     assert m["key"]["mean_spread"] >= 0 and 0 <= m["key"]["mean_entropy"] <= 1 + 1e-6
-    r = m["key"]["pearson_r"]
-    assert r is None or -1 <= r <= 1
+    for key in ("spearman_rho", "spearman_rho_degraded_clips"):
+        r = m["key"][key]
+        assert r is None or -1 <= r <= 1
+    w = m["key"]["relative_weight_visibility_below_0.5"]
+    assert w is None or 0 <= w <= m["T"]  # T·ω̄ of a frame lies in [0, T]
+    probe = m["probe"]["blank"]
+    for k, row in probe.items():  # the occluded and untouched frames share the T units of weight
+        if row["occluded"] is not None:
+            assert abs(int(k) * row["occluded"] + (m["T"] - int(k)) * row["clean"] - m["T"]) < 1e-3
 
 
 @pytest.mark.slow
