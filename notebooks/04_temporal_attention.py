@@ -52,8 +52,8 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from reidkit import viz
-from reidkit.attention import clean_positions, find_result, occlusion_probe, visibility_stats
-from reidkit.data import normalize_clips
+from reidkit.attention import clean_positions, find_result, occlusion_probe, test_people, visibility_stats
+from reidkit.data import clip_visibility, normalize_clips
 from reidkit.evaluate import even_clip_outputs
 from reidkit.metrics import cmc_map
 from reidkit.report import REPO_ROOT, load_run, write_metrics
@@ -78,8 +78,7 @@ print(f"{model.variant} model from {run_dir / 'last.pt'}, T = {T}, {config.heigh
 
 # %%
 split = manifest.split(0)
-test = manifest.positions(split.query + split.gallery)
-test = test[manifest.pids[test] >= 1]  # real people only: distractors and junk have no "person"
+test = test_people(manifest, 0)  # real people only: distractors and junk have no "person"
 rng = np.random.default_rng(seed)
 positions = np.sort(rng.choice(test, size=min(max_tracklets, len(test)), replace=False))
 clip_out = even_clip_outputs(model, manifest, cache, positions, device=dev, with_pool5=False)
@@ -97,7 +96,8 @@ print(f"{len(positions)} clips, attention {attention.shape}; rows sum to 1 withi
 
 # %%
 has_vis = manifest.has_visibility
-vis = [manifest.tracklets[p].visibility[i] if has_vis else None for p, i in zip(positions, frame_idx)]
+clip_vis = clip_visibility(manifest, positions, frame_idx)  # (N, T), None without ground truth
+vis = list(clip_vis) if has_vis else [None] * len(positions)
 occl = [manifest.tracklets[p].extras.get("occlusion") for p in positions]
 labels = [np.asarray(o)[i] if o else None for o, i in zip(occl, frame_idx)]
 # the most informative example: the clip whose visibility varies most
@@ -134,7 +134,7 @@ if has_vis:
 # %%
 vstats = {}
 if has_vis:
-    vstats = visibility_stats(attention, np.stack(vis))
+    vstats = visibility_stats(attention, clip_vis)
     all_labels = labels if all(x is not None for x in labels) else None
     display(viz.attention_vs_visibility(list(attention), vis, labels=all_labels, relative=True,
                                         title="temporal attention vs ground-truth visibility"))
@@ -195,15 +195,25 @@ else:
 
 # %%
 diag = {}
+fc7_of = {}  # every frame's fc7, per tracklet position: computed once, reused by the oracle below
+
+
+def tracklet_fc7(p, chunk=64):
+    """fc7 (L, D) of all L frames of the tracklet at position p, through the CNN ``chunk`` frames at a time."""
+    if p not in fc7_of:
+        parts = []
+        with torch.no_grad():
+            for a in range(0, int(manifest.lengths[p]), chunk):
+                x = torch.from_numpy(np.asarray(cache.clip(p, np.arange(a, min(a + chunk, manifest.lengths[p])))))
+                parts.append(model.pool5_and_fc7(normalize_clips(x[None]).to(dev))[1][0].float().cpu())
+        fc7_of[p] = torch.cat(parts)
+    return fc7_of[p]
+
+
 if has_vis:
-    fc7, vis_all = [], []
     model.eval()
-    with torch.no_grad():
-        for p in positions:
-            x = torch.from_numpy(np.asarray(cache.clip(p, np.arange(manifest.lengths[p]))))
-            out_fc7 = model.pool5_and_fc7(normalize_clips(x[None]).to(dev))[1][0].float().cpu()
-            fc7.append(out_fc7)
-            vis_all.append(np.asarray(manifest.tracklets[p].visibility))
+    fc7 = [tracklet_fc7(p) for p in positions]
+    vis_all = [np.asarray(manifest.tracklets[p].visibility) for p in positions]
     cos = np.concatenate([(1 - F.normalize(f, dim=1) @ F.normalize(f.mean(0), dim=0)).numpy() for f in fc7])
     norms = np.concatenate([f.norm(dim=1).numpy() for f in fc7])
     va = np.concatenate(vis_all)
@@ -231,14 +241,6 @@ if has_vis:
 oracle = {}
 if has_vis:
     q_pos, g_pos = manifest.positions(split.query), manifest.positions(split.gallery)
-    feats_cache = {}
-
-    def tracklet_fc7(p):
-        if p not in feats_cache:
-            x = torch.from_numpy(np.asarray(cache.clip(p, np.arange(manifest.lengths[p]))))
-            with torch.no_grad():
-                feats_cache[p] = model.pool5_and_fc7(normalize_clips(x[None]).to(dev))[1][0].float().cpu()
-        return feats_cache[p]
 
     def descriptors(ps, weighted):
         out = []

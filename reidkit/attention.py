@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-__all__ = ["DEGRADED", "visibility_stats", "clean_positions", "occlusion_probe", "dose_response",
+__all__ = ["DEGRADED", "visibility_stats", "test_people", "clean_positions", "occlusion_probe", "dose_response",
            "code_fingerprint", "machine_id", "find_result"]
 
 DEGRADED = 0.7  # a clip "holds a degraded frame" when one of its frames is less than 70 % visible
@@ -73,6 +73,17 @@ def visibility_stats(attention, visibility) -> dict:
         "num_clips": int(len(a)), "num_degraded_clips": int(degraded_clip.sum()),
         "num_frames_below_0.5": int(low.sum()), "T": int(T),
     }
+
+
+def test_people(manifest, split: int = 0) -> np.ndarray:
+    """Manifest positions of the real-person test tracklets (query + gallery, pid >= 1): the
+    clips the attention is measured on (distractors and junk have no person to look at)."""
+    s = manifest.split(split)
+    test = manifest.positions(s.query + s.gallery)
+    return test[manifest.pids[test] >= 1]
+
+
+test_people.__test__ = False  # a library function, not a test: tell pytest not to collect it
 
 
 def clean_positions(manifest, positions, T: int, min_visibility: float = 0.9) -> np.ndarray:
@@ -180,9 +191,9 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
     evenly spaced clip per real-person test tracklet. Writes ``out_dir/dose_response.json``
     (results, config, code fingerprint, machine, wall time) and returns the same dict.
     """
-    from .ablate import METHOD_NAMES
-    from .data import FrameCache, Manifest
-    from .evaluate import evaluate, even_clip_outputs
+    from .ablate import METHOD_NAMES, _evaluate
+    from .data import FrameCache, Manifest, clip_visibility
+    from .evaluate import even_clip_outputs
     from .train import Trainer
 
     out_dir = Path(out_dir)
@@ -200,18 +211,13 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
             trainer = Trainer(cfg, manifest=manifest, cache=cache)
             trainer.fit()
             model = trainer.model.eval()
-            e = cfg.eval
-            result = evaluate(model, manifest, cache, split=cfg.data.split, convention=e.convention,
-                              rerank_top_k=e.rerank_top_k, exact=e.exact, batch_size=e.batch_size,
-                              device=trainer.device, progress=progress)
+            result = _evaluate(model, manifest, cache, cfg, trainer.device, progress)
             row = {"occlusion": str(level), "variant": variant, "method": METHOD_NAMES[variant],
                    "rank1": float(result.rank1), "mAP": float(result.mAP), "steps": trainer.step}
             if model.temporal is not None and variant in ("cnn_tam", "all"):
-                split = manifest.split(cfg.data.split)
-                test = manifest.positions(split.query + split.gallery)
-                test = test[manifest.pids[test] >= 1]
+                test = test_people(manifest, cfg.data.split)
                 clip = even_clip_outputs(model, manifest, cache, test, device=trainer.device, with_pool5=False)
-                vis = np.stack([np.asarray(manifest.tracklets[p].visibility)[i] for p, i in zip(test, clip.frame_idx)])
+                vis = clip_visibility(manifest, test, clip.frame_idx)
                 row.update(visibility_stats(clip.attention.numpy(), vis))
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)

@@ -37,7 +37,8 @@ from PIL import Image
 
 __all__ = [
     "MEAN", "STD", "ManifestError", "Tracklet", "Split", "Manifest", "load_manifest",
-    "decode_frame", "erase_frames", "FrameCache", "train_frame_indices", "test_frame_indices", "PKSampler",
+    "decode_frame", "erase_frames", "clip_visibility", "FrameCache", "train_frame_indices",
+    "test_frame_indices", "PKSampler",
     "normalize_clips", "denormalize_clips", "ClipBatch", "TrainClipLoader", "iter_test_clips",
     "num_test_clips", "even_clip",
 ]
@@ -770,7 +771,13 @@ class ClipBatch:
         return int(self.clips.shape[0])
 
 
-def _visibility(manifest: Manifest, positions: np.ndarray, frame_idx: np.ndarray) -> np.ndarray | None:
+def clip_visibility(manifest: Manifest, positions, frame_idx) -> np.ndarray | None:
+    """Ground-truth visibility (N, T) of frames ``frame_idx`` (N, T) of the tracklets at ``positions``.
+
+    NaN where a tracklet has none; None when the manifest has no visibility at all. For
+    measuring and plotting only: training never reads it.
+    """
+    positions, frame_idx = np.asarray(positions, dtype=np.int64), np.asarray(frame_idx, dtype=np.int64)
     if not manifest.has_visibility:
         return None
     vis = np.full(frame_idx.shape, np.nan, dtype=np.float32)
@@ -839,7 +846,7 @@ class TrainClipLoader:
                 raw = erase_frames(raw, erase_rng, self.frame_erasing)[0]
             mirrored = torch.from_numpy(flips)
             clips = normalize_clips(raw, mirrored, self.dtype)  # flags stay on the CPU: no sync
-            vis = _visibility(m, positions, frame_idx)
+            vis = clip_visibility(m, positions, frame_idx)
             to_dev = lambda a: torch.from_numpy(a).to(self.device, non_blocking=True)  # noqa: E731
             yield ClipBatch(
                 clips=clips,

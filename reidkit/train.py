@@ -106,7 +106,7 @@ def cpu_has_native_bf16() -> bool:
 
 def use_amp(device: torch.device, amp: str) -> bool:
     """Whether ``train.amp`` (auto | bf16 | off) turns bf16 autocast on for ``device``."""
-    if amp == "off" or amp is False:
+    if amp == "off":
         return False
     if amp == "bf16":
         return True

@@ -14,7 +14,7 @@ from scipy import stats
 from reidkit import attention
 from reidkit.attention import find_result, occlusion_probe, visibility_stats
 from reidkit.config import Config
-from reidkit.data import FrameCache, Manifest
+from reidkit.data import FrameCache, Manifest, clip_visibility
 from reidkit.evaluate import even_clip_outputs
 from reidkit.models import ModelConfig, build_model
 from reidkit.train import Trainer
@@ -100,12 +100,9 @@ def test_attention_leaves_uniform_after_a_short_training_on_heavy_occlusion(tmp_
     finally:
         torch.set_num_threads(threads)
     m = trainer.manifest
-    split = m.split(0)
-    test = m.positions(split.query + split.gallery)
-    test = test[m.pids[test] >= 1]
+    test = attention.test_people(m)
     out = even_clip_outputs(trainer.model, m, trainer.cache, test, with_pool5=False)
-    vis = np.stack([np.asarray(m.tracklets[p].visibility)[i] for p, i in zip(test, out.frame_idx)])
-    s = visibility_stats(out.attention.numpy(), vis)
+    s = visibility_stats(out.attention.numpy(), clip_visibility(m, test, out.frame_idx))
     assert s["mean_spread"] > 0.03, s
     assert s["mean_entropy"] < 0.998, s
     logged = [r for r in trainer.step_history if "attention_entropy" in r]

@@ -21,8 +21,8 @@ And two normalisations (``ModelConfig.norm``): ``"lrn"``, CaffeNet's own (the la
 what ImageNet CaffeNet weights expect), and ``"batch"``: BatchNorm between each convolution
 (and fc6, fc7) and its ReLU, no LRN. Without it on fc6/fc7, fc7 grew to ~5× its usual norm in
 50 steps on the heavier-occlusion synthetic data and saturated the TAM's LSTM: every clip got
-the same feature and training stopped (docs/attention.md). Trained from scratch, as everything here is (no weights can be
-downloaded), the LRN network with 0.5 dropout on fc6/fc7 learns little in a few hundred
+the same feature and training stopped (docs/attention.md). Trained from scratch, as
+everything here is (no weights can be downloaded), the LRN network with 0.5 dropout on fc6/fc7 learns little in a few hundred
 steps; BatchNorm and ``fc_dropout=0`` train it (see the README's ablation notes).
 
 Max-pooling uses ``ceil_mode=True`` in both variants because Caffe rounds pooling output sizes
@@ -154,31 +154,26 @@ class CaffeNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def _conv(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """conv → (BatchNorm) → ReLU."""
-        x = getattr(self, name)(x)
-        return F.relu(x if self.bn is None else self.bn[name](x))
-
-    def _fc(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """fc → (BatchNorm) → ReLU."""
+    def _layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """conv or fc → (BatchNorm) → ReLU."""
         x = getattr(self, name)(x)
         return F.relu(x if self.bn is None else self.bn[name](x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.norm(self.pool(self._conv("conv1", x)))  # CaffeNet: pool, then normalise (LRN)
-        x = self.norm(self.pool(self._conv("conv2", x)))
-        x = self._conv("conv3", x)
-        x = self._conv("conv4", x)
+        x = self.norm(self.pool(self._layer("conv1", x)))  # CaffeNet: pool, then normalise (LRN)
+        x = self.norm(self.pool(self._layer("conv2", x)))
+        x = self._layer("conv3", x)
+        x = self._layer("conv4", x)
         # conv5 and pool5 in fp32 under autocast: the metric branch compares two clips by the
         # *difference* of their pool5 maps, which bf16's 8-bit mantissa leaves mostly rounding
         # noise (measured: CNN+DIFF rank-1 15-17 with a bf16 pool5, 25 in fp32, docs/attention.md)
         with torch.autocast(x.device.type, enabled=False):
-            pool5 = self.pool(self._conv("conv5", x.float()))
+            pool5 = self.pool(self._layer("conv5", x.float()))
         if not self.with_fc:
             return pool5, None
         # flatten (not view): pool5 may be channels_last in memory
-        x = self.dropout(self._fc("fc6", torch.flatten(pool5, 1)))
-        fc7 = self.dropout(self._fc("fc7", x))
+        x = self.dropout(self._layer("fc6", torch.flatten(pool5, 1)))
+        fc7 = self.dropout(self._layer("fc7", x))
         return pool5, fc7
 
     def load_pretrained(self, path: str | Path) -> None:

@@ -56,8 +56,8 @@ class TemporalAttention(nn.Module):
     the f_i (the unattended summary) and h_0 = c_0 = 0. U f_i does not depend on t, so it is
     computed once for all frames rather than at every step. ``temperature`` τ divides the
     scores before the softmax (τ = 1 is Eq. 3; τ < 1 sharpens ω and scales up the gradient that
-    reaches w, U, V, W — a recipe choice, see ``ModelConfig.attention_temperature``). ``forward`` returns
-    ``(F(x) (N, H), ω (N, T, T))`` with ω[:, t, i] = ω_{t,i}; the notebooks plot ω.
+    reaches w, U, V, W — a recipe choice, see ``ModelConfig.attention_temperature``).
+    ``forward`` returns ``(F(x) (N, H), ω (N, T, T))`` with ω[:, t, i] = ω_{t,i}; the notebooks plot ω.
     """
 
     def __init__(self, in_dim: int, hidden: int, attention_dim: int, temperature: float = 1.0):
@@ -85,7 +85,7 @@ class TemporalAttention(nn.Module):
         outputs, weights = [], []
         for _ in range(t_len):  # T is small (6); the loop is the recurrence itself
             e = self.w(torch.tanh(uf + (self.V(h) + self.W(z)).unsqueeze(1))).squeeze(-1)  # (N, T)
-            omega = torch.softmax(e / self.temperature if self.temperature != 1.0 else e, dim=1)
+            omega = torch.softmax(e / self.temperature, dim=1)  # τ = 1: exactly Eq. 3
             x_bar = torch.bmm(omega.unsqueeze(1), f).squeeze(1)  # Σ_i ω_{t,i} f_i
             h, c = self.cell(x_bar, (h, c))
             outputs.append(h)
