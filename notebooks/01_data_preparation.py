@@ -40,7 +40,7 @@ from PIL import Image
 from reidkit import stats, viz
 from reidkit.config import Config
 from reidkit.data import FrameCache, Manifest
-from reidkit.report import REPO_ROOT, write_metrics
+from reidkit.lessons import REPO_ROOT, write_metrics
 
 # Paths are relative to the repository root, wherever the notebook runs from.
 ROOT = REPO_ROOT  # paths below are relative to the repository root

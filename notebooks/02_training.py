@@ -68,7 +68,7 @@ from reidkit.checkpoint import load_checkpoint
 from reidkit.config import Config
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
-from reidkit.report import REPO_ROOT, write_metrics
+from reidkit.lessons import REPO_ROOT, write_metrics
 from reidkit.train import Trainer
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root

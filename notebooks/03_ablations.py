@@ -43,7 +43,7 @@ from IPython.display import Markdown, display
 from reidkit import viz
 from reidkit.ablate import PAPER_RANK1, run_ablation
 from reidkit.config import Config
-from reidkit.report import REPO_ROOT, write_metrics
+from reidkit.lessons import REPO_ROOT, write_metrics
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, ablation_dir = ROOT / dataset_dir, ROOT / ablation_dir

@@ -52,17 +52,16 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from reidkit import viz
-from reidkit.attention import clean_positions, find_result, occlusion_probe, test_people, visibility_stats
+from reidkit.attention import (attention_spread, clean_positions, find_result, frame_weights, occlusion_probe,
+                               test_people, visibility_stats)
 from reidkit.data import clip_visibility, normalize_clips
 from reidkit.evaluate import even_clip_outputs
 from reidkit.metrics import cmc_map
-from reidkit.report import REPO_ROOT, load_run, write_metrics
-from reidkit.train import resolve_device
+from reidkit.lessons import REPO_ROOT, open_run, write_metrics
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, run_dir, work_dir = ROOT / dataset_dir, ROOT / run_dir, ROOT / work_dir
-dev = resolve_device(device)
-model, config, manifest, cache = load_run(run_dir, dataset_dir, dev)
+model, config, manifest, cache, dev = open_run(run_dir, dataset_dir, device)
 T = config.model.seq_len
 t_cfg = config.train
 margin = "soft margin" if t_cfg.margin is None else f"margin {t_cfg.margin}"
@@ -112,7 +111,7 @@ viz.attention_heatmap(attention[k], title="ω: row t = LSTM step, column i = fra
 
 # %%
 if has_vis:
-    w_k, v_k = viz.frame_weights(attention[k]) * T, np.asarray(vis[k])
+    w_k, v_k = frame_weights(attention[k]) * T, np.asarray(vis[k])
     lo, hi = int(np.argmin(v_k)), int(np.argmax(v_k))
     verdict = ("less" if w_k[lo] < w_k[hi] else "more" if w_k[lo] > w_k[hi] else "the same")
     display(Markdown(
@@ -354,7 +353,7 @@ else:
 # normalised entropy $H(\omega_t)/\log T$ is 1 for uniform weights.
 
 # %%
-spread = viz.attention_spread(attention)
+spread = attention_spread(attention)
 print(f"mean spread {spread['spread'].mean():.3f} (uniform: 0, one-hot: 1); {np.mean(spread['spread'] < 1e-3):.0%} "
       f"of the clips are within 1e-3 of uniform; mean normalised entropy {spread['entropy'].mean():.4f}")
 viz.spread_of_attention(attention, title=f"spread of the attention over {len(positions)} clips")

@@ -44,13 +44,11 @@ from IPython.display import display
 from reidkit import explain, viz
 from reidkit.data import even_clip, test_frame_indices
 from reidkit.evaluate import even_clip_outputs
-from reidkit.report import REPO_ROOT, load_run, write_metrics
-from reidkit.train import resolve_device
+from reidkit.lessons import REPO_ROOT, open_run, write_metrics
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, run_dir = ROOT / dataset_dir, ROOT / run_dir
-dev = resolve_device(device)
-model, config, manifest, cache = load_run(run_dir, dataset_dir, dev)
+model, config, manifest, cache, dev = open_run(run_dir, dataset_dir, device)
 T = config.model.seq_len
 print(f"{model.variant} model, pool5 grid {config.model.pool5_grid} × {config.model.pool5_channels} channels, T = {T}")
 

@@ -50,13 +50,11 @@ from IPython.display import Markdown, display
 from reidkit import viz
 from reidkit.data import test_frame_indices
 from reidkit.evaluate import EvalResult, evaluate
-from reidkit.report import REPO_ROOT, environment_info, git_info, key_metrics, load_run, write_metrics
-from reidkit.train import resolve_device
+from reidkit.lessons import REPO_ROOT, environment_info, git_info, key_metrics, open_run, write_metrics
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, work_dir, run_dir, report_dir = (ROOT / p for p in (dataset_dir, work_dir, run_dir, report_dir))
-dev = resolve_device(device)
-model, config, manifest, cache = load_run(run_dir, dataset_dir, dev)
+model, config, manifest, cache, dev = open_run(run_dir, dataset_dir, device)
 T = config.model.seq_len
 
 # %% [markdown]

@@ -1,6 +1,9 @@
 """Does the temporal attention (Eq. 3) look past degraded frames? Measurements for lesson 4.
 
-Three tools, all reading ground-truth visibility only to *measure* (training never sees it):
+Per-clip analysis of ω: :func:`frame_weights` (one weight per frame), :func:`attention_spread`
+(distance from uniform: spread and normalised entropy) and :func:`correlations` (Pearson r and
+Spearman ρ), which the figures in ``viz`` draw. Three tools, all reading ground-truth
+visibility only to *measure* (training never sees it):
 
 - :func:`visibility_stats` — how the TAM's per-frame weight T·ω̄_i relates to each frame's
   ground-truth visibility over many clips: Spearman ρ over all frames and over the frames of
@@ -29,11 +32,63 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-__all__ = ["DEGRADED", "visibility_stats", "test_people", "clean_positions", "occlusion_probe", "dose_response",
+__all__ = ["DEGRADED", "frame_weights", "attention_spread", "flatten", "correlations", "visibility_stats", "test_people", "clean_positions", "occlusion_probe", "dose_response",
            "code_fingerprint", "machine_id", "find_result"]
 
 DEGRADED = 0.7  # a clip "holds a degraded frame" when one of its frames is less than 70 % visible
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def frame_weights(attention) -> np.ndarray:
+    """One weight per frame from the TAM weights: ``(T,)`` as is, ``(T, T)`` averaged over the
+    LSTM steps t (rows), i.e. ``ω̄_i = (1/T) Σ_t ω_{t,i}``; sums to 1 like each row."""
+    a = np.asarray(attention, dtype=np.float64)
+    if a.ndim == 1:
+        return a
+    if a.ndim == 2:
+        return a.mean(axis=0)
+    raise ValueError(f"attention must be (T,) or (T, T), got shape {a.shape}")
+
+
+def attention_spread(attention_batch) -> dict[str, np.ndarray]:
+    """How far the TAM weights are from uniform, per clip.
+
+    ``attention_batch``: ``(N, T, T)`` (or a list of ``(T, T)``; rows = steps, each a
+    distribution over the T frames). Returns per-clip arrays, each averaged over the steps:
+    ``spread`` = max_i ω_{t,i} − min_i ω_{t,i} (0 for uniform weights) and ``entropy`` =
+    H(ω_t) / log T (1 for uniform weights, 0 for one-hot).
+    """
+    a = np.stack([np.asarray(x, np.float64) for x in attention_batch]) if not hasattr(
+        attention_batch, "shape") else np.asarray(attention_batch, np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"expected (N, T, T), got shape {a.shape}")
+    T = a.shape[-1]
+    spread = (a.max(-1) - a.min(-1)).mean(-1)
+    p = np.clip(a, 1e-12, None)
+    ent = -(a * np.log(p)).sum(-1) / np.log(T) if T > 1 else np.ones(a.shape[:2])
+    return {"spread": spread, "entropy": ent.mean(-1)}
+
+
+def flatten(values) -> np.ndarray:
+    """A flat float array from an array or a list of per-tracklet arrays."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64).ravel()
+    return np.concatenate([np.asarray(v, np.float64).ravel() for v in values]) if len(values) else np.zeros(0)
+
+
+def correlations(x, y) -> dict[str, float]:
+    """Pearson r and Spearman ρ of two equally long sequences (flattened), NaN if undefined."""
+    x, y = flatten(x), flatten(y)
+    if x.shape != y.shape:
+        raise ValueError(f"lengths differ: {x.shape} vs {y.shape}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "n": int(len(x))}
+    return {"pearson": float(sps.pearsonr(x, y)[0]), "spearman": float(sps.spearmanr(x, y)[0]),
+            "n": int(len(x))}
 
 
 def visibility_stats(attention, visibility) -> dict:
@@ -61,15 +116,14 @@ def visibility_stats(attention, visibility) -> dict:
 
     degraded_clip = (np.where(ok, v, 1.0) < DEGRADED).any(axis=1)
     low, high = ok & (v < 0.5), ok & (v > 0.9)
-    p = np.clip(a, 1e-12, None)
-    entropy = -(a * np.log(p)).sum(-1) / np.log(T) if T > 1 else np.ones(a.shape[:2])
+    spread = attention_spread(a)
     return {
         "spearman_rho": rho(ok),
         "spearman_rho_degraded_clips": rho(ok & degraded_clip[:, None]),
         "relative_weight_visibility_below_0.5": float(rel[low].mean()) if low.any() else None,
         "relative_weight_visibility_above_0.9": float(rel[high].mean()) if high.any() else None,
-        "mean_spread": float((a.max(-1) - a.min(-1)).mean()),
-        "mean_entropy": float(entropy.mean()),
+        "mean_spread": float(spread["spread"].mean()),
+        "mean_entropy": float(spread["entropy"].mean()),
         "num_clips": int(len(a)), "num_degraded_clips": int(degraded_clip.sum()),
         "num_frames_below_0.5": int(low.sum()), "T": int(T),
     }

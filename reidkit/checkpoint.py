@@ -4,18 +4,19 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 ``torch.load(..., weights_only=True)`` (no pickled code runs on load). The trainer stores the
 config as a dict, RNG states as tensors/lists, and the history as lists of dicts of floats.
 
-``save_checkpoint`` writes a temporary file in the destination folder, fsyncs it and renames it
-over the target with ``os.replace`` (atomic on POSIX): a crash mid-save leaves the previous
-checkpoint intact, never a half-written one.
+``save_checkpoint`` writes through ``files.atomic_write`` (temporary file, fsync,
+``os.replace``): a crash mid-save leaves the previous checkpoint intact, never a half-written one.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from reidkit.config import Config
+from reidkit.files import atomic_write
+from reidkit.models import JSTRNN, build_model
 
 
 class CheckpointError(RuntimeError):
@@ -23,32 +24,10 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Atomically write ``state`` to ``path`` (temp file in the same folder, fsync, os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # make the rename itself durable
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems do not allow fsync on directories
-        pass
-    return path
+    """Atomically and durably write ``state`` to ``path`` (``files.atomic_write``)."""
+    with atomic_write(path, durable=True) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -63,3 +42,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a reidkit checkpoint (expected a dict, got {type(state).__name__})")
     return state
+
+
+def load_model(path: str | Path, device="cpu") -> tuple[JSTRNN, Config]:
+    """The one loader of a trained run: ``(model in eval mode on device, Config)`` from a
+    trainer checkpoint (``run_dir/last.pt`` or an ``epoch_XXX.pt``)."""
+    state = load_checkpoint(path, map_location="cpu")
+    if "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a reidkit training checkpoint (no model/config)")
+    config = Config.from_dict(state["config"], source=str(path))
+    model = build_model(config.variant, config=config.model)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config

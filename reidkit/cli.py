@@ -78,7 +78,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from reidkit.data import FrameCache, Manifest  # noqa: PLC0415
     from reidkit.evaluate import evaluate  # noqa: PLC0415
-    from reidkit.train import load_model, resolve_device  # noqa: PLC0415
+    from reidkit.checkpoint import load_model  # noqa: PLC0415
+    from reidkit.train import resolve_device  # noqa: PLC0415
 
     device = resolve_device(args.device or "auto")
     model, config = load_model(args.checkpoint, device)

@@ -264,92 +264,54 @@ _SECTIONS = ("data", "model", "train", "eval")
 
 
 def _coerce(key: str, value: Any, hint: Any, raw: str | None, choices=None) -> Any:
-    """Check/convert ``value`` to the annotated type ``hint``; raise ConfigError naming ``key``."""
+    """Check/convert ``value`` to the field type ``hint`` (bool, int, float or str, optionally
+    ``| None``); raise ConfigError naming ``key``. ``raw`` is the override's text, if any."""
     shown = raw if raw is not None else value
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (Union, types.UnionType):  # X | None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
             return None
-        if len(args) == 1:
-            hint = args[0]
-        else:  # not used by our dataclasses, but keep it general
-            for a in args:
-                try:
-                    return _coerce(key, value, a, raw, choices)
-                except ConfigError:
-                    pass
-            raise ConfigError(f"{key}: expected one of {args}, got {shown!r}")
     elif value is None:
-        raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got null")
+        raise ConfigError(f"{key}: expected {hint.__name__}, got null")
 
     def bad(kind):
         return ConfigError(f"{key}: expected {kind}, got {shown!r}")
 
-    if typing.get_origin(hint) is typing.Literal:
-        allowed = typing.get_args(hint)
-        value = raw.strip() if raw is not None and isinstance(value, str) else value
-        if value not in allowed:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {shown!r}")
-        out = value
-    elif hint is bool:
+    if hint is bool:
+        words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
         if isinstance(value, bool):
             out = value
-        elif isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
-            out = True
-        elif isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
-            out = False
+        elif isinstance(value, str) and value.strip().lower() in words:
+            out = words[value.strip().lower()]
         elif isinstance(value, int) and value in (0, 1):
             out = bool(value)
         else:
             raise bad("bool (true/false)")
-    elif hint is int:
+    elif hint in (int, float):
         if isinstance(value, bool):
-            raise bad("int")
-        if isinstance(value, int):
-            out = value
-        elif isinstance(value, float) and value.is_integer():
-            out = int(value)
-        elif isinstance(value, str):
-            try:
-                out = int(value.strip())
-            except ValueError:
-                raise bad("int") from None
-        else:
-            raise bad("int")
-    elif hint is float:
-        if isinstance(value, bool):
-            raise bad("float")
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str):
-            try:  # YAML reads "1e-3" as a string; float() does not
-                out = float(value.strip())
-            except ValueError:
-                raise bad("float") from None
-        else:
-            raise bad("float")
+            raise bad(hint.__name__)
+        try:  # YAML reads "1e-3" as a string; float() does not
+            number = float(value.strip()) if isinstance(value, str) and hint is float else value
+            out = int(value.strip()) if isinstance(value, str) and hint is int else number
+        except ValueError:
+            raise bad(hint.__name__) from None
+        if hint is int and isinstance(out, float) and out.is_integer():
+            out = int(out)
+        if not isinstance(out, (int, float)) or (hint is int and not isinstance(out, int)):
+            raise bad(hint.__name__)
+        out = hint(out)
     elif hint is str:
-        if isinstance(value, bool) and choices is not None and "auto" in choices and "off" in choices:
-            value = "auto" if value else "off"  # a switch that used to be a bool (train.amp)
-        if raw is not None and raw.strip().lower() in ("true", "false") and choices is not None and "off" in choices:
-            out = "auto" if raw.strip().lower() == "true" else "off"
+        legacy_switch = choices is not None and "auto" in choices and "off" in choices  # train.amp was a bool
+        if legacy_switch and (isinstance(value, bool) or (raw or "").strip().lower() in ("true", "false")):
+            out = "auto" if value is True or (raw or "").strip().lower() == "true" else "off"
         elif raw is not None:
             out = raw.strip()
         elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
             out = str(value)
         else:
             raise bad("string")
-    elif typing.get_origin(hint) in (list, tuple) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise bad("list")
-        args = typing.get_args(hint)
-        inner = args[0] if args else None
-        out = [(_coerce(key, v, inner, None) if inner not in (None, Ellipsis) else v) for v in value]
-        if typing.get_origin(hint) is tuple or hint is tuple:
-            out = tuple(out)
-    else:  # unknown annotation: accept as is
-        out = value
+    else:
+        raise TypeError(f"{key}: unsupported field type {hint!r}")  # a new field type needs a rule here
     if choices is not None and out not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {shown!r}")
     return out

@@ -37,7 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from reidkit.lessons import REPO_ROOT, key_metrics
+
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = (
     "01_data_preparation",
@@ -280,12 +281,6 @@ def _read_metrics(path: Path) -> dict:
 # --------------------------------------------------------------------------- index.html
 
 
-def key_metrics(metrics: Mapping) -> dict:
-    """What the index shows: the notebook's ``key`` dict, else its top-level scalars."""
-    src = metrics.get("key") if isinstance(metrics.get("key"), Mapping) else metrics
-    return {k: v for k, v in src.items() if isinstance(v, (int, float, str, bool)) and v is not None}
-
-
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -404,89 +399,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-# --------------------------------------------------------------------------- used by the notebooks
-
-
-def load_run(run_dir: str | Path, dataset_dir: str | Path, device: str = "auto"):
-    """What notebooks 04–06 start from: ``(model, config, manifest, cache)`` for the checkpoint
-    ``run_dir/last.pt`` on ``dataset_dir``, the frame cache at the model's input size."""
-    from reidkit.data import FrameCache, Manifest  # noqa: PLC0415
-    from reidkit.train import load_model, resolve_device  # noqa: PLC0415
-
-    model, config = load_model(Path(run_dir) / "last.pt", device=resolve_device(device))
-    manifest = Manifest.load(dataset_dir)
-    cache = FrameCache.build(manifest, config.height, config.width, progress=False)
-    return model, config, manifest, cache
-
-
-def write_metrics(path: str | Path, metrics: Mapping) -> Path:
-    """Write a notebook's numbers as JSON (numpy scalars/arrays → Python, NaN/inf → null).
-
-    By convention ``metrics["key"]`` holds the few scalars ``index.html`` shows.
-    """
-    import math
-
-    def plain(x):
-        if isinstance(x, Mapping):
-            return {str(k): plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        if hasattr(x, "tolist"):  # numpy / torch scalars and arrays
-            return plain(x.tolist())
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, Path):
-            return str(x)
-        return x
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plain(metrics), indent=2, allow_nan=False), encoding="utf-8")
-    return path
-
-
-PACKAGES = ("reidkit", "torch", "numpy", "scipy", "pillow", "pyyaml", "tqdm", "matplotlib", "seaborn",
-            "captum", "ipywidgets", "papermill", "jupytext", "nbconvert", "nbformat", "ipykernel")
-
-
-def environment_info(packages: Sequence[str] = PACKAGES) -> dict:
-    """Python, OS, CPU/GPU and the installed versions of ``packages`` (None when missing)."""
-    import os
-    import platform
-    from importlib import metadata
-
-    info = {"python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "cpu_count": os.cpu_count(), "packages": {}}
-    for name in packages:
-        try:
-            info["packages"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            info["packages"][name] = None
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
-    return info
-
-
-def git_info(root: str | Path = REPO_ROOT) -> dict:
-    """The commit and whether the tree has uncommitted changes; empty values without git."""
-    import subprocess
-
-    def git(*args):
-        try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain")
-    return {"commit": commit, "dirty": None if status is None else bool(status),
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}

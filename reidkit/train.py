@@ -14,7 +14,7 @@ Usage::
     config = Config.from_yaml("configs/cpu.yaml", ["data.dataset=data/synthetic_small"])
     trainer = Trainer(config, callbacks=[PrintLoss()])
     history = trainer.fit()                   # or .fit(resume=True) to continue out_dir/last.pt
-    model, config = load_model("runs/default/last.pt")
+    model, config = checkpoint.load_model("runs/default/last.pt")
 
 Callbacks are objects with any of the methods below, or dicts of plain callables
 (``{"on_step_end": fn}``); a callback may set ``trainer.should_stop = True`` to end the run
@@ -51,7 +51,6 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +61,9 @@ from torch import nn
 from reidkit.checkpoint import load_checkpoint, save_checkpoint
 from reidkit.config import Config
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
-from reidkit.models import ModelConfig, TemporalAttention, build_model
+from reidkit.models import TemporalAttention, build_model
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingObjective", "cpu_has_native_bf16", "load_model", "resolve_device",
+__all__ = ["Trainer", "TrainingDiverged", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
            "seed_everything", "use_amp"]
 
 TERMS = ("loss", "triplet", "bce", "grad_norm")  # what a step reports (device tensors until a sync)
@@ -238,7 +237,7 @@ class Trainer:
 
         # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
         seed_everything(t.seed)
-        self.model = build_model(config.variant, config=ModelConfig.from_dict(asdict(config.model)))
+        self.model = build_model(config.variant, config=config.model)
         self.model.to(self.device)
         tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
         self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
@@ -512,14 +511,3 @@ class Trainer:
         """Leave the process group (call at the end of a torchrun script)."""
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def load_model(checkpoint_path, device="cpu"):
-    """(model in eval mode, Config) from a trainer checkpoint, e.g. for evaluation or notebooks."""
-    state = load_checkpoint(checkpoint_path, map_location="cpu")
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"{checkpoint_path} is not a reidkit training checkpoint (no model/config)")
-    config = Config.from_dict(state["config"])
-    model = build_model(config.variant, config=ModelConfig.from_dict(asdict(config.model)))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config

@@ -28,17 +28,14 @@ import numpy as np
 import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.figure import Figure
-from scipy import stats
+
+from reidkit.attention import attention_spread, correlations, flatten, frame_weights
+from reidkit.data import MEAN, STD
+from reidkit.models.spatial import DIRECTIONS
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "FLAG_COLORS",
-    "SRM_DIRECTIONS",
     "to_uint8",
-    "frame_weights",
-    "attention_spread",
-    "correlations",
     "channel_norm",
     "mosaic",
     "sample_grid",
@@ -59,20 +56,8 @@ __all__ = [
     "attribution_figure",
 ]
 
-# ImageNet statistics (RGB, 0-1 scale): the normalisation ``reidkit.data.normalize_clips``
-# applies. Kept here too so that plotting never needs the data pipeline.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 # Fig. 10's border colours; -1 (an ignored entry: junk, or same pid and camera) is grey.
 FLAG_COLORS = {1: "#2ca02c", 0: "#d62728", 2: "#1f77b4", -1: "#7f7f7f"}
-FLAG_NAMES = {1: "correct", 0: "wrong", 2: "distractor", -1: "ignored"}
-
-# The six sweeps of the spatial recurrent model, in the order of Fig. 6.
-SRM_DIRECTIONS = ("time_fwd", "time_bwd", "width_fwd", "width_bwd", "height_fwd", "height_bwd")
-# Names the difference map and the contextual feature may carry in SRM's ``return_maps`` dict.
-_DIFF_KEYS = ("difference", "diff", "d", "difference_map")
-_CONTEXT_KEYS = ("contextual", "context", "contextual_feature")
 
 
 def _figure(**kwargs) -> Figure:
@@ -99,7 +84,7 @@ def _styled(fn):
 # --------------------------------------------------------------------------- helpers
 
 
-def to_uint8(clip, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def to_uint8(clip, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> np.ndarray:
     """Invert the ImageNet normalisation of a model input.
 
     ``clip``: a float tensor or array shaped ``(..., 3, H, W)`` (a frame, a clip ``(T, 3, H, W)``
@@ -116,58 +101,6 @@ def to_uint8(clip, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] =
     x = (x * s + m) * 255.0
     x = np.moveaxis(x, -3, -1)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def frame_weights(attention) -> np.ndarray:
-    """One weight per frame from the TAM weights: ``(T,)`` as is, ``(T, T)`` averaged over the
-    LSTM steps t (rows), i.e. ``ω̄_i = (1/T) Σ_t ω_{t,i}``; sums to 1 like each row."""
-    a = np.asarray(attention, dtype=np.float64)
-    if a.ndim == 1:
-        return a
-    if a.ndim == 2:
-        return a.mean(axis=0)
-    raise ValueError(f"attention must be (T,) or (T, T), got shape {a.shape}")
-
-
-def attention_spread(attention_batch) -> dict[str, np.ndarray]:
-    """How far the TAM weights are from uniform, per clip.
-
-    ``attention_batch``: ``(N, T, T)`` (or a list of ``(T, T)``; rows = steps, each a
-    distribution over the T frames). Returns per-clip arrays, each averaged over the steps:
-    ``spread`` = max_i ω_{t,i} − min_i ω_{t,i} (0 for uniform weights) and ``entropy`` =
-    H(ω_t) / log T (1 for uniform weights, 0 for one-hot).
-    """
-    a = np.stack([np.asarray(x, np.float64) for x in attention_batch]) if not hasattr(
-        attention_batch, "shape") else np.asarray(attention_batch, np.float64)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"expected (N, T, T), got shape {a.shape}")
-    T = a.shape[-1]
-    spread = (a.max(-1) - a.min(-1)).mean(-1)
-    p = np.clip(a, 1e-12, None)
-    ent = -(a * np.log(p)).sum(-1) / np.log(T) if T > 1 else np.ones(a.shape[:2])
-    return {"spread": spread, "entropy": ent.mean(-1)}
-
-
-def _flatten(values) -> np.ndarray:
-    """A flat float array from an array or a list of per-tracklet arrays."""
-    if isinstance(values, np.ndarray):
-        return values.astype(np.float64).ravel()
-    return np.concatenate([np.asarray(v, np.float64).ravel() for v in values]) if len(values) else np.zeros(0)
-
-
-def correlations(x, y) -> dict[str, float]:
-    """Pearson r and Spearman ρ of two equally long sequences (flattened), NaN if undefined."""
-    x, y = _flatten(x), _flatten(y)
-    if x.shape != y.shape:
-        raise ValueError(f"lengths differ: {x.shape} vs {y.shape}")
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"pearson": float("nan"), "spearman": float("nan"), "n": int(len(x))}
-    return {"pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0]),
-            "n": int(len(x))}
 
 
 def channel_norm(maps, index: int = 0) -> np.ndarray:
@@ -203,13 +136,6 @@ def _as_frames(frames) -> np.ndarray:
     if f.ndim != 4 or f.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got shape {f.shape}")
     return f
-
-
-def _find_key(maps: Mapping, candidates) -> str | None:
-    for k in candidates:
-        if k in maps:
-            return k
-    return None
 
 
 # --------------------------------------------------------------------------- datasets
@@ -361,10 +287,10 @@ def attention_vs_visibility(weights, visibility, labels=None, title: str | None 
         per_clip = [frame_weights(x) for x in weights]
         if relative:
             per_clip = [x * len(x) for x in per_clip]
-        w = _flatten(per_clip)
+        w = flatten(per_clip)
     else:
-        w = _flatten(weights)
-    v = _flatten(visibility)
+        w = flatten(weights)
+    v = flatten(visibility)
     if w.shape != v.shape:
         raise ValueError(f"{w.size} weights but {v.size} visibility values")
     corr = correlations(w, v)
@@ -430,19 +356,18 @@ def spread_of_attention(attention_batch, bins: int = 30, title: str | None = Non
 
 
 def _srm_rows(maps: Mapping, index: int) -> list[tuple[str, np.ndarray]]:
-    """The SRM maps to draw, in Fig. 5's order, each reduced to ``(T, h, w)``."""
+    """The SRM maps to draw, in Fig. 5's order, each reduced to ``(T, h, w)``: the difference
+    map, the 1×1 conv (the sweeps' input; CNN+DIFF's only map), the six sweeps, the context."""
     rows = []
-    k = _find_key(maps, _DIFF_KEYS)
-    if k is not None:
-        rows.append(("difference ‖d‖", channel_norm(maps[k], index)))
-    for name in SRM_DIRECTIONS:
+    if "difference" in maps:
+        rows.append(("difference ‖d‖", channel_norm(maps["difference"], index)))
+    if "conv" in maps:
+        rows.append(("1×1 conv", channel_norm(maps["conv"], index)))
+    for name in DIRECTIONS:
         if name in maps:
             rows.append((name.replace("_", " "), channel_norm(maps[name], index)))
-    if "conv" in maps and not any(name in maps for name in SRM_DIRECTIONS):
-        rows.append(("1×1 conv", channel_norm(maps["conv"], index)))  # DifferenceHead ("CNN+DIFF")
-    k = _find_key(maps, _CONTEXT_KEYS)
-    if k is not None:
-        rows.append(("contextual", channel_norm(maps[k], index)))
+    if "context" in maps:
+        rows.append(("contextual", channel_norm(maps["context"], index)))
     if not rows:
         raise ValueError(f"no SRM maps found among keys {sorted(maps)}")
     return rows
@@ -527,23 +452,21 @@ def srm_maps(maps: Mapping, frames_a=None, frames_b=None, title: str | None = No
 
 @_styled
 def srm_pair_comparison(pos_maps: Mapping, neg_maps: Mapping, pos_frames=None, neg_frames=None,
-                        keys: Sequence[str] = ("difference", "contextual"), pos_score: float | None = None,
+                        keys: Sequence[str] = ("difference", "context"), pos_score: float | None = None,
                         neg_score: float | None = None, title: str | None = None, index: int = 0) -> Figure:
     """A positive pair against a negative pair, same colour scale per map kind, so the eye
     compares magnitudes: a same-person pair should leave a weaker difference map.
 
     ``pos_maps`` / ``neg_maps``: SRM ``return_maps`` dicts (see ``srm_maps``). ``keys``: which
-    maps to show ("difference", "contextual" or direction names). ``pos_frames`` /
+    maps to show ("difference", "context", "conv" or direction names). ``pos_frames`` /
     ``neg_frames``: optional ``(a_frames, b_frames)`` tuples drawn above each block. Scores
     (e.g. M or S) go into the block labels. One row (axis) per frame set and per key, time
     steps side by side, and one colour bar per map row.
     """
     def pick(maps, key):
-        cands = {"difference": _DIFF_KEYS, "contextual": _CONTEXT_KEYS}.get(key, (key,))
-        k = _find_key(maps, cands)
-        if k is None:
+        if key not in maps:
             raise KeyError(f"map {key!r} not in {sorted(maps)}")
-        return channel_norm(maps[k], index)
+        return channel_norm(maps[key], index)
 
     blocks = []
     for name, maps, frames, score in (("positive", pos_maps, pos_frames, pos_score),

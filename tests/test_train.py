@@ -14,7 +14,8 @@ from PIL import Image
 
 from reidkit.checkpoint import load_checkpoint
 from reidkit.config import Config
-from reidkit.train import Trainer, TrainingDiverged, load_model
+from reidkit.checkpoint import load_model
+from reidkit.train import Trainer, TrainingDiverged
 
 H, W = 64, 32  # caffenet_light gives a 4×2 pool5 grid at this size
 

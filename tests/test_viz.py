@@ -9,6 +9,10 @@ import torch
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
+from reidkit import data
+from reidkit.attention import attention_spread
+from reidkit.models.spatial import DIRECTIONS
+
 viz = pytest.importorskip("reidkit.viz")
 
 RNG = np.random.default_rng(0)
@@ -31,8 +35,8 @@ def renders(fig):
 
 def test_to_uint8_inverts_imagenet_normalisation():
     x = RNG.integers(0, 256, size=(3, 5, 6, 3), dtype=np.uint8)  # (T,H,W,3)
-    mean = torch.tensor(viz.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(viz.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(data.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(data.STD).view(1, 3, 1, 1)
     clip = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std  # (T,3,H,W)
     np.testing.assert_array_equal(viz.to_uint8(clip), x)
     np.testing.assert_array_equal(viz.to_uint8(clip[None])[0], x)  # batched
@@ -40,10 +44,7 @@ def test_to_uint8_inverts_imagenet_normalisation():
         viz.to_uint8(np.zeros((2, 4, 5, 5)))
 
 
-def test_to_uint8_agrees_with_reidkit_data_if_present():
-    data = pytest.importorskip("reidkit.data")
-    np.testing.assert_allclose(np.asarray(data.MEAN, np.float64).ravel(), viz.IMAGENET_MEAN)
-    np.testing.assert_allclose(np.asarray(data.STD, np.float64).ravel(), viz.IMAGENET_STD)
+def test_to_uint8_inverts_normalize_clips():
     x = torch.from_numpy(RNG.integers(0, 256, size=(2, 3, 8, 4, 3), dtype=np.uint8))
     clips = data.normalize_clips(x, None)
     np.testing.assert_array_equal(viz.to_uint8(clips), x.numpy())
@@ -100,7 +101,7 @@ def test_spread_of_attention_uniform_vs_peaked():
     T = 6
     uniform = np.full((10, T, T), 1.0 / T)
     peaked = np.tile(np.eye(T), (10, 1, 1))
-    s_u, s_p = viz.attention_spread(uniform), viz.attention_spread(peaked)
+    s_u, s_p = attention_spread(uniform), attention_spread(peaked)
     np.testing.assert_allclose(s_u["spread"], 0, atol=1e-12)
     np.testing.assert_allclose(s_u["entropy"], 1)
     np.testing.assert_allclose(s_p["spread"], 1)
@@ -111,8 +112,8 @@ def test_spread_of_attention_uniform_vs_peaked():
 
 def srm_dict(N=2, T=4, C=8, h=5, w=3, scale=1.0):
     maps = {"difference": RNG.normal(scale=scale, size=(N, T, C, h, w)),
-            "contextual": RNG.normal(scale=scale, size=(N, T, C, h, w))}
-    for d in viz.SRM_DIRECTIONS:
+            "context": RNG.normal(scale=scale, size=(N, T, C, h, w))}
+    for d in DIRECTIONS:
         maps[d] = torch.randn(N, T, C, h, w) * scale
     return maps
 
@@ -141,7 +142,7 @@ def test_srm_maps_rows_and_values():
     w = 3
     np.testing.assert_allclose(diff[:, 2 * (w + 1): 2 * (w + 1) + w], np.linalg.norm(maps["difference"][1, 2], axis=0))
     assert len([ax for ax in viz.srm_maps(maps).axes if ax.images]) == 8
-    diff_head = viz.srm_maps({"difference": maps["difference"], "conv": maps["contextual"]})  # CNN+DIFF
+    diff_head = viz.srm_maps({"difference": maps["difference"], "conv": maps["context"]})  # CNN+DIFF
     assert [ax.get_ylabel() for ax in diff_head.axes if ax.images] == ["difference ‖d‖", "1×1 conv"]
     with pytest.raises(ValueError):
         viz.srm_maps({"other": maps["difference"]})
@@ -153,7 +154,8 @@ def test_srm_maps_accepts_the_real_heads_maps():
     _, maps = srm(torch.randn(2, 3, 8, 4, 2), torch.randn(2, 3, 8, 4, 2), return_maps=True)
     fig = viz.srm_maps(maps)
     labels = [ax.get_ylabel() for ax in fig.axes if ax.images]
-    assert labels[0].startswith("difference") and labels[-1] == "contextual" and len(labels) == 8
+    assert labels[0].startswith("difference") and labels[1] == "1×1 conv" and labels[-1] == "contextual"
+    assert len(labels) == 9  # difference, 1×1 conv, six sweeps, contextual
 
 
 def test_srm_pair_comparison_shares_colour_scale():
