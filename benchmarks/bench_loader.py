@@ -15,8 +15,6 @@ and the ratio. It also times the one-off cache build with 1 decoding thread and 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import shutil
 import sys
 import tempfile
@@ -28,7 +26,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reidkit.data import FrameCache, Manifest, TrainClipLoader, decode_frame, normalize_clips  # noqa: E402
+from reidkit.data import (FrameCache, Manifest, TrainClipLoader, decode_frame, normalize_clips,  # noqa: E402
+                          write_manifest)
 
 
 def write_bench_manifest(root: Path, num_ids=24, length=12, size=(128, 64), seed=0) -> Path:
@@ -45,19 +44,13 @@ def write_bench_manifest(root: Path, num_ids=24, length=12, size=(128, 64), seed
                 img = rng.integers(0, 256, (H // 4, W // 4, 3), dtype=np.uint8)
                 Image.fromarray(img).resize((W, H), Image.BILINEAR).save(root / rel, quality=90)
                 frames.append(rel)
-            rows.append({"tracklet_id": tid, "pid": pid, "camid": cam, "num_frames": length,
-                         "frames": "|".join(frames), "visibility": ""})
+            rows.append({"tracklet_id": tid, "pid": pid, "camid": cam, "frames": frames})
             tid += 1
-    with open(root / "tracklets.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     ids = [r["tracklet_id"] for r in rows]
     half = len(ids) // 2
-    (root / "splits.json").write_text(json.dumps([{"train": ids[:half], "query": ids[half::2],
-                                                   "gallery": ids[half + 1::2]}]))
-    (root / "meta.json").write_text(json.dumps({"format_version": 1, "name": "bench", "source": "synthetic",
-                                                "protocol": "mars", "frame_size": [H, W]}))
+    split = {"train": ids[:half], "query": ids[half::2], "gallery": ids[half + 1::2]}
+    write_manifest(root, rows, [split], {"name": "bench", "source": "synthetic", "protocol": "mars",
+                                         "frame_size": [H, W]})
     return root
 
 

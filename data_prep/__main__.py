@@ -12,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from .common import CHECK_IMAGES, DataPrepError, summary
+from reidkit.data.manifest import ManifestError
+
+from .common import CHECK_IMAGES, summary
 
 CHECK_HELP = ("which frames to decode with PIL to catch unreadable files: 'ends' (default) the first "
               "and last frame of every tracklet, 'all' every frame (slow on MARS), 'none'")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from .prid2011 import prepare
                 prepare(args.src, args.out, seed=args.seed, check_images=args.check_images, progress=progress)
-    except DataPrepError as err:
+    except ManifestError as err:  # DataPrepError (the raw layout) is one too
         print(f"error: {err}", file=sys.stderr)
         return 2
     meta = json.loads((args.out / "meta.json").read_text(encoding="utf-8"))

@@ -1,43 +1,38 @@
-"""What every raw-layout reader shares: the manifest writer, frame-number sorting, .mat reading.
+"""What every raw-layout reader shares: frame-number sorting, frame listing, image checks, .mat reading.
 
-The manifest (``tracklets.csv``, ``splits.json``, ``meta.json``; docs/architecture.md section 1,
-data_prep/README.md) is the only thing ``reidkit`` reads. ``write_manifest`` is the single place
-that writes it, so every dataset, the synthetic benchmark included, gets the same validation.
+The readers turn a raw dataset into ``(tracklets, splits, meta)`` and hand them to
+``write_manifest``, which lives with the reader of the manifest in ``reidkit.data.manifest`` so
+that one set of rules validates both (re-exported here for the readers). The format:
+docs/architecture.md section 1, data_prep/README.md.
 
 Frame order is never the order a directory listing returns: frames are sorted by the number
 parsed from the file name (``frame_number``), numerically, so ``2.png`` comes before ``10.png``.
 """
 from __future__ import annotations
 
-import csv
 import functools
-import io
-import json
-import math
-import numbers
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-FORMAT_VERSION = 1
-SOURCES = ("mars", "ilidsvid", "prid2011", "synthetic")
-PROTOCOLS = ("mars", "two_camera")
+from reidkit.data.manifest import ManifestError, write_manifest  # noqa: F401 (write_manifest: for the readers)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 CHECK_IMAGES = ("none", "ends", "all")
 
-# Columns every tracklets.csv has, in this order; per-frame extras follow.
-BASE_COLUMNS = ("tracklet_id", "pid", "camid", "num_frames", "frames", "visibility")
-_SCALAR_KEYS = ("tracklet_id", "pid", "camid", "num_frames")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
 
-class DataPrepError(ValueError):
-    """A raw dataset or a manifest input is not what was expected; the message names it."""
+class DataPrepError(ManifestError):
+    """A raw dataset is not what was expected; the message names the path or value.
+
+    A ``ManifestError`` (and so a ``ValueError``): the manifest's own rules raise ``ManifestError``
+    from ``write_manifest``, so ``except ManifestError`` catches every data_prep failure.
+    """
 
 
 # --------------------------------------------------------------------------- frame files
@@ -212,235 +207,7 @@ def read_lines(path: Path) -> list[str]:
         return [line.strip() for line in fh if line.strip()]
 
 
-# --------------------------------------------------------------------------- the manifest
-
-
-def _as_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DataPrepError(f"{what} = {value!r}: expected an int")
-    return int(value)
-
-
-def _format_value(value, what: str) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(value) else format(float(value), ".6g")
-    text = str(value)
-    if "|" in text or "\n" in text or "\r" in text:
-        raise DataPrepError(f"{what} = {text!r}: per-frame values must not contain '|' or newlines")
-    return text
-
-
-def _check_tracklet(t: dict, index: int) -> tuple[int, list[str], dict[str, list[str]]]:
-    """Validate one tracklet dict; return (tracklet_id, frames, per-frame columns as strings)."""
-    if not isinstance(t, dict):
-        raise DataPrepError(f"tracklets[{index}] = {t!r}: expected a dict")
-    for key in ("tracklet_id", "pid", "camid", "frames"):
-        if key not in t:
-            raise DataPrepError(f"tracklets[{index}]: missing {key!r}")
-    tid = _as_int(t["tracklet_id"], f"tracklets[{index}].tracklet_id")
-    where = f"tracklet {tid}"
-    if tid < 0:
-        raise DataPrepError(f"{where}: tracklet_id {tid} must be >= 0")
-    pid = _as_int(t["pid"], f"{where}: pid")
-    if pid < -1:
-        raise DataPrepError(f"{where}: pid {pid}; expected -1 (junk), 0 (distractor) or >= 1")
-    camid = _as_int(t["camid"], f"{where}: camid")
-    if camid < 1:
-        raise DataPrepError(f"{where}: camid {camid} must be >= 1")
-    frames = t["frames"]
-    if isinstance(frames, (str, bytes)) or not isinstance(frames, Sequence):
-        raise DataPrepError(f"{where}: frames must be a list of paths, got {type(frames).__name__}")
-    if len(frames) == 0:
-        raise DataPrepError(f"{where}: no frames")
-    frames = [os.fspath(f) for f in frames]
-    for f in frames:
-        if not f or "|" in f or "\n" in f or "\r" in f:
-            raise DataPrepError(f"{where}: frame path {f!r} is empty or contains '|' or a newline")
-        if os.path.isabs(f):
-            raise DataPrepError(f"{where}: frame path {f!r} must be relative to the dataset folder")
-    n = len(frames)
-    if "num_frames" in t and _as_int(t["num_frames"], f"{where}: num_frames") != n:
-        raise DataPrepError(f"{where}: num_frames {t['num_frames']} but {n} frames")
-
-    columns: dict[str, list[str]] = {}
-    for key, values in t.items():
-        if key in _SCALAR_KEYS or key == "frames":
-            continue
-        if key == "visibility" and values is None:
-            continue
-        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-            raise DataPrepError(f"{where}: {key!r} = {values!r}: extra fields must be per-frame lists")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise DataPrepError(f"{where}: column name {key!r} must be an identifier")
-        if len(values) != n:
-            raise DataPrepError(f"{where}: {key} has {len(values)} entries for {n} frames")
-        if key == "visibility":
-            vis = np.asarray(values, dtype=float)
-            if not np.all(np.isfinite(vis)) or vis.min() < 0 or vis.max() > 1:
-                raise DataPrepError(f"{where}: visibility must be floats in [0, 1], got {list(values)[:8]}...")
-            columns[key] = [format(float(v), ".6g") for v in vis]
-        else:
-            columns[key] = [_format_value(v, f"{where}: {key}") for v in values]
-    return tid, frames, columns
-
-
-def _check_splits(splits, ids_to_pid: dict[int, int]) -> list[dict]:
-    if not isinstance(splits, Sequence) or isinstance(splits, (str, bytes)) or len(splits) == 0:
-        raise DataPrepError(f"splits: expected a non-empty list of {{train, query, gallery}}, got {splits!r}")
-    clean = []
-    for i, split in enumerate(splits):
-        if not isinstance(split, dict) or set(split) != {"train", "query", "gallery"}:
-            keys = sorted(split) if isinstance(split, dict) else type(split).__name__
-            raise DataPrepError(f"splits[{i}]: expected keys train, query, gallery; got {keys}")
-        out = {}
-        for part in ("train", "query", "gallery"):
-            ids = [_as_int(x, f"splits[{i}].{part} entry") for x in split[part]]
-            if len(set(ids)) != len(ids):
-                dup = [x for x, c in Counter(ids).items() if c > 1][:5]
-                raise DataPrepError(f"splits[{i}].{part}: repeated tracklet ids {dup}")
-            missing = [x for x in ids if x not in ids_to_pid][:5]
-            if missing:
-                raise DataPrepError(f"splits[{i}].{part}: unknown tracklet ids {missing}")
-            out[part] = ids
-        for part in ("query", "gallery"):
-            if not out[part]:
-                raise DataPrepError(f"splits[{i}].{part} is empty")
-        test = set(out["query"]) | set(out["gallery"])
-        both = sorted(set(out["train"]) & test)[:5]
-        if both:
-            raise DataPrepError(f"splits[{i}]: tracklets {both} are in train and in query/gallery")
-        train_pids = {ids_to_pid[x] for x in out["train"]} - {-1, 0}
-        test_pids = {ids_to_pid[x] for x in test} - {-1, 0}
-        shared = sorted(train_pids & test_pids)[:5]
-        if shared:
-            raise DataPrepError(f"splits[{i}]: identities {shared} are in train and in query/gallery")
-        clean.append(out)
-    return clean
-
-
-def _check_meta(meta) -> dict:
-    if not isinstance(meta, dict):
-        raise DataPrepError(f"meta = {meta!r}: expected a dict")
-    meta = dict(meta)
-    if not isinstance(meta.get("name"), str) or not meta["name"]:
-        raise DataPrepError(f"meta.name = {meta.get('name')!r}: expected a non-empty string")
-    if meta.get("source") not in SOURCES:
-        raise DataPrepError(f"meta.source = {meta.get('source')!r}: expected one of {SOURCES}")
-    if meta.get("protocol") not in PROTOCOLS:
-        raise DataPrepError(f"meta.protocol = {meta.get('protocol')!r}: expected one of {PROTOCOLS}")
-    size = meta.get("frame_size")
-    if (not isinstance(size, Sequence) or len(size) != 2
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in size)):
-        raise DataPrepError(f"meta.frame_size = {size!r}: expected [H, W], two positive ints")
-    meta["frame_size"] = [int(s) for s in size]
-    excluded = meta.get("excluded", [])
-    if not isinstance(excluded, list):
-        raise DataPrepError(f"meta.excluded = {excluded!r}: expected a list of {{rule, count, items}}")
-    for i, entry in enumerate(excluded):
-        if (not isinstance(entry, dict) or not isinstance(entry.get("rule"), str)
-                or not isinstance(entry.get("items"), list)):
-            raise DataPrepError(f"meta.excluded[{i}] = {entry!r}: expected {{rule: str, count: int, items: [str]}}")
-        count = _as_int(entry.get("count"), f"meta.excluded[{i}].count")
-        if count < len(entry["items"]):
-            raise DataPrepError(f"meta.excluded[{i}]: count {count} < {len(entry['items'])} items")
-    meta["excluded"] = excluded
-    return meta
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return value.as_posix()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_manifest(out_dir: Path, tracklets: list[dict], splits: list[dict], meta: dict,
-                   check_files: bool = True) -> None:
-    """Validate and write ``tracklets.csv``, ``splits.json`` and ``meta.json`` into ``out_dir``.
-
-    ``tracklets``: dicts with ``tracklet_id``, ``pid``, ``camid``, ``frames`` (paths relative to
-    ``out_dir``, temporal order), optional ``visibility`` (floats in [0, 1] or None) and any other
-    per-frame list (e.g. ``occlusion``), each written as a ``|``-joined column (empty for
-    tracklets without it). An optional ``num_frames`` must equal ``len(frames)``.
-    ``splits``: ``[{"train": [...], "query": [...], "gallery": [...]}, ...]`` of tracklet ids.
-    ``meta``: ``name``, ``source``, ``protocol``, ``frame_size``, ``excluded`` (defaults to []),
-    extra keys kept; ``counts`` and ``format_version`` are computed here (given values are replaced).
-
-    Checks: unique ids, non-empty frames, per-frame list lengths, no ``|`` in paths, split ids
-    exist, no identity (pid >= 1) in both train and query/gallery, and (``check_files``) every
-    frame file exists. No manifest file is written unless everything passes (``out_dir`` itself
-    is created before the file check); each file is replaced
-    atomically (temp file + ``os.replace``), ``meta.json`` last.
-    """
-    out_dir = Path(out_dir)
-    if not isinstance(tracklets, Sequence) or len(tracklets) == 0:
-        raise DataPrepError(f"{out_dir}: no tracklets to write")
-    rows, ids_to_pid, extra_columns = [], {}, []
-    for index, t in enumerate(tracklets):
-        tid, frames, columns = _check_tracklet(t, index)
-        if tid in ids_to_pid:
-            raise DataPrepError(f"tracklet {tid}: tracklet_id used twice")
-        ids_to_pid[tid] = int(t["pid"])
-        for key in columns:
-            if key != "visibility" and key not in extra_columns:
-                extra_columns.append(key)
-        rows.append((tid, int(t["pid"]), int(t["camid"]), frames, columns))
-    splits = _check_splits(splits, ids_to_pid)
-    meta = _check_meta(meta)
-
-    try:  # before the file check: "out/../raw/x.jpg" only resolves once "out" exists
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataPrepError(f"{out_dir}: cannot create the output folder ({err})") from err
-    if check_files:
-        missing = [f for *_, frames, _ in rows for f in frames if not (out_dir / f).is_file()]
-        if missing:
-            raise DataPrepError(f"{out_dir}: {len(missing)} frame files not found, e.g. {out_dir / missing[0]}")
-
-    pids = [r[1] for r in rows]
-    counts = {
-        "identities": len({p for p in pids if p >= 1}),
-        "tracklets": len(rows),
-        "frames": sum(len(r[3]) for r in rows),
-        "distractor_tracklets": sum(p == 0 for p in pids),
-        "junk_tracklets": sum(p == -1 for p in pids),
-        "cameras": len({r[2] for r in rows}),
-    }
-    meta = {"format_version": FORMAT_VERSION, **{k: v for k, v in meta.items() if k != "format_version"},
-            "counts": counts}
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(BASE_COLUMNS) + extra_columns)
-    for tid, pid, camid, frames, columns in rows:
-        per_frame = ["|".join(columns[k]) if k in columns else "" for k in ["visibility"] + extra_columns]
-        writer.writerow([tid, pid, camid, len(frames), "|".join(frames)] + per_frame)
-    try:
-        meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
-    except TypeError as err:
-        raise DataPrepError(f"meta: cannot be written as JSON ({err})") from err
-    splits_text = json.dumps(splits) + "\n"
-
-    _write_atomic(out_dir / "tracklets.csv", buf.getvalue())
-    _write_atomic(out_dir / "splits.json", splits_text)
-    _write_atomic(out_dir / "meta.json", meta_text)
+# --------------------------------------------------------------------------- summary
 
 
 def summary(out_dir: Path, meta: dict, splits: list[dict] | None = None) -> str:

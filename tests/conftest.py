@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny, valid manifest written by hand (no data_prep involved).
+"""Shared test helpers: a tiny, valid manifest (frames drawn here, files by ``write_manifest``).
 
 Use the ``make_manifest`` fixture (it writes below ``tmp_path``)::
 
@@ -13,13 +13,13 @@ number, so every frame differs from every other.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from reidkit.data import write_manifest
 
 
 def write_tiny_manifest(
@@ -76,11 +76,10 @@ def write_tiny_manifest(
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(root / rel)
             frames.append(rel)
-        row = {"tracklet_id": tid, "pid": pid, "camid": cam, "num_frames": n,
-               "frames": "|".join(frames),
-               "visibility": "|".join(f"{v:.3f}" for v in rng.uniform(0, 1, n)) if visibility else ""}
+        row = {"tracklet_id": tid, "pid": pid, "camid": cam, "frames": frames,
+               "visibility": [round(float(v), 3) for v in rng.uniform(0, 1, n)] if visibility else None}
         if occlusion:
-            row["occlusion"] = "|".join(rng.choice(["none", "object", "person", "blur", "crop"], n))
+            row["occlusion"] = [str(o) for o in rng.choice(["none", "object", "person", "blur", "crop"], n)]
         rows.append(row)
         return tid
 
@@ -90,14 +89,6 @@ def write_tiny_manifest(
                        for cam in range(1, num_cams + 1)}
     extra = [add(0, int(rng.integers(1, num_cams + 1))) for _ in range(distractors)]
     extra += [add(-1, int(rng.integers(1, num_cams + 1))) for _ in range(junk)]
-
-    columns = ["tracklet_id", "pid", "camid", "num_frames", "frames", "visibility"]
-    if occlusion:
-        columns.append("occlusion")
-    with open(root / "tracklets.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
     pids = list(by_pid)
     all_of = lambda pid: [t for cam in by_pid[pid].values() for t in cam]  # noqa: E731
@@ -121,15 +112,8 @@ def write_tiny_manifest(
                            "gallery": [t for p in test_ids for t in by_pid[p][2]] + extra})
     else:
         raise ValueError(f"unknown protocol {protocol!r}")
-    (root / "splits.json").write_text(json.dumps(splits))
-
-    total = sum(r["num_frames"] for r in rows)
-    meta = {"format_version": 1, "name": name, "source": "synthetic", "protocol": protocol,
-            "counts": {"identities": num_ids, "tracklets": len(rows), "frames": total,
-                       "distractor_tracklets": distractors, "junk_tracklets": junk,
-                       "cameras": num_cams},
-            "frame_size": [H, W], "excluded": []}
-    (root / "meta.json").write_text(json.dumps(meta, indent=1))
+    meta = {"name": name, "source": "synthetic", "protocol": protocol, "frame_size": [H, W], "excluded": []}
+    write_manifest(root, rows, splits, meta)  # counts and format_version filled in
     return root
 
 

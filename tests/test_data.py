@@ -1,7 +1,5 @@
-"""reidkit.data: manifest validation, frame cache, sampling, P x K sampler, loaders."""
+"""reidkit.data: frame cache, sampling, P x K sampler, normalisation, loaders (the manifest: test_manifest.py)."""
 
-import csv
-import json
 import os
 
 import numpy as np
@@ -14,98 +12,6 @@ from reidkit.data import (
     denormalize_clips, even_clip, iter_test_clips, normalize_clips, num_test_clips,
     test_frame_indices, train_frame_indices,
 )
-
-
-# ------------------------------------------------------------------ manifest loading
-
-def _rewrite_rows(root, edit):
-    """Apply ``edit(rows)`` to tracklets.csv (list of dicts) and write it back."""
-    path = root / "tracklets.csv"
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols, rows = reader.fieldnames, list(reader)
-    cols = edit(rows) or cols
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def test_load_valid_manifest(make_manifest):
-    root = make_manifest(num_ids=4, distractors=2, junk=1, visibility=True, occlusion=True)
-    m = Manifest.load(root)
-    assert len(m) == 4 * 2 + 3
-    assert m.protocol == "mars" and len(m.splits) == 1
-    assert sorted(set(m.pids.tolist())) == [-1, 0, 1, 2, 3, 4]
-    t = m.tracklets[3]
-    assert t.num_frames == len(t.frames) == m.lengths[3]
-    assert t.visibility.shape == (t.num_frames,) and t.visibility.dtype == np.float32
-    assert len(t.extras["occlusion"]) == t.num_frames
-    assert m.index(t.tracklet_id) == 3
-    assert m.positions([t.tracklet_id, 0]).tolist() == [3, 0]
-    assert Manifest.load(root / "tracklets.csv").root == root
-    with pytest.raises(KeyError):
-        m.index(999)
-
-
-def test_load_two_camera(make_manifest):
-    m = Manifest.load(make_manifest(num_ids=6, protocol="two_camera", num_splits=3))
-    assert m.protocol == "two_camera" and len(m.splits) == 3
-    for s in m.splits:
-        q, g = m.positions(s.query), m.positions(s.gallery)
-        assert set(m.camids[q]) == {1} and set(m.camids[g]) == {2}
-        assert not set(m.pids[m.positions(s.train)]) & set(m.pids[q])
-
-
-@pytest.mark.parametrize("edit, message", [
-    (lambda rows: ["tracklet_id", "pid", "camid", "frames"], "missing column(s) ['num_frames']"),
-    (lambda rows: rows[2].update(pid="x7"), "row 3 (line 4): pid 'x7' is not an integer"),
-    (lambda rows: rows[1].update(camid="0"), "row 2 (line 3): camid 0 must be >= 1"),
-    (lambda rows: rows[4].update(tracklet_id=rows[1]["tracklet_id"]),
-     "row 5 (line 6): duplicate tracklet_id 1 (first at row 2)"),
-    (lambda rows: rows[0].update(num_frames=int(rows[0]["num_frames"]) + 1), "row 1 (line 2): num_frames"),
-    (lambda rows: rows[3].update(visibility="0.5|0.5"), "row 4 (line 5): visibility has 2 values"),
-    (lambda rows: rows[3].update(visibility="|".join(["1.5"] * int(rows[3]["num_frames"]))),
-     "row 4 (line 5): visibility value 1.5 is outside [0, 1]"),
-    (lambda rows: rows[0].update(frames=rows[0]["frames"] + "|"), "row 1 (line 2): empty frame path"),
-])
-def test_tracklets_validation_names_file_row_value(make_manifest, edit, message):
-    root = make_manifest(num_ids=3, visibility=True)
-    _rewrite_rows(root, edit)
-    with pytest.raises(ManifestError) as e:
-        Manifest.load(root)
-    assert str(root / "tracklets.csv") in str(e.value)
-    assert message in str(e.value)
-
-
-def test_splits_and_meta_validation(make_manifest):
-    root = make_manifest(num_ids=3)
-    splits = json.loads((root / "splits.json").read_text())
-    splits[0]["gallery"].append(4242)
-    (root / "splits.json").write_text(json.dumps(splits))
-    with pytest.raises(ManifestError, match=r"splits\.json, split 0, gallery: tracklet_id 4242 is not"):
-        Manifest.load(root)
-    splits[0]["gallery"][-1] = "3"
-    (root / "splits.json").write_text(json.dumps(splits))
-    with pytest.raises(ManifestError, match=r"gallery: id '3' is not an integer"):
-        Manifest.load(root)
-    splits[0]["gallery"].pop()
-    (root / "splits.json").write_text(json.dumps(splits))
-    Manifest.load(root)
-
-    meta = json.loads((root / "meta.json").read_text())
-    meta["protocol"] = "three_camera"
-    (root / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ManifestError, match=r"meta\.json: protocol 'three_camera' is not one of"):
-        Manifest.load(root)
-
-
-@pytest.mark.parametrize("name", ["tracklets.csv", "splits.json", "meta.json"])
-def test_missing_file(make_manifest, name):
-    root = make_manifest(num_ids=2)
-    (root / name).unlink()
-    with pytest.raises(ManifestError, match=f"{name}: file not found"):
-        Manifest.load(root)
 
 
 # ------------------------------------------------------------------ frame cache

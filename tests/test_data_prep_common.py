@@ -1,6 +1,4 @@
-"""data_prep.common: frame sorting, .mat reading, image checks and the manifest writer."""
-import csv
-import json
+"""data_prep.common: frame sorting, .mat reading, image checks; the CLI (the writer: test_manifest.py)."""
 import re
 
 import numpy as np
@@ -8,8 +6,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from conftest import write_tiny_manifest
 from data_prep.common import (DataPrepError, check_image, check_tracklet_images, frame_number, list_frames,
-                              load_mat, sort_frames, write_manifest)
+                              load_mat, sort_frames)
+from reidkit.data import ManifestError
 
 
 def _png(path, size=(4, 8)):
@@ -92,112 +92,6 @@ def test_check_image_rejects_garbage_and_reports_size(tmp_path):
         check_tracklet_images([frames], "all")
 
 
-# ----------------------------------------------------------------- write_manifest
-
-
-def _dataset(tmp_path):
-    for name in ("a/1.png", "a/2.png", "b/1.png", "c/1.png", "c/2.png", "d/1.png"):
-        _png(tmp_path / name)
-    tracklets = [
-        {"tracklet_id": 0, "pid": 1, "camid": 1, "frames": ["a/1.png", "a/2.png"], "visibility": [1.0, 0.25],
-         "occlusion": ["none", "object"]},
-        {"tracklet_id": 1, "pid": 1, "camid": 2, "frames": ["b/1.png"]},
-        {"tracklet_id": 5, "pid": 2, "camid": 1, "frames": ["c/1.png", "c/2.png"], "visibility": None},
-        {"tracklet_id": 7, "pid": 2, "camid": 2, "frames": ["d/1.png"]},
-        {"tracklet_id": 8, "pid": 0, "camid": 3, "frames": ["d/1.png"]},
-        {"tracklet_id": 9, "pid": -1, "camid": 3, "frames": ["d/1.png"]},
-    ]
-    splits = [{"train": [0, 1], "query": [5], "gallery": [7, 8, 9]}]
-    meta = {"name": "toy", "source": "synthetic", "protocol": "mars", "frame_size": [8, 4],
-            "excluded": [{"rule": "too short", "count": 1, "items": ["x"]}], "generator": {"seed": 3}}
-    return tracklets, splits, meta
-
-
-def test_write_manifest_round_trip(tmp_path):
-    tracklets, splits, meta = _dataset(tmp_path)
-    write_manifest(tmp_path, tracklets, splits, meta)
-    with open(tmp_path / "tracklets.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["tracklet_id", "pid", "camid", "num_frames", "frames", "visibility", "occlusion"]
-    assert rows[0] == {"tracklet_id": "0", "pid": "1", "camid": "1", "num_frames": "2",
-                       "frames": "a/1.png|a/2.png", "visibility": "1|0.25", "occlusion": "none|object"}
-    assert rows[2]["visibility"] == "" and rows[2]["occlusion"] == ""
-    assert [r["pid"] for r in rows] == ["1", "1", "2", "2", "0", "-1"]
-    assert json.loads((tmp_path / "splits.json").read_text()) == splits
-    written = json.loads((tmp_path / "meta.json").read_text())
-    assert written["format_version"] == 1
-    assert written["generator"] == {"seed": 3} and written["excluded"] == meta["excluded"]
-    assert written["counts"] == {"identities": 2, "tracklets": 6, "frames": 8, "distractor_tracklets": 1,
-                                 "junk_tracklets": 1, "cameras": 3}
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-
-
-def _bad(tracklets, splits, meta, case):
-    t = lambda i: tracklets[i]  # noqa: E731
-    if case == "duplicate id":
-        t(1)["tracklet_id"] = 0
-    elif case == "empty frames":
-        t(1)["frames"] = []
-    elif case == "visibility length":
-        t(0)["visibility"] = [1.0]
-    elif case == "visibility range":
-        t(0)["visibility"] = [1.0, 1.5]
-    elif case == "extra length":
-        t(0)["occlusion"] = ["none"]
-    elif case == "pipe in path":
-        t(1)["frames"] = ["b|1.png"]
-    elif case == "absolute path":
-        t(1)["frames"] = ["/b/1.png"]
-    elif case == "camid":
-        t(1)["camid"] = 0
-    elif case == "pid":
-        t(1)["pid"] = -2
-    elif case == "num_frames":
-        t(1)["num_frames"] = 3
-    elif case == "unknown split id":
-        splits[0]["gallery"].append(42)
-    elif case == "repeated split id":
-        splits[0]["query"].append(5)
-    elif case == "identity overlap":
-        splits[0]["gallery"].remove(7)
-        splits[0]["train"].append(7)
-    elif case == "tracklet overlap":
-        splits[0]["train"].append(9)
-    elif case == "empty query":
-        splits[0]["query"] = []
-    elif case == "protocol":
-        meta["protocol"] = "three_camera"
-    elif case == "frame_size":
-        meta["frame_size"] = [8]
-    elif case == "missing file":
-        t(1)["frames"] = ["b/2.png"]
-
-
-BAD = {"duplicate id": "used twice", "empty frames": "tracklet 1: no frames",
-       "visibility length": "visibility has 1 entries for 2 frames", "visibility range": r"\[0, 1\]",
-       "extra length": "occlusion has 1", "pipe in path": r"b\|1.png", "absolute path": "relative",
-       "camid": "camid 0", "pid": "pid -2", "num_frames": "num_frames 3", "unknown split id": r"unknown.*42",
-       "repeated split id": "repeated", "identity overlap": r"identities \[2\]",
-       "tracklet overlap": r"tracklets \[9\] are in train", "empty query": "query is empty",
-       "protocol": "three_camera", "frame_size": "frame_size", "missing file": r"b[/\\]2.png"}
-
-
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_write_manifest_rejects_bad_input_and_writes_nothing(tmp_path, case):
-    tracklets, splits, meta = _dataset(tmp_path)
-    _bad(tracklets, splits, meta, case)
-    with pytest.raises(DataPrepError, match=BAD[case]):
-        write_manifest(tmp_path, tracklets, splits, meta)
-    assert not (tmp_path / "tracklets.csv").exists() and not (tmp_path / "meta.json").exists()
-
-
-def test_write_manifest_without_file_check_accepts_missing_frames(tmp_path):
-    tracklets, splits, meta = _dataset(tmp_path)
-    tracklets[1]["frames"] = ["elsewhere/1.png"]
-    write_manifest(tmp_path / "out", tracklets, splits, meta, check_files=False)
-    assert (tmp_path / "out" / "meta.json").exists()
-
-
 # ----------------------------------------------------------------- the CLI
 
 
@@ -220,13 +114,39 @@ def test_cli_synthetic_calls_the_generator_lazily(tmp_path, monkeypatch, capsys)
 
     def generate(out, preset, seed, progress, occlusion="default"):
         calls.append((out, preset, seed, progress, occlusion))
-        tracklets, splits, meta = _dataset(out)
-        write_manifest(out, tracklets, splits, meta)
+        write_tiny_manifest(out, num_ids=3)
 
     monkeypatch.setitem(sys.modules, "data_prep.synthetic", types.SimpleNamespace(generate=generate))
     assert main(["synthetic", "--out", str(tmp_path), "--preset", "tiny", "--seed", "4"]) == 0
     assert calls == [(tmp_path, "tiny", 4, True, "default")]
     assert "tracklets 6" in capsys.readouterr().out
+
+
+def test_cli_reports_manifest_rule_breaks_as_clean_errors(tmp_path, monkeypatch, capsys):
+    """write_manifest raises ManifestError; a raw-layout DataPrepError is one too: both end as "error: ..."."""
+    import sys
+    import types
+
+    from data_prep.__main__ import main
+
+    assert issubclass(DataPrepError, ManifestError) and issubclass(DataPrepError, ValueError)
+
+    def generate(out, preset, seed, progress, occlusion="default"):
+        if preset == "tiny":
+            raise DataPrepError("raw/x: folder not found")
+        write_tiny_manifest(out / "raw", num_ids=3)  # then its splits broken: tracklet 0 in the gallery too
+        splits = [{"train": [0, 1], "query": [2], "gallery": [3, 0]}]
+        from reidkit.data import Manifest, write_manifest
+        m = Manifest.load(out / "raw")
+        write_manifest(out, [{"tracklet_id": t.tracklet_id, "pid": t.pid, "camid": t.camid, "frames": t.frames}
+                             for t in m.tracklets], splits, m.meta, check_files=False)
+
+    monkeypatch.setitem(sys.modules, "data_prep.synthetic", types.SimpleNamespace(generate=generate))
+    assert main(["synthetic", "--out", str(tmp_path), "--preset", "tiny"]) == 2
+    assert capsys.readouterr().err == "error: raw/x: folder not found\n"
+    assert main(["synthetic", "--out", str(tmp_path), "--preset", "small"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'splits.json'}, split 0: tracklet ids [0] are in train and in gallery")
 
 
 def test_relative_frames_resolve_from_the_out_dir_even_through_a_symlink(tmp_path):

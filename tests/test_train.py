@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from reidkit.checkpoint import load_checkpoint
+from reidkit.checkpoint import load_checkpoint, load_model
 from reidkit.config import Config
-from reidkit.checkpoint import load_model
+from reidkit.data import write_manifest
 from reidkit.train import Trainer, TrainingDiverged
 
 H, W = 64, 32  # caffenet_light gives a 4×2 pool5 grid at this size
@@ -40,23 +40,14 @@ def make_tiny_dataset(root: Path, identities: int = 8, frames: int = 7, seed: in
                 (root / name).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img).save(root / name)
                 names.append(name)
-            rows.append({"tracklet_id": tid, "pid": pid, "camid": cam, "num_frames": frames,
-                         "frames": "|".join(names), "visibility": ""})
+            rows.append({"tracklet_id": tid, "pid": pid, "camid": cam, "frames": names})
             tid += 1
-    with open(root / "tracklets.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     half = identities // 2
     split = {"train": [r["tracklet_id"] for r in rows if r["pid"] <= half],
              "query": [r["tracklet_id"] for r in rows if r["pid"] > half and r["camid"] == 1],
              "gallery": [r["tracklet_id"] for r in rows if r["pid"] > half and r["camid"] == 2]}
-    (root / "splits.json").write_text(json.dumps([split]))
-    meta = {"format_version": 1, "name": "tiny", "source": "synthetic", "protocol": "two_camera",
-            "counts": {"identities": identities, "tracklets": len(rows), "frames": len(rows) * frames,
-                       "distractor_tracklets": 0, "junk_tracklets": 0, "cameras": 2},
-            "frame_size": [H, W], "excluded": []}
-    (root / "meta.json").write_text(json.dumps(meta))
+    meta = {"name": "tiny", "source": "synthetic", "protocol": "two_camera", "frame_size": [H, W], "excluded": []}
+    write_manifest(root, rows, [split], meta)
     return root
 
 
@@ -240,7 +231,6 @@ def test_training_never_reads_the_ground_truth_columns(tmp_path):
     after training with frame erasing on. One thread, so the comparison is exact.
     """
     import os
-    import shutil
 
     from data_prep.synthetic import generate
     from reidkit.data import Manifest
@@ -249,16 +239,11 @@ def test_training_never_reads_the_ground_truth_columns(tmp_path):
     generate(full, preset="tiny", seed=0, progress=False, workers=1)
     bare = tmp_path / "without_labels"
     bare.mkdir()
-    for name in ("splits.json", "meta.json"):
-        shutil.copy(full / name, bare / name)
     os.symlink(full / "bbox", bare / "bbox")
-    with open(full / "tracklets.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    kept = [k for k in rows[0] if k not in ("visibility", "occlusion", "blur")]
-    with open(bare / "tracklets.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=kept, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    labelled = Manifest.load(full)
+    write_manifest(bare, [{"tracklet_id": t.tracklet_id, "pid": t.pid, "camid": t.camid, "frames": t.frames}
+                          for t in labelled.tracklets],
+                   [vars(s) for s in labelled.splits], labelled.meta)
     assert Manifest.load(full).has_visibility and not Manifest.load(bare).has_visibility
 
     threads = torch.get_num_threads()

@@ -2,7 +2,7 @@
 
 `generate(out, preset, seed)` plans every identity and tracklet first (cheap, in this process),
 renders the frames (a process pool over identities for the bigger presets), writes them as
-JPEG files with MARS-like names, and writes the manifest through `data_prep.common.write_manifest`
+JPEG files with MARS-like names, and writes the manifest through `reidkit.data.manifest.write_manifest`
 so the result is read exactly like a real dataset.
 
 Layout of the dataset folder::

@@ -1,0 +1,26 @@
+"""Manifest reading and writing, the uint8 frame cache, clip sampling and clip loaders.
+
+The data path (see ``docs/architecture.md``), one module per step:
+
+    manifest.py  tracklets.csv, splits.json, meta.json: Manifest.load, write_manifest, one validator
+    cache.py     FrameCache: every frame decoded once, resized to H x W, stored as uint8 .npy
+    sampling.py  which frames make a clip (train / test), which tracklets make a batch (P x K)
+    clips.py     clips (N, T, 3, H, W) gathered from the cache by index, normalised and mirrored
+                 as tensors on the device (the GPU when there is one); the train and test loaders
+"""
+
+from .cache import CACHE_VERSION, FrameCache, decode_frame
+from .clips import (MEAN, STD, ClipBatch, TrainClipLoader, clip_visibility, denormalize_clips, erase_frames,
+                    even_clip, iter_test_clips, normalize_clips, num_test_clips)
+from .manifest import (FORMAT_VERSION, PROTOCOLS, SOURCES, Manifest, ManifestError, Split, Tracklet,
+                       write_manifest)
+from .sampling import PKSampler, test_frame_indices, train_frame_indices
+
+__all__ = [
+    "MEAN", "STD", "FORMAT_VERSION", "PROTOCOLS", "SOURCES", "CACHE_VERSION",
+    "ManifestError", "Tracklet", "Split", "Manifest", "write_manifest",
+    "decode_frame", "FrameCache",
+    "train_frame_indices", "test_frame_indices", "PKSampler",
+    "normalize_clips", "denormalize_clips", "erase_frames", "clip_visibility", "ClipBatch",
+    "TrainClipLoader", "iter_test_clips", "num_test_clips", "even_clip",
+]

@@ -1,0 +1,285 @@
+"""Clips as tensors: normalisation, frame erasing, the training loader and the test clips.
+
+Clips (N, T, 3, H, W) are gathered from the ``FrameCache`` by index, then normalised and
+mirrored as tensors on the device (the GPU when there is one). Testing covers every frame of a
+tracklet, T at a time (``iter_test_clips``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .cache import FrameCache
+from .manifest import Manifest
+from .sampling import PKSampler, test_frame_indices, train_frame_indices
+
+# ImageNet RGB statistics on the 0-1 scale (what ImageNet-initialised CNNs expect).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation and augmentation (tensor ops, run wherever the clips are)
+# --------------------------------------------------------------------------------------------
+
+_SCALE_BIAS: dict = {}
+
+
+def _scale_bias(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel 1/(255*std) and -mean/std, made once per device (no host copy every step)."""
+    key = (str(device), dtype)
+    if key not in _SCALE_BIAS:
+        scale = torch.tensor([1.0 / (255.0 * s) for s in STD], dtype=dtype).view(1, 1, 3, 1, 1)
+        bias = torch.tensor([-m / s for m, s in zip(MEAN, STD)], dtype=dtype).view(1, 1, 3, 1, 1)
+        _SCALE_BIAS[key] = (scale.to(device), bias.to(device))
+    return _SCALE_BIAS[key]
+
+
+def normalize_clips(clips: torch.Tensor, mirror: torch.Tensor | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, T, H, W, 3) -> ``dtype`` (N, T, 3, H, W), ImageNet-normalised, on clips' device.
+
+    ``mirror`` (bool, shape (N,)) flips clip n left-right (the W axis) where True; all T frames
+    of a clip are flipped together (paper, section 4.2: "We also implement mirror for data
+    augmentation"). Pass ``mirror`` as a CPU tensor to avoid a device sync when clips are on
+    the GPU.
+
+    Computed as ``x * 1/(255*std) + (-mean/std)`` into a preallocated (N, T, 3, H, W) tensor: the
+    uint8 -> float conversion and the channel permute are a single copy (several times faster
+    on the CPU than permute, divide, subtract, divide, contiguous).
+    """
+    if clips.dim() != 5 or clips.shape[-1] != 3:
+        raise ValueError(f"expected uint8 clips (N, T, H, W, 3), got shape {tuple(clips.shape)}")
+    N, T, H, W, _ = clips.shape
+    dev = clips.device
+    if mirror is not None:  # flip the uint8 frames: a quarter of the bytes of the float ones
+        mirror = torch.as_tensor(mirror, dtype=torch.bool)
+        if mirror.shape != (N,):
+            raise ValueError(f"mirror must have shape ({N},), got {tuple(mirror.shape)}")
+        if mirror.device.type == "cpu":
+            idx = mirror.nonzero().view(-1).to(dev, non_blocking=True)
+            if idx.numel():
+                clips = clips.index_copy(0, idx, clips.index_select(0, idx).flip(3))
+        else:  # flags already on the GPU: no host sync, flip all and keep where asked
+            clips = torch.where(mirror.view(-1, 1, 1, 1, 1), clips.flip(3), clips)
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    x = torch.empty((N, T, 3, H, W), dtype=work, device=dev)
+    x.copy_(clips.permute(0, 1, 4, 2, 3))
+    scale, bias = _scale_bias(dev, work)
+    x.mul_(scale).add_(bias)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def erase_frames(clips: torch.Tensor, rng: np.random.Generator, p: float,
+                 area: tuple[float, float] = (0.3, 0.7), frames: np.ndarray | None = None
+                 ) -> tuple[torch.Tensor, np.ndarray]:
+    """Frame-level random erasing: occlude whole frames of a clip batch, as a passer-by would.
+
+    Each frame of uint8 ``clips`` (N, T, H, W, 3) is chosen with probability ``p``; a rectangle
+    covering ``area`` (a fraction drawn uniformly) of it, of random aspect ratio, is replaced by
+    the same rectangle of a random frame of *another* clip in the batch (another person or
+    another background). Random erasing (Zhong et al., 2020) is usually applied to every image;
+    here it hits single frames of a clip, so the clip's other frames stay clean and a temporal
+    model can learn that some frames are less trustworthy than others. Reads no label: which
+    frames of the *data* are occluded is never known to training. Returns the new clips (the
+    input is not modified) and the (N, T) bool mask of erased frames. Deterministic for ``rng``.
+    ``frames`` (bool (N, T)) chooses the frames instead of ``p`` (the attention lesson's probe).
+    """
+    N, T, H, W, _ = clips.shape
+    hit = rng.random((N, T)) < p if frames is None else np.asarray(frames, bool).copy()
+    if hit.shape != (N, T):
+        raise ValueError(f"frames must be a ({N}, {T}) mask, got shape {hit.shape}")
+    if N < 2 or not hit.any():  # one clip has no other clip to take an occluder from
+        return clips, np.zeros((N, T), bool)
+    out = clips.clone()
+    for n, t in zip(*np.nonzero(hit)):
+        frac = rng.uniform(*area)
+        aspect = float(np.exp(rng.uniform(np.log(0.3), np.log(3.3))))  # height / width
+        h = int(min(H, max(1, round(np.sqrt(frac * H * W * aspect)))))
+        w = int(min(W, max(1, round(np.sqrt(frac * H * W / aspect)))))
+        y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        src = int(rng.integers(0, N - 1))
+        src += src >= n  # another clip
+        out[n, t, y:y + h, x:x + w] = clips[src, int(rng.integers(0, T)), y:y + h, x:x + w]
+    return out, hit
+
+
+def denormalize_clips(clips: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``normalize_clips`` (no un-mirroring): float (..., 3, H, W) -> float RGB in [0, 1]."""
+    shape = [1] * (clips.dim() - 3) + [3, 1, 1]
+    mean = torch.tensor(MEAN, device=clips.device, dtype=clips.dtype).view(shape)
+    std = torch.tensor(STD, device=clips.device, dtype=clips.dtype).view(shape)
+    return (clips * std + mean).clamp_(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ClipBatch:
+    """One training batch. Tensors of N = P*K clips (per rank).
+
+    clips (N, T, 3, H, W) float; pids, camids, tracklet_ids, positions (N,) int64; frame_idx
+    (N, T) int64 (frame numbers inside each tracklet); mirrored (N,) bool; visibility (N, T)
+    float with NaN where unknown, or None when the manifest has no visibility ground truth.
+    """
+
+    clips: torch.Tensor
+    pids: torch.Tensor
+    camids: torch.Tensor
+    tracklet_ids: torch.Tensor
+    positions: torch.Tensor
+    frame_idx: torch.Tensor
+    visibility: torch.Tensor | None = None
+    mirrored: torch.Tensor | None = None
+
+    def to(self, device, non_blocking: bool = False) -> "ClipBatch":
+        moved = {f.name: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v)
+                 for f in fields(self) for v in [getattr(self, f.name)]}
+        return ClipBatch(**moved)
+
+    def __len__(self) -> int:
+        return int(self.clips.shape[0])
+
+
+def clip_visibility(manifest: Manifest, positions, frame_idx) -> np.ndarray | None:
+    """Ground-truth visibility (N, T) of frames ``frame_idx`` (N, T) of the tracklets at ``positions``.
+
+    NaN where a tracklet has none; None when the manifest has no visibility at all. For
+    measuring and plotting only: training never reads it.
+    """
+    positions, frame_idx = np.asarray(positions, dtype=np.int64), np.asarray(frame_idx, dtype=np.int64)
+    if not manifest.has_visibility:
+        return None
+    vis = np.full(frame_idx.shape, np.nan, dtype=np.float32)
+    for n, p in enumerate(positions):
+        v = manifest.tracklets[p].visibility
+        if v is not None:
+            vis[n] = v[frame_idx[n]]
+    return vis
+
+
+class TrainClipLoader:
+    """Training batches (``ClipBatch``) for split ``split``: P identities x K tracklets x T frames.
+
+    Per step: ``PKSampler`` picks tracklets, ``train_frame_indices`` picks T sorted random frames
+    in each, the frames are gathered from the cache, ``frame_erasing`` > 0 occludes single frames
+    (``erase_frames``), then they are normalised and (with ``mirror``) flipped with probability
+    1/2 per clip, on ``device``. With a CUDA device the whole uint8
+    cache is made resident on the GPU by default (``resident=True``; MARS at 256x128 is 50 GB),
+    so a step moves only indices; with ``resident=False`` the gather happens on the CPU and only
+    the batch's uint8 frames cross to the GPU.
+
+    Deterministic for (seed, epoch, rank). Each full pass advances the epoch by one; call
+    ``set_epoch(e)`` to choose it (e.g. when resuming).
+    """
+
+    def __init__(self, manifest: Manifest, cache: FrameCache, split: int = 0, P: int = 8, K: int = 4,
+                 T: int = 6, steps_per_epoch: int | None = None, seed: int = 0, device="cpu",
+                 mirror: bool = True, rank: int = 0, world_size: int = 1, resident: bool | None = None,
+                 dtype: torch.dtype = torch.float32, frame_erasing: float = 0.0):
+        if len(cache.offsets) != len(manifest.tracklets):
+            raise ValueError(f"cache has {len(cache.offsets)} tracklets, manifest {len(manifest.tracklets)}")
+        self.manifest, self.cache, self.T = manifest, cache, T
+        self.device = torch.device(device)
+        self.mirror, self.seed, self.rank, self.dtype = mirror, seed, rank, dtype
+        if not 0.0 <= frame_erasing <= 1.0:
+            raise ValueError(f"frame_erasing must be a probability in [0, 1], got {frame_erasing}")
+        self.frame_erasing = frame_erasing
+        train_pos = manifest.positions(manifest.split(split).train)
+        self.sampler = PKSampler(manifest.pids[train_pos], P, K, seed=seed, rank=rank,
+                                 world_size=world_size, positions=train_pos,
+                                 steps_per_epoch=steps_per_epoch)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        if resident is None:
+            resident = self.device.type == "cuda"
+        if resident:
+            cache.tensor(self.device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[ClipBatch]:
+        epoch = self.epoch
+        self.sampler.set_epoch(epoch)
+        rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
+        erase_rng = np.random.default_rng([self.seed, epoch, self.rank, 2])
+        m = self.manifest
+        for positions in self.sampler:
+            frame_idx = np.stack([train_frame_indices(int(m.lengths[p]), self.T, rng) for p in positions])
+            flips = rng.random(len(positions)) < 0.5 if self.mirror else np.zeros(len(positions), bool)
+            raw = self.cache.gather(self.cache.rows(positions, frame_idx), self.device)
+            if self.frame_erasing > 0:  # its own stream: the clips drawn do not depend on it
+                raw = erase_frames(raw, erase_rng, self.frame_erasing)[0]
+            mirrored = torch.from_numpy(flips)
+            clips = normalize_clips(raw, mirrored, self.dtype)  # flags stay on the CPU: no sync
+            vis = clip_visibility(m, positions, frame_idx)
+            to_dev = lambda a: torch.from_numpy(a).to(self.device, non_blocking=True)  # noqa: E731
+            yield ClipBatch(
+                clips=clips,
+                pids=to_dev(m.pids[positions]),
+                camids=to_dev(m.camids[positions]),
+                tracklet_ids=to_dev(m.tracklet_ids[positions]),
+                positions=to_dev(positions),
+                frame_idx=to_dev(frame_idx),
+                visibility=to_dev(vis) if vis is not None else None,
+                mirrored=to_dev(flips),
+            )
+        self.epoch = epoch + 1
+
+
+def num_test_clips(manifest: Manifest, positions, T: int, mode: str = "chunks") -> int:
+    """How many clips ``iter_test_clips`` yields in total (for progress bars)."""
+    lengths = manifest.lengths[np.asarray(positions, dtype=np.int64)]
+    return int(np.ceil(lengths / T).sum()) if mode == "chunks" else len(lengths)
+
+
+def iter_test_clips(manifest: Manifest, cache: FrameCache, positions, T: int, mode: str = "chunks",
+                    batch_size: int = 64, device="cpu", dtype: torch.dtype = torch.float32
+                    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Test clips of the tracklets at ``positions``: yields ``(clips, owners)``.
+
+    ``clips`` is float (B, T, 3, H, W) on ``device`` (B <= batch_size), ``owners`` the int64
+    manifest position of each clip's tracklet. With ``mode="chunks"`` every frame of every
+    tracklet is covered, T at a time (see ``test_frame_indices``); a long tracklet spans several
+    clips and batches, never one huge tensor. Average the features per owner to get a
+    tracklet's descriptor. No mirroring.
+    """
+    device = torch.device(device)
+    owners, rows = [], []
+
+    def flush():
+        clips = normalize_clips(cache.gather(np.stack(rows), device), None, dtype)
+        out = (clips, np.array(owners, dtype=np.int64))
+        owners.clear()
+        rows.clear()
+        return out
+
+    for p in np.asarray(positions, dtype=np.int64):
+        for idx in test_frame_indices(int(manifest.lengths[p]), T, mode):
+            owners.append(int(p))
+            rows.append(cache.offsets[p] + idx)
+            if len(rows) == batch_size:
+                yield flush()
+    if rows:
+        yield flush()
+
+
+def even_clip(manifest: Manifest, cache: FrameCache, position: int, T: int, device="cpu",
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One clip of T evenly spaced frames of a tracklet: float (1, T, 3, H, W), normalised.
+
+    Handy for figures (attention weights, Grad-CAM) where one representative clip is wanted.
+    """
+    idx = test_frame_indices(int(manifest.lengths[position]), T, "even")[0]
+    raw = cache.gather((cache.offsets[position] + idx)[None], device)
+    return normalize_clips(raw, None, dtype)
