@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from reidkit.files import atomic_write, write_text
+
 from .manifest import Manifest, ManifestError
 
 CACHE_VERSION = 1  # bump when the decode/resize recipe changes: old caches are then rebuilt
@@ -139,24 +141,16 @@ class FrameCache:
                         and frames.dtype == np.uint8):
                     return cls(frames, offsets, lengths, npy_path, fingerprint, built=False)
 
-        npy_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npy_path.with_name(f"{npy_path.stem}.tmp{os.getpid()}.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
-        try:
+        with atomic_write(npy_path, suffix=".npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
             cls._decode_all(manifest, out, offsets, height, width, progress, workers)
             out.flush()
             del out
             json_path.unlink(missing_ok=True)  # the old index must never vouch for the new pixels
-            os.replace(tmp, npy_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         index = {"format_version": CACHE_VERSION, "height": height, "width": width, "total": total,
                  "fingerprint": fingerprint, "tracklet_ids": manifest.tracklet_ids.tolist(),
                  "offsets": offsets.tolist(), "lengths": lengths.tolist()}
-        tmp_json = json_path.with_name(f"{json_path.stem}.tmp{os.getpid()}.json")
-        tmp_json.write_text(json.dumps(index))
-        os.replace(tmp_json, json_path)
+        write_text(json_path, json.dumps(index))
         frames = np.load(npy_path, mmap_mode="c")
         return cls(frames, offsets, lengths, npy_path, fingerprint, built=True)
 

@@ -18,13 +18,14 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from reidkit.files import jsonable, write_text
 
 FORMAT_VERSION = 1
 SOURCES = ("mars", "ilidsvid", "prid2011", "synthetic")
@@ -432,30 +433,6 @@ def _tracklet_row(t: dict, index: int, path: Path) -> tuple[int, list[str], dict
     return tid, frames, columns
 
 
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return value.as_posix()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(out_dir: Path, tracklets: list[dict], splits: list[dict], meta: dict,
                    check_files: bool = True) -> None:
     """Validate and write ``tracklets.csv``, ``splits.json`` and ``meta.json`` into ``out_dir``.
@@ -517,11 +494,11 @@ def write_manifest(out_dir: Path, tracklets: list[dict], splits: list[dict], met
         per_frame = ["|".join(columns[k]) if k in columns else "" for k in ["visibility"] + extra_columns]
         writer.writerow([tid, pid, camid, len(frames), "|".join(frames)] + per_frame)
     try:
-        meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
+        meta_text = json.dumps(jsonable(meta), indent=2) + "\n"
     except TypeError as err:
         raise ManifestError(f"{out_dir / 'meta.json'}: cannot be written as JSON ({err})") from err
     splits_text = json.dumps(splits) + "\n"
 
-    _write_atomic(out_dir / "tracklets.csv", buf.getvalue())
-    _write_atomic(out_dir / "splits.json", splits_text)
-    _write_atomic(out_dir / "meta.json", meta_text)
+    write_text(out_dir / "tracklets.csv", buf.getvalue())
+    write_text(out_dir / "splits.json", splits_text)
+    write_text(out_dir / "meta.json", meta_text)
