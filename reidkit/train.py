@@ -238,7 +238,7 @@ class Trainer:
 
         # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
         seed_everything(t.seed)
-        self.model = build_model(config.variant, config=ModelConfig.from_dict(asdict(config.model)))
+        self.model = build_model(config=ModelConfig.from_dict(asdict(config.model)))  # config.model.variant
         self.model.to(self.device)
         tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
         self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
@@ -421,10 +421,8 @@ class Trainer:
 
         metrics = {}
         if self.is_main:
-            e = self.config.eval
-            result = evaluate(self.model, self.manifest, self.cache, split=self.config.data.split,
-                              convention=e.convention, rerank_top_k=e.rerank_top_k, exact=e.exact,
-                              batch_size=e.batch_size, device=self.device, progress=False)
+            result = evaluate(self.model, self.manifest, self.cache, self.config.eval, split=self.config.data.split,
+                              device=self.device, progress=False)
             metrics = {k: float(getattr(result, k)) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")}
         self.model.train()
         if self.distributed:
@@ -519,7 +517,7 @@ def load_model(checkpoint_path, device="cpu"):
     state = load_checkpoint(checkpoint_path, map_location="cpu")
     if "model" not in state or "config" not in state:
         raise ValueError(f"{checkpoint_path} is not a reidkit training checkpoint (no model/config)")
-    config = Config.from_dict(state["config"])
-    model = build_model(config.variant, config=ModelConfig.from_dict(asdict(config.model)))
+    config = Config.from_dict(state["config"])  # its model section holds model.variant beside the sizes
+    model = build_model(config=ModelConfig.from_dict(asdict(config.model)))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config

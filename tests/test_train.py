@@ -124,6 +124,13 @@ def test_single_branch_variants_train(tiny, tmp_path, variant):
         assert row["triplet"] > 0 and row["bce"] == 0
     else:
         assert row["bce"] > 0 and row["triplet"] == 0
+    # the checkpoint keeps model.variant beside the ModelConfig sizes, as the checkpoints written
+    # before ModelConfig had a variant field did; load_model rebuilds that variant
+    path = tmp_path / variant / "last.pt"
+    state = load_checkpoint(path)
+    assert state["config"]["model"]["variant"] == state["variant"] == variant
+    model, cfg = load_model(path)
+    assert model.variant == cfg.model.variant == variant
 
 
 def test_resume_is_exact(tiny, tmp_path):
