@@ -29,7 +29,8 @@ from torch import nn
 from reidkit.data import Manifest, Split, Tracklet
 from reidkit.evaluate import TrackletFeatures, evaluate_features
 from reidkit.metrics import cmc_map, cmc_map_official
-from reidkit.models import SpatialRecurrentModel, build_model, similarity
+from reidkit.config import EvalConfig
+from reidkit.models import SpatialRecurrentModel, build_model, pair_score
 
 MARS = dict(tracklets=12_180, queries=1_980, identities=626, junk=870, distractors=1_500)
 
@@ -75,8 +76,8 @@ class SRMOnly(nn.Module):
     def metric(self, a, b):
         return self.head(a, b)
 
-    def similarity(self, fa, fb, logits=None):
-        return similarity(fa, fb, logits, self.config.lam)
+    def pair_score(self, fa, fb, logits=None, kind=None):
+        return pair_score(kind or self.ranking, fa, fb, logits, self.config.lam)
 
 
 def bench_ranking(scale, device, top_k, pair_batch, rng, conventions, dim=1024, T=6, channels=256, grid=(6, 6)):
@@ -105,12 +106,11 @@ def bench_ranking(scale, device, top_k, pair_batch, rng, conventions, dim=1024, 
     for convention in conventions:
         # warm-up on a few queries (kernels, allocator), then the timed run
         warm = Manifest(".", tracklets, [Split([], ids[:2], ids[num_q:])], manifest.meta)
-        evaluate_features(model, warm, table, convention=convention, rerank_top_k=top_k,
-                          pair_batch=pair_batch, progress=False)
+        eval_cfg = EvalConfig(convention=convention, rerank_top_k=top_k)
+        evaluate_features(model, warm, table, eval_cfg, pair_batch=pair_batch, progress=False)
         sync(device)
         t = time.perf_counter()
-        r = evaluate_features(model, manifest, table, convention=convention, rerank_top_k=top_k,
-                              pair_batch=pair_batch, progress=False)
+        r = evaluate_features(model, manifest, table, eval_cfg, pair_batch=pair_batch, progress=False)
         sync(device)
         total = time.perf_counter() - t
         pairs = r.num_queries * min(top_k, r.num_gallery)

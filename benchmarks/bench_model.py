@@ -25,7 +25,7 @@ from reidkit.models import VARIANTS, ModelConfig, build_model
 
 
 def step(model, clips, pids):
-    out = model.forward_train(clips)
+    out = model(clips)
     loss = out.features.sum() * 0.0
     if model.has_feature_branch:
         loss = loss + batch_hard_triplet(out.features, pids)

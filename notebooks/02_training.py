@@ -176,9 +176,8 @@ print("files:", ", ".join(sorted(p.name for p in run_dir.iterdir())))
 
 # %%
 model.eval()
-result = evaluate(model, trainer.manifest, trainer.cache, convention=config.eval.convention,
-                  rerank_top_k=config.eval.rerank_top_k, batch_size=config.eval.batch_size,
-                  feature_cache_dir=work_dir / "features", progress=False)
+result = evaluate(model, trainer.manifest, trainer.cache, config.eval, feature_cache_dir=work_dir / "features",
+                  progress=False)
 print(result.summary())
 
 # %%

@@ -45,6 +45,7 @@ from reidkit import explain, viz
 from reidkit.data import even_clip, test_frame_indices
 from reidkit.evaluate import even_clip_outputs
 from reidkit.lessons import REPO_ROOT, open_run, write_metrics
+from reidkit.models import metric_score
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, run_dir = ROOT / dataset_dir, ROOT / run_dir
@@ -77,7 +78,7 @@ neg = rng.choice(test[manifest.pids[test] != manifest.pids[q]])
 with torch.no_grad():
     logit_pos, maps_pos = model.metric(cq, cp, return_maps=True)
     logit_neg, maps_neg = model.metric(cq, cn, return_maps=True)
-m_pos, m_neg = torch.sigmoid(logit_pos).item(), torch.sigmoid(logit_neg).item()
+m_pos, m_neg = metric_score(logit_pos).item(), metric_score(logit_neg).item()  # M of Eq. 2
 print(f"query pid {manifest.pids[q]}: M(positive, pid {manifest.pids[pos]}) = {m_pos:.3f}, "
       f"M(negative, pid {manifest.pids[neg]}) = {m_neg:.3f}")
 print("maps:", {k: tuple(v.shape) for k, v in maps_pos.items()})
@@ -133,7 +134,7 @@ for kind, ab in pairs.items():
     ab = np.array(ab)
     with torch.no_grad():
         logits, maps = model.metric(pool5_of(ab[:, 0]), pool5_of(ab[:, 1]), return_maps=True)
-    stats_pairs[kind] = {"n": len(ab), "M": torch.sigmoid(logits).cpu().numpy(),
+    stats_pairs[kind] = {"n": len(ab), "M": metric_score(logits).cpu().numpy(),
                          "difference_norm": maps["difference"].flatten(2).norm(dim=2).mean(1).cpu().numpy(),
                          "context_norm": maps["context"].flatten(2).norm(dim=2).mean(1).cpu().numpy()}
 P, N = stats_pairs["positive"], stats_pairs["negative"]

@@ -40,6 +40,7 @@ interactive = False
 
 # %%
 # %matplotlib inline
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -68,8 +69,7 @@ conventions = ["common", "official"] if manifest.protocol == "mars" else ["commo
 results, seconds = {}, {}
 for convention in conventions:
     t0 = time.perf_counter()
-    results[convention] = evaluate(model, manifest, cache, convention=convention,
-                                   rerank_top_k=config.eval.rerank_top_k, batch_size=config.eval.batch_size,
+    results[convention] = evaluate(model, manifest, cache, dataclasses.replace(config.eval, convention=convention),
                                    feature_cache_dir=work_dir / "features", device=dev, progress=False)
     seconds[convention] = time.perf_counter() - t0
     print(results[convention].summary())

@@ -26,13 +26,11 @@ from pathlib import Path
 import torch
 
 from reidkit.config import Config
-from reidkit.models import VARIANTS, ModelConfig, build_model
+from reidkit.models import METHOD_NAMES, VARIANTS, ModelConfig, build_model
 
-__all__ = ["METHOD_NAMES", "PAPER_RANK1", "run_ablation", "write_tables"]
+__all__ = ["PAPER_RANK1", "run_ablation", "write_tables"]
 
-# Table 2's names, and its MARS rank-1 for reference (DESIGN.md)
-METHOD_NAMES = {"cnn": "CNN", "cnn_rnn": "CNN+RNN", "cnn_tam": "CNN+TAM", "cnn_diff": "CNN+DIFF",
-                "cnn_srm": "CNN+SRM", "all": "ALL"}
+# Table 2's MARS rank-1 for reference (DESIGN.md); its method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
 COLUMNS = ("method", "variant", "trained", "rank1", "rank5", "rank10", "rank20", "mAP", "ranking",
            "convention", "num_queries", "num_skipped", "epochs", "steps", "train_s", "eval_s", "paper_rank1_mars")
@@ -41,10 +39,7 @@ COLUMNS = ("method", "variant", "trained", "rank1", "rank5", "rank10", "rank20",
 def _evaluate(model, manifest, cache, config: Config, device, progress: bool):
     from reidkit.evaluate import evaluate  # noqa: PLC0415
 
-    e = config.eval
-    return evaluate(model, manifest, cache, split=config.data.split, convention=e.convention,
-                    rerank_top_k=e.rerank_top_k, exact=e.exact, batch_size=e.batch_size, device=device,
-                    progress=progress)
+    return evaluate(model, manifest, cache, config.eval, split=config.data.split, device=device, progress=progress)
 
 
 def _row(method, variant, trained, result, seconds: dict, config: Config | None, steps: int) -> dict:

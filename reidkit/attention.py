@@ -32,8 +32,11 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-__all__ = ["DEGRADED", "frame_weights", "attention_spread", "flatten", "correlations", "visibility_stats", "test_people", "clean_positions", "occlusion_probe", "dose_response",
-           "code_fingerprint", "machine_id", "find_result"]
+from .models import METHOD_NAMES, eval_mode
+
+__all__ = ["DEGRADED", "frame_weights", "attention_spread", "flatten", "correlations", "visibility_stats",
+           "test_people", "clean_positions", "occlusion_probe", "dose_response", "code_fingerprint", "machine_id",
+           "find_result"]
 
 DEGRADED = 0.7  # a clip "holds a degraded frame" when one of its frames is less than 70 % visible
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -175,12 +178,10 @@ def occlusion_probe(model, manifest, cache, positions, ks=(0, 1, 2, 3), kinds=("
     T = model.config.seq_len
     if max(ks) > T:
         raise ValueError(f"cannot occlude {max(ks)} of T={T} frames")
-    was_training = model.training
-    model.eval()
     rows = np.stack([cache.offsets[p] + test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
     raw = cache.gather(rows)  # uint8 (N, T, H, W, 3) on the CPU
     out: dict = {}
-    try:
+    with eval_mode(model):
         for kind in kinds:
             if kind not in ("blank", "patch"):
                 raise ValueError(f"unknown occlusion kind {kind!r}; expected 'blank' or 'patch'")
@@ -207,8 +208,6 @@ def occlusion_probe(model, manifest, cache, positions, ks=(0, 1, 2, 3), kinds=("
                     "spread": float((w.max(-1) - w.min(-1)).mean()),
                     "num_clips": int(len(positions)),
                 }
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -245,7 +244,7 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
     evenly spaced clip per real-person test tracklet. Writes ``out_dir/dose_response.json``
     (results, config, code fingerprint, machine, wall time) and returns the same dict.
     """
-    from .ablate import METHOD_NAMES, _evaluate
+    from .ablate import _evaluate
     from .data import FrameCache, Manifest, clip_visibility
     from .evaluate import even_clip_outputs
     from .train import Trainer

@@ -51,6 +51,6 @@ def load_model(path: str | Path, device="cpu") -> tuple[JSTRNN, Config]:
     if "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a reidkit training checkpoint (no model/config)")
     config = Config.from_dict(state["config"], source=str(path))
-    model = build_model(config.variant, config=config.model)
+    model = build_model(config=config.model)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config

@@ -15,6 +15,7 @@ unreadable manifest) prints one line ``reidkit: error: ...`` and exits with stat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -90,11 +91,11 @@ def cmd_evaluate(args) -> int:
     cache = FrameCache.build(manifest, model.config.height, model.config.width,
                              args.cache_dir or config.data.cache_dir, progress=not args.quiet)
     e = config.eval
+    e = dataclasses.replace(e, convention=args.convention or e.convention, exact=args.exact or e.exact,
+                            rerank_top_k=args.rerank_top_k if args.rerank_top_k is not None else e.rerank_top_k,
+                            batch_size=args.batch_size or e.batch_size)
     split = args.split if args.split is not None else config.data.split  # the split the model did not train on
-    result = evaluate(model, manifest, cache, split=split, convention=args.convention or e.convention,
-                      rerank_top_k=args.rerank_top_k if args.rerank_top_k is not None else e.rerank_top_k,
-                      exact=args.exact or e.exact, batch_size=args.batch_size or e.batch_size, device=device,
-                      progress=not args.quiet)
+    result = evaluate(model, manifest, cache, e, split=split, device=device, progress=not args.quiet)
     print(result.summary())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ and applies overrides. Every value is parsed and checked against the field's typ
 error names the key and the value: ``train.lr: expected float, got 'abc'``. Unknown keys are
 errors too, so a typo never silently does nothing.
 
-In YAML and in overrides the variant is ``model.variant``; in Python it is ``config.variant``
-and ``config.model`` is the plain ``ModelConfig`` handed to ``build_model``.
+The variant is ``model.variant``, a field of the ``ModelConfig`` (``config.model``) handed to
+``build_model``; ``config.variant`` reads and sets the same value.
 """
 
 from __future__ import annotations
@@ -107,11 +107,19 @@ class EvalConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    variant: str = "all"                 # serialised as model.variant
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     # ---------------------------------------------------------------- derived values
+    @property
+    def variant(self) -> str:
+        """``model.variant`` (one field, two names)."""
+        return self.model.variant
+
+    @variant.setter
+    def variant(self, value: str) -> None:
+        self.model.variant = value
+
     @property
     def height(self) -> int:
         return self.data.height if self.data.height is not None else self.model.height
@@ -233,16 +241,13 @@ class Config:
     def set(self, key: str, value: Any, raw: str | None = None) -> None:
         """Set ``section.name`` to ``value`` after type checking; errors name the key."""
         obj, name = self._locate(key)
-        if obj is self:  # model.variant
-            self.variant = _coerce(key, value, str, raw, choices=VARIANTS)
-            return
         f = {f.name: f for f in dataclasses.fields(obj)}[name]
         hint = typing.get_type_hints(type(obj)).get(name, type(f.default))
         setattr(obj, name, _coerce(key, value, hint, raw, choices=f.metadata.get("choices")))
 
     def get(self, key: str) -> Any:
         obj, name = self._locate(key)
-        return self.variant if obj is self else getattr(obj, name)
+        return getattr(obj, name)
 
     def _locate(self, key: str):
         parts = key.split(".")
@@ -250,13 +255,10 @@ class Config:
             raise ConfigError(f"unknown config key {key!r} (expected section.name with section in "
                               f"{', '.join(_SECTIONS)})")
         section, name = parts
-        if section == "model" and name == "variant":
-            return self, name
         obj = getattr(self, section)
         names = [f.name for f in dataclasses.fields(obj)]
         if name not in names:
-            extra = ["variant"] if section == "model" else []
-            raise ConfigError(f"unknown config key {key!r} (known {section} keys: {', '.join(extra + names)})")
+            raise ConfigError(f"unknown config key {key!r} (known {section} keys: {', '.join(names)})")
         return obj, name
 
 

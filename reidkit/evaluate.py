@@ -10,19 +10,18 @@ The pipeline (``evaluate``):
    tracklet are kept as well, so M can score any pair later without running the CNN again.
    Memory: ``T × C × h × w`` values per tracklet: at the paper's size (256 × 6 × 6, T = 6) that
    is 55k values, 1.35 GB in bf16 for MARS's 12,180 test tracklets, kept on the device.
-   Runs under ``torch.no_grad()`` in ``model.eval()`` (the training mode is restored after),
+   Runs under ``torch.no_grad()`` in ``model.eval()`` (``eval_mode``: the training mode is restored after),
    with bf16 autocast on CUDA. With ``feature_cache_dir`` the result is saved to disk, keyed by a
    hash of the model's weights, variant and config, the frame cache, the tracklets and T: a
    re-run with the same checkpoint skips extraction.
 
-2. **Ranking** (``rank_gallery``), by the model's ``ranking``:
-
-   - ``"distance"`` (CNN, CNN+RNN, CNN+TAM): Euclidean distance of the L2-normalised features
-     (F of Eq. 2), ascending.
-   - ``"metric"`` (CNN+DIFF, CNN+SRM): M = σ(logits) of the metric branch. M is pairwise, so it
-     re-scores the top-K of the feature ranking (K = ``rerank_top_k``; the shortlist comes from
-     ``features``, which for these variants is the time- and space-averaged pool5 descriptor).
-   - ``"similarity"`` (ALL): S = 1/(1 + F) + λ·M of Eq. 2 on the top-K of the feature ranking.
+2. **Ranking** (``rank_gallery``): every gallery entry by F of Eq. 2, the Euclidean distance of
+   the L2-normalised features (``reidkit.models.similarity.feature_distance_matrix``), ascending.
+   That is the whole ranking of the feature-only variants (CNN, CNN+RNN, CNN+TAM). For variants
+   with a metric branch, M is pairwise, so the model's ``pair_score`` re-scores the top-K of
+   that ranking (K = ``rerank_top_k``): M = σ(logits) for CNN+DIFF and CNN+SRM (whose shortlist
+   comes from ``features``, the time- and space-averaged pool5 descriptor), S = 1/(1 + F) + λ·M
+   of Eq. 2 for ALL. ``model.ranking`` names which.
 
    Re-scored entries come first, by descending score; the rest of the gallery keeps its
    feature order below them. ``exact=True`` scores every query × gallery pair (small galleries;
@@ -62,10 +61,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .config import EvalConfig
 from .metrics import FLAG_IGNORED, evaluate_order, match_flags
+from .models import eval_mode, feature_distance_matrix, model_device
 
 __all__ = [
-    "TrackletFeatures", "extract_features", "feature_distances", "Ranking", "rank_gallery",
+    "TrackletFeatures", "extract_features", "Ranking", "rank_gallery",
     "PerQuery", "EvalResult", "evaluate", "evaluate_features", "evaluation_positions",
     "describe_convention", "describe_ranking", "EvenClipOutputs", "even_clip_outputs",
 ]
@@ -106,16 +107,11 @@ class TrackletFeatures:
 
 
 def _needs_pool5(model) -> bool:
-    return bool(getattr(model, "has_metric_branch", False)) and model.ranking in ("metric", "similarity")
+    return bool(getattr(model, "has_metric_branch", False))  # M re-scores from cached pool5
 
 
 def _autocast(device: torch.device):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def _model_device(model) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def feature_cache_key(model, manifest, cache, positions, T: int, with_pool5: bool, device) -> str:
@@ -157,7 +153,7 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
     from .data import iter_test_clips, num_test_clips
 
     start = time.perf_counter()
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     T = int(T or getattr(getattr(model, "config", None), "seq_len", 6))
     positions = np.asarray(positions, dtype=np.int64)
     with_pool5 = _needs_pool5(model) if with_pool5 is None else with_pool5
@@ -173,9 +169,7 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
                 return TrackletFeatures(positions, saved["features"].to(device), pool5, T, key, True,
                                     time.perf_counter() - start)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         row_of = np.full(len(manifest.tracklets), -1, dtype=np.int64)
         row_of[positions] = np.arange(len(positions))
         sums = counts = None
@@ -207,8 +201,6 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
                 # under bf16 autocast anyway
                 parts.append(maps.to(torch.bfloat16) if device.type == "cuda" else maps.float())
             pool5 = torch.cat(parts)
-    finally:
-        model.train(was_training)
 
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,22 +240,17 @@ def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, d
     if positions.ndim != 1 or len(positions) == 0:
         raise ValueError(f"positions must be a non-empty 1-D list of manifest positions, got shape {positions.shape}")
     T = model.config.seq_len
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     idx = np.stack([test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
     feats, att, pool5 = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _autocast(device):
-            for clips, _ in iter_test_clips(manifest, cache, positions, T, "even", batch_size, device):
-                out = model.features(clips)
-                feats.append(out.features.float().cpu())
-                if out.attention is not None:
-                    att.append(out.attention.float().cpu())
-                if with_pool5:
-                    pool5.append(out.pool5.float().cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), _autocast(device):
+        for clips, _ in iter_test_clips(manifest, cache, positions, T, "even", batch_size, device):
+            out = model.features(clips)
+            feats.append(out.features.float().cpu())
+            if out.attention is not None:
+                att.append(out.attention.float().cpu())
+            if with_pool5:
+                pool5.append(out.pool5.float().cpu())
     return EvenClipOutputs(positions, idx, torch.cat(feats), torch.cat(att) if att else None,
                            torch.cat(pool5) if pool5 else None)
 
@@ -271,13 +258,6 @@ def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, d
 # --------------------------------------------------------------------------------------------
 # Ranking
 # --------------------------------------------------------------------------------------------
-
-def feature_distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    """F for every query × gallery pair: Euclidean distance of L2-normalised features, (Q, G)."""
-    q = torch.nn.functional.normalize(query.float(), dim=1)
-    g = torch.nn.functional.normalize(gallery.float(), dim=1)
-    return (2.0 - 2.0 * q @ g.T).clamp_min_(0.0).sqrt_()  # ‖q − g‖² = 2 − 2 q·g for unit vectors
-
 
 @dataclass
 class Ranking:
@@ -461,7 +441,8 @@ class EvalResult:
 # --------------------------------------------------------------------------------------------
 
 def _pair_scorer(model, feats: TrackletFeatures, q_rows: np.ndarray, g_rows: np.ndarray, device):
-    """score_pairs for rank_gallery: M or S of query/gallery index pairs, from cached pool5."""
+    """score_pairs for rank_gallery: ``model.pair_score`` (M or S) of query/gallery index pairs,
+    M's logits from the cached pool5 maps."""
     if feats.pool5 is None:
         raise ValueError(f"ranking {model.ranking!r} needs pool5 maps; extract with with_pool5=True")
     qr = torch.from_numpy(q_rows).to(feats.pool5.device)
@@ -471,10 +452,8 @@ def _pair_scorer(model, feats: TrackletFeatures, q_rows: np.ndarray, g_rows: np.
         a, b = qr[qi.to(qr.device)], gr[gi.to(gr.device)]
         with _autocast(device):
             logits = model.metric(feats.pool5[a], feats.pool5[b]).float()
-        if model.ranking == "metric":
-            return torch.sigmoid(logits)
         fa, fb = feats.features[a.to(feats.features.device)], feats.features[b.to(feats.features.device)]
-        return model.similarity(fa, fb, logits.to(fa.device))
+        return model.pair_score(fa, fb, logits.to(fa.device))
 
     return score
 
@@ -485,18 +464,11 @@ def _evaluate_split(model, manifest, feats: TrackletFeatures, query_ids, gallery
     q_rows, g_rows = feats.rows(q_pos), feats.rows(g_pos)
     t0 = time.perf_counter()
     dev = feats.features.device
-    dist = feature_distances(feats.features[torch.from_numpy(q_rows).to(dev)],
-                             feats.features[torch.from_numpy(g_rows).to(dev)])
-    scorer = None
-    if model.ranking in ("metric", "similarity"):
-        scorer = _pair_scorer(model, feats, q_rows, g_rows, device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ranking = rank_gallery(dist, scorer, rerank_top_k, exact, pair_batch, progress)
-    finally:
-        model.train(was_training)
+    dist = feature_distance_matrix(feats.features[torch.from_numpy(q_rows).to(dev)],
+                                   feats.features[torch.from_numpy(g_rows).to(dev)])
+    scorer = _pair_scorer(model, feats, q_rows, g_rows, device) if model.has_metric_branch else None
+    with eval_mode(model):
+        ranking = rank_gallery(dist, scorer, rerank_top_k, exact, pair_batch, progress)
     t1 = time.perf_counter()
 
     q_pids, g_pids = manifest.pids[q_pos], manifest.pids[g_pos]
@@ -583,15 +555,17 @@ def evaluation_positions(manifest, split: int | Sequence[int] | None = None,
     return manifest.positions(sorted({t for q, g in sets for t in (*q, *g)}))
 
 
-def evaluate_features(model, manifest, feats: TrackletFeatures, split: int | Sequence[int] | None = None,
-                      convention: str = "common", rerank_top_k: int = 100, exact: bool = False,
-                      device=None, progress: bool = True, keep_top: int = 50, pair_batch: int = 4096,
-                      max_rank: int = 20) -> EvalResult:
+def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig | None = None, *,
+                      split: int | Sequence[int] | None = None, device=None, progress: bool = True,
+                      keep_top: int = 50, pair_batch: int = 4096, max_rank: int = 20) -> EvalResult:
     """Steps 2–3 of ``evaluate`` on features already extracted (``extract_features``).
 
-    Useful to compare rankings (K, exact, convention) without extracting again. ``model`` only
-    needs ``ranking``, and for re-scoring ``metric``/``similarity``.
+    Useful to compare rankings (K, exact, convention of ``eval_cfg``) without extracting again.
+    ``model`` only needs ``ranking`` and ``has_metric_branch``, and for re-scoring ``metric`` and
+    ``pair_score``.
     """
+    e = eval_cfg if eval_cfg is not None else EvalConfig()
+    convention, rerank_top_k, exact = e.convention, e.rerank_top_k, e.exact
     _check(manifest, convention)
     device = torch.device(device) if device is not None else feats.features.device
     sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
@@ -620,26 +594,30 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, split: int | Seq
                  "metrics": sum(r.seconds["metrics"] for r in results)})
 
 
-def evaluate(model, manifest, cache, split: int | Sequence[int] | None = None, convention: str = "common",
-             rerank_top_k: int = 100, exact: bool = False, T: int | None = None, batch_size: int = 64,
-             device=None, feature_cache_dir=None, progress: bool = True, keep_top: int = 50,
-             pair_batch: int = 4096, max_rank: int = 20) -> EvalResult:
+def evaluate(model, manifest, cache, eval_cfg: EvalConfig | None = None, *,
+             split: int | Sequence[int] | None = None, T: int | None = None, device=None,
+             feature_cache_dir=None, progress: bool = True, keep_top: int = 50, pair_batch: int = 4096,
+             max_rank: int = 20) -> EvalResult:
     """Evaluate ``model`` on the test tracklets of ``manifest`` (see the module docstring).
 
+    ``eval_cfg`` (a run's ``config.eval``; None = the ``EvalConfig`` defaults): ``convention``
+    "common" or "official" (MARS protocol only); ``rerank_top_k``/``exact``: how far M re-scores
+    (ignored by distance-ranked variants); ``batch_size``: clips per forward pass. Change one
+    for a call with ``dataclasses.replace(config.eval, convention="official")``.
+
     ``split``: None = the protocol's default (MARS: split 0; two_camera: all splits, averaged),
-    an int (that split alone, no mean ± std) or a list of split indices (averaged).
-    ``convention``: "common" or "official" (MARS protocol only). ``rerank_top_k``/``exact``: how
-    far M re-scores (ignored by distance-ranked variants). ``T``: frames per test chunk (default
-    ``model.config.seq_len``). ``batch_size``: clips per forward pass. ``device``: default the
-    model's (the model is not moved; ``cache.tensor(device)`` beforehand makes frame gathering
-    GPU-resident). ``feature_cache_dir``: reuse features saved by an earlier run with the same
-    weights. ``keep_top``: retrieval entries kept per query in ``per_query``. ``pair_batch``:
-    pairs per call of M. The model's train/eval mode is restored on return.
+    an int (that split alone, no mean ± std) or a list of split indices (averaged). ``T``: frames
+    per test chunk (default ``model.config.seq_len``). ``device``: default the model's (the model
+    is not moved; ``cache.tensor(device)`` beforehand makes frame gathering GPU-resident).
+    ``feature_cache_dir``: reuse features saved by an earlier run with the same weights.
+    ``keep_top``: retrieval entries kept per query in ``per_query``. ``pair_batch``: pairs per
+    call of M. The model's train/eval mode is restored on return.
     """
-    _check(manifest, convention)
-    device = torch.device(device) if device is not None else _model_device(model)
-    positions = evaluation_positions(manifest, split, convention)
-    feats = extract_features(model, manifest, cache, positions, T, batch_size, device, progress,
+    e = eval_cfg if eval_cfg is not None else EvalConfig()
+    _check(manifest, e.convention)
+    device = torch.device(device) if device is not None else model_device(model)
+    positions = evaluation_positions(manifest, split, e.convention)
+    feats = extract_features(model, manifest, cache, positions, T, e.batch_size, device, progress,
                              feature_cache_dir)
-    return evaluate_features(model, manifest, feats, split, convention, rerank_top_k, exact, device,
-                             progress, keep_top, pair_batch, max_rank)
+    return evaluate_features(model, manifest, feats, e, split=split, device=device, progress=progress,
+                             keep_top=keep_top, pair_batch=pair_batch, max_rank=max_rank)

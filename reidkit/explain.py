@@ -1,7 +1,8 @@
 """Which frames of a clip (and where in them) drive the score of a pair: Captum attributions.
 
 Captum attributes a scalar output to an input, so ``PairScore`` wraps a model into a function
-of clip ``a`` alone that returns one score per row against a fixed reference clip ``b``:
+of clip ``a`` alone that returns one score per row against a fixed reference clip ``b``: the
+model's ``pair_score``, the score it ranks pairs by (``reidkit.models.similarity``):
 
 * ``all`` (ranking "similarity"): S of Eq. 2, ``1/(1 + F(a, b)) + λ·M(a, b)``;
 * metric-only variants (``cnn_diff``, ``cnn_srm``): M = σ(logit) (``score="logit"`` gives the
@@ -41,13 +42,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .models import eval_mode, model_device
+from .models.similarity import SCORES
 
 __all__ = ["Attribution", "PairScore", "score_kind", "integrated_gradients", "frame_occlusion",
            "layer_gradcam", "explain_pair", "METHODS"]
-
-SCORE_KINDS = ("similarity", "metric", "logit", "distance")
 
 
 @dataclass
@@ -68,13 +69,14 @@ class Attribution:
 
 
 def score_kind(model, score: str = "auto") -> str:
-    """The score attributed for ``model``: "similarity" (S, Eq. 2) for ``all``, "metric" (M) for
-    metric-only variants, "distance" (−F) for feature-only variants; or ``score`` if given."""
+    """The score attributed for ``model``: what it ranks by (``model.ranking``): "similarity"
+    (S, Eq. 2) for ``all``, "metric" (M) for metric-only variants, "distance" (−F) for
+    feature-only variants; or ``score`` if given (one of ``reidkit.models.similarity.SCORES``)."""
     if score != "auto":
-        if score not in SCORE_KINDS:
-            raise ValueError(f"score must be 'auto' or one of {SCORE_KINDS}, got {score!r}")
+        if score not in SCORES:
+            raise ValueError(f"score must be 'auto' or one of {SCORES}, got {score!r}")
         return score
-    return {"similarity": "similarity", "metric": "metric", "distance": "distance"}[model.ranking]
+    return model.ranking
 
 
 def _as_clip(x: torch.Tensor, device) -> torch.Tensor:
@@ -84,11 +86,6 @@ def _as_clip(x: torch.Tensor, device) -> torch.Tensor:
     if x.dim() != 5 or x.shape[0] != 1 or x.shape[2] != 3:
         raise ValueError(f"expected one normalised clip (T, 3, H, W) or (1, T, 3, H, W), got {tuple(x.shape)}")
     return x.detach().to(device=device, dtype=torch.float32)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 class PairScore(nn.Module):
@@ -102,36 +99,27 @@ class PairScore(nn.Module):
         self.model = model
         self.kind = score_kind(model, score)
         with torch.no_grad():
-            out_b = model.features(_as_clip(clip_b, _device_of(model)))
+            out_b = model.features(_as_clip(clip_b, model_device(model)))
         self.feat_b, self.pool5_b = out_b.features.detach(), out_b.pool5.detach()
 
     def forward(self, clips_a: torch.Tensor) -> torch.Tensor:
         n = clips_a.shape[0]
         out = self.model.features(clips_a)
         feat_b = self.feat_b.expand(n, *self.feat_b.shape[1:])
-        if self.kind == "distance":
-            return -(F.normalize(out.features, dim=-1) - F.normalize(feat_b, dim=-1)).norm(dim=-1)
-        logits = self.model.metric(out.pool5, self.pool5_b.expand(n, *self.pool5_b.shape[1:]))
-        if self.kind == "logit":
-            return logits
-        if self.kind == "metric":
-            return torch.sigmoid(logits)
-        return self.model.similarity(out.features, feat_b, logits)
+        logits = None
+        if self.kind != "distance":  # −F is the one score without M
+            logits = self.model.metric(out.pool5, self.pool5_b.expand(n, *self.pool5_b.shape[1:]))
+        return self.model.pair_score(out.features, feat_b, logits, kind=self.kind)
 
 
 @contextlib.contextmanager
 def _attribution_mode(model: nn.Module):
     """Eval mode (dropout off) for the duration, previous state restored; cuDNN off on CUDA,
     where cuDNN's LSTM backward refuses to run in eval mode."""
-    was_training = model.training
-    model.eval()
-    use_cuda = _device_of(model).type == "cuda"
-    try:
+    use_cuda = model_device(model).type == "cuda"
+    with eval_mode(model, grad=True):
         with torch.backends.cudnn.flags(enabled=False) if use_cuda else contextlib.nullcontext():
-            with torch.enable_grad():
-                yield
-    finally:
-        model.train(was_training)
+            yield
 
 
 def _baseline(clip: torch.Tensor, baseline) -> torch.Tensor:
@@ -157,7 +145,7 @@ def integrated_gradients(model: nn.Module, clip_a, clip_b, steps: int = 32, base
     score(a) − score(baseline) up to ``info["delta"]``)."""
     from captum.attr import IntegratedGradients
 
-    device = _device_of(model)
+    device = model_device(model)
     a = _as_clip(clip_a, device)
     with _attribution_mode(model):
         fn = PairScore(model, clip_b, score)
@@ -179,7 +167,7 @@ def frame_occlusion(model: nn.Module, clip_a, clip_b, baseline="zeros", score: s
     ``"mean_frame"`` (the clip's average frame) or a tensor shaped like the clip."""
     from captum.attr import Occlusion
 
-    device = _device_of(model)
+    device = model_device(model)
     a = _as_clip(clip_a, device)
     T, C, H, W = a.shape[1:]
     with _attribution_mode(model):
@@ -209,7 +197,7 @@ def layer_gradcam(model: nn.Module, clip_a, clip_b, layer: nn.Module | None = No
     mean of each frame's map at conv5 resolution."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    device = _device_of(model)
+    device = model_device(model)
     a = _as_clip(clip_a, device)
     T, _, H, W = a.shape[1:]
     layer = layer if layer is not None else _conv5(model)

@@ -13,12 +13,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from reidkit.models.similarity import feature_distance_matrix
 
-def _unit_distances(features: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between L2-normalised rows, (N, N); F of Eq. 2 for every pair."""
-    x = F.normalize(features.float(), dim=1)
-    sq = (2.0 - 2.0 * x @ x.T).clamp_min(1e-12)  # ‖a−b‖² = 2 − 2a·b on the unit sphere
-    return sq.sqrt()  # the clamp keeps sqrt's gradient finite on the diagonal
+# F of Eq. 2 between every two samples of a batch: feature_distance_matrix with this floor under
+# the squared distance, which keeps sqrt's gradient finite on the diagonal
+_MIN_SQUARE = 1e-12
 
 
 def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3) -> torch.Tensor:
@@ -32,7 +31,7 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
     Anchors with no positive or no negative in the batch are left out; if none is left the loss
     is 0 (still connected to the graph, so ``backward`` works).
     """
-    dist = _unit_distances(features)
+    dist = feature_distance_matrix(features, min_square=_MIN_SQUARE)
     pids = pids.to(features.device)
     same = pids[:, None] == pids[None, :]
     eye = torch.eye(len(pids), dtype=torch.bool, device=features.device)
@@ -85,7 +84,7 @@ def mine_pairs(
         keep = torch.randperm(len(pos_i), generator=generator, device="cpu")[:k].to(device)
         pos_i, pos_j = pos_i[keep], pos_j[keep]
     if k < len(neg_i):
-        dist = _unit_distances(features)[neg_i, neg_j]
+        dist = feature_distance_matrix(features, min_square=_MIN_SQUARE)[neg_i, neg_j]
         order = torch.sort(dist, stable=True).indices  # hardest first
         n_hard = math.ceil(k * hard_fraction)
         if camids is None:

@@ -237,7 +237,7 @@ class Trainer:
 
         # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
         seed_everything(t.seed)
-        self.model = build_model(config.variant, config=config.model)
+        self.model = build_model(config=config.model)
         self.model.to(self.device)
         tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
         self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
@@ -420,10 +420,8 @@ class Trainer:
 
         metrics = {}
         if self.is_main:
-            e = self.config.eval
-            result = evaluate(self.model, self.manifest, self.cache, split=self.config.data.split,
-                              convention=e.convention, rerank_top_k=e.rerank_top_k, exact=e.exact,
-                              batch_size=e.batch_size, device=self.device, progress=False)
+            result = evaluate(self.model, self.manifest, self.cache, self.config.eval, split=self.config.data.split,
+                              device=self.device, progress=False)
             metrics = {k: float(getattr(result, k)) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")}
         self.model.train()
         if self.distributed:

@@ -21,7 +21,6 @@ Not part of the core: nothing in ``reidkit``'s core imports this module.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import traceback
 from typing import Mapping, Sequence
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 
 from . import viz
+from .models import eval_mode, model_device
+from .models.similarity import SCORE_NAMES, feature_distance, metric_score
 
 __all__ = ["show_figures", "tracklet_explorer", "pair_explorer", "query_explorer", "per_query_rows"]
 
@@ -65,24 +66,6 @@ def _guarded(out, fn):
     except Exception:
         out.outputs = ({"output_type": "stream", "name": "stderr", "text": traceback.format_exc()},)
         raise
-
-
-@contextlib.contextmanager
-def _eval(model):
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _device(model, device):
-    if device is not None:
-        return torch.device(device)
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _tracklet_label(manifest, position: int) -> str:
@@ -120,7 +103,7 @@ def tracklet_explorer(model, manifest, cache, positions: Sequence[int] | None = 
     with the slider), as in ``reidkit.data.test_frame_indices``.
     """
     T = T or model.config.seq_len
-    dev = _device(model, device)
+    dev = torch.device(device) if device is not None else model_device(model)
     pick = widgets.Dropdown(options=_options(manifest, positions, max_options), description="tracklet",
                             layout=widgets.Layout(width="420px"))
     mode = widgets.ToggleButtons(options=["even", "chunks"], value="even", description="frames")
@@ -139,7 +122,7 @@ def tracklet_explorer(model, manifest, cache, positions: Sequence[int] | None = 
         finally:
             busy[0] = False
         frames, clip, idx = _clip(cache, manifest, position, T, mode.value, chunk.value)
-        with _eval(model):
+        with eval_mode(model):
             att = model.features(clip.to(dev)).attention
         att = None if att is None else att[0].float().cpu().numpy()
         vis = manifest.tracklets[position].visibility
@@ -160,15 +143,13 @@ def tracklet_explorer(model, manifest, cache, positions: Sequence[int] | None = 
 
 
 def _pair_scores(model, out_a, out_b, logits) -> dict[str, float]:
-    from .models import feature_distance
-
+    """F and M of the pair where the model has them, and the score it ranks by (``pair_score``)."""
     s = {}
     if model.has_feature_branch:
         s["F (distance)"] = float(feature_distance(out_a.features, out_b.features)[0])
     if logits is not None:
-        s["M"] = float(torch.sigmoid(logits)[0])
-    if model.ranking == "similarity":
-        s["S (Eq. 2)"] = float(model.similarity(out_a.features, out_b.features, logits)[0])
+        s["M"] = float(metric_score(logits)[0])
+    s[SCORE_NAMES[model.ranking]] = float(model.pair_score(out_a.features, out_b.features, logits)[0])
     return s
 
 
@@ -180,7 +161,7 @@ def pair_explorer(model, manifest, cache, positions: Sequence[int] | None = None
     attributions of the score to the frames of clip a (``reidkit.explain``, ``methods``;
     ``viz.attribution_figure``). Clips are T evenly spaced frames of each tracklet."""
     T = T or model.config.seq_len
-    dev = _device(model, device)
+    dev = torch.device(device) if device is not None else model_device(model)
     options = _options(manifest, positions, max_options)
     pick_a = widgets.Dropdown(options=options, description="clip a", layout=widgets.Layout(width="420px"))
     pick_b = widgets.Dropdown(options=options, value=options[min(1, len(options) - 1)][1], description="clip b",
@@ -193,7 +174,7 @@ def pair_explorer(model, manifest, cache, positions: Sequence[int] | None = None
         frames_b, clip_b, _ = _clip(cache, manifest, pick_b.value, T)
         clip_a, clip_b = clip_a.to(dev), clip_b.to(dev)
         maps, logits = None, None
-        with _eval(model):
+        with eval_mode(model):
             out_a, out_b = model.features(clip_a), model.features(clip_b)
             if model.has_metric_branch:
                 logits, maps = model.metric(out_a.pool5, out_b.pool5, return_maps=True)

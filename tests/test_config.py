@@ -35,7 +35,7 @@ def test_overrides_are_typed():
     assert c.train.epochs == 5 and c.train.amp == "auto"  # the former bool: true = auto, false = off
     assert Config.from_dict({"train": {"amp": False}}).train.amp == "off"
     assert c.train.steps_per_epoch is None and c.train.grad_clip is None
-    assert c.variant == "cnn_srm" and c.data.dataset == "some/dir"
+    assert c.variant == c.model.variant == "cnn_srm" and c.data.dataset == "some/dir"
     assert c.model.dropout == 0.0 and isinstance(c.model.dropout, float)
     assert c.data.cache_dir == "123"  # a str field keeps the text as typed
 

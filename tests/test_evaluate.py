@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidkit.config import EvalConfig
 from reidkit.data import FrameCache, Manifest, normalize_clips, num_test_clips, test_frame_indices
-from reidkit.evaluate import evaluate, even_clip_outputs, extract_features, rank_gallery
-from reidkit.models import FeatureOutput, similarity
+from reidkit.evaluate import evaluate, evaluate_features, even_clip_outputs, extract_features, rank_gallery
+from reidkit.models import FeatureOutput, pair_score
 
 T = 3
 
@@ -46,8 +47,8 @@ class FakeModel(nn.Module):
     def metric(self, a, b):
         return 2.0 - 4.0 * (a - b)[:, :, 2, 1, 0].abs().mean(dim=1)  # bottom half, blue only
 
-    def similarity(self, fa, fb, logits=None):
-        return similarity(fa, fb, logits, self.config.lam)
+    def pair_score(self, fa, fb, logits=None, kind=None):
+        return pair_score(kind or self.ranking, fa, fb, logits, self.config.lam)
 
 
 class OracleModel(FakeModel):
@@ -78,9 +79,28 @@ def load(make_manifest, **kwargs):
     return manifest, cache
 
 
-def run(model, manifest, cache, **kwargs):
+def run(model, manifest, cache, convention="common", rerank_top_k=100, exact=False, batch_size=64, **kwargs):
     kwargs.setdefault("progress", False)
-    return evaluate(model, manifest, cache, **kwargs)
+    eval_cfg = EvalConfig(convention=convention, rerank_top_k=rerank_top_k, exact=exact, batch_size=batch_size)
+    return evaluate(model, manifest, cache, eval_cfg, **kwargs)
+
+
+def test_eval_config_drives_the_evaluation(make_manifest):
+    """``evaluate`` takes a run's ``config.eval``; None means the ``EvalConfig`` defaults."""
+    manifest, cache = load(make_manifest, num_ids=10, distractors=3)
+    model = FakeModel("similarity")
+    default = evaluate(model, manifest, cache, progress=False)
+    assert default.to_dict()["per_query"] == run(model, manifest, cache, batch_size=256).to_dict()["per_query"]
+    assert "top-100" in default.ranking or "exact" in default.ranking
+    k2 = run(model, manifest, cache, rerank_top_k=2)
+    assert "top-2 " in k2.ranking and not np.array_equal(k2.per_query.gallery_ids, default.per_query.gallery_ids)
+    official = run(model, manifest, cache, convention="official")
+    assert official.convention_name == "official" and official.num_gallery > default.num_gallery
+    feats = extract_features(model, manifest, cache, np.arange(len(manifest.tracklets)), progress=False)
+    again = evaluate_features(model, manifest, feats, EvalConfig(rerank_top_k=2), progress=False)
+    np.testing.assert_array_equal(again.per_query.gallery_ids, k2.per_query.gallery_ids)
+    with pytest.raises(TypeError):
+        evaluate(model, manifest, cache, None, 0)  # split and the rest are keyword-only
 
 
 def test_perfectly_separable_model_scores_100(make_manifest):

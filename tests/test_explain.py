@@ -37,8 +37,10 @@ class FrameTwoModel(nn.Module):
     def metric(self, a, b):
         return a[:, 2].mean(dim=(1, 2, 3)) - b[:, 2].mean(dim=(1, 2, 3))
 
-    def similarity(self, fa, fb, logits=None):
-        raise AssertionError("not used")
+    def pair_score(self, fa, fb, logits=None, kind=None):
+        from reidkit.models import pair_score
+
+        return pair_score(kind or self.ranking, fa, fb, logits)
 
 
 def explain_output(features, attention, pool5):
@@ -106,6 +108,20 @@ def test_real_model_shapes_finite_and_state_restored(tiny_models, variant):
     assert model.training
     again = explain.frame_occlusion(model, a, b)  # deterministic: dropout was off
     np.testing.assert_allclose(again.frame_importance, res["frame_occlusion"].frame_importance, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant, kinds", [("all", ("auto", "similarity", "metric", "logit", "distance")),
+                                            ("cnn_srm", ("auto", "logit")), ("cnn_tam", ("auto",))])
+def test_pair_score_module_is_the_models_pair_score(tiny_models, variant, kinds):
+    """What Captum attributes is exactly ``model.pair_score`` of the pair (the score it ranks by)."""
+    model = tiny_models[variant].eval()
+    a, b = clip(4, 64, 32, seed=9)[None], clip(4, 64, 32, seed=10)[None]
+    with torch.no_grad():
+        out_a, out_b = model.features(a), model.features(b)
+        logits = model.metric(out_a.pool5, out_b.pool5) if model.has_metric_branch else None
+        for kind in kinds:
+            expected = model.pair_score(out_a.features, out_b.features, logits, kind=None if kind == "auto" else kind)
+            torch.testing.assert_close(explain.PairScore(model, b, kind)(a), expected)
 
 
 def test_occlusion_is_score_drop_per_frame(tiny_models):

@@ -7,11 +7,17 @@ from torch import nn
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import (
     DIRECTIONS, VARIANTS, CaffeNet, ModelConfig, PretrainedWeightsError, SpatialRecurrentModel,
-    TemporalAttention, build_model, pairwise_feature_similarity, similarity,
+    TemporalAttention, build_model, feature_distance, feature_distance_matrix, similarity,
 )
 from reidkit.models.spatial import SWEEP_AXES
 
 CPU = ModelConfig.cpu()
+
+
+def caffenet(config: ModelConfig, with_fc: bool = True) -> CaffeNet:
+    """The CaffeNet a JSTRNN builds for ``config``."""
+    c = config
+    return CaffeNet(c.cnn, c.width_mult, c.height, c.width, c.fc_dim, c.norm, c.fc_dropout, with_fc=with_fc)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,11 +39,13 @@ def test_config_defaults_are_the_paper_and_cpu_keeps_a_grid():
     assert CPU.cnn == "caffenet_light" and CPU.pool5_grid == (8, 4)
     assert ModelConfig(height=128, width=64).pool5_grid == (3, 1)  # why the light variant exists
     assert ModelConfig.from_dict(CPU.to_dict()) == CPU
+    assert c.variant == "all" and list(c.to_dict())[0] == "variant"  # the first field
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"cnn": "resnet"}, "unknown cnn"), ({"seq_len": 0}, "seq_len"), ({"height": 40, "width": 40}, "pool5 would be 0×0")],
+    [({"cnn": "resnet"}, "unknown cnn"), ({"seq_len": 0}, "seq_len"), ({"height": 40, "width": 40}, "pool5 would be 0×0"),
+     ({"variant": "cnn_lstm"}, "unknown variant")],
 )
 def test_config_errors_say_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -82,8 +90,15 @@ def test_variant_shapes(variant, config, batch):
 def test_build_model_accepts_config_and_overrides():
     model = build_model("cnn", config=CPU, seq_len=4)
     assert model.config.seq_len == 4 and model.config.cnn == "caffenet_light"
+    assert model.variant == model.config.variant == "cnn" and CPU.variant == "all"  # CPU itself untouched
     with pytest.raises(ValueError, match="unknown variant"):
         build_model("cnn_lstm", config=CPU)
+    # the variant comes from the config unless given; a given one wins
+    cfg = ModelConfig.cpu(variant="cnn_srm")
+    assert build_model(config=cfg).variant == "cnn_srm" and build_model(config=cfg).config is cfg
+    assert build_model("cnn_tam", config=cfg).variant == "cnn_tam"
+    assert build_model("all", height=160, width=80, cnn="caffenet_light").config.height == 160
+    assert build_model().variant == "all" and build_model().config == ModelConfig()
 
 
 def test_bf16_autocast_and_channels_last_run():
@@ -259,15 +274,67 @@ def test_similarity_symmetry_and_metric_asymmetry():
     clips_b = torch.randn(2, CPU.seq_len, 3, CPU.height, CPU.width)
     fa, fb = model.features(clips_a), model.features(clips_b)
     logits = torch.tensor([0.3, -1.2])
-    assert torch.allclose(model.similarity(fa.features, fb.features, logits), model.similarity(fb.features, fa.features, logits))
+    assert torch.allclose(model.pair_score(fa.features, fb.features, logits), model.pair_score(fb.features, fa.features, logits))
     m_ab, m_ba = model.metric(fa.pool5, fb.pool5), model.metric(fb.pool5, fa.pool5)
     assert not torch.allclose(m_ab, m_ba)  # d = a − b changes sign: M is not symmetric
-    s_ab = model.similarity(fa.features, fb.features, m_ab)
-    s_ba = model.similarity(fb.features, fa.features, m_ba)
+    s_ab = model.pair_score(fa.features, fb.features, m_ab)
+    s_ba = model.pair_score(fb.features, fa.features, m_ba)
     assert torch.allclose(s_ab - s_ba, torch.sigmoid(m_ab) - torch.sigmoid(m_ba), atol=1e-6)  # only through M
-    pair = pairwise_feature_similarity(fa.features, fb.features)
+    pair = 1.0 / (1.0 + feature_distance_matrix(fa.features, fb.features))
     assert torch.allclose(pair.diagonal(), similarity(fa.features, fb.features), atol=1e-5)
     assert torch.allclose(similarity(fa.features, fa.features), torch.ones(2), atol=1e-3)  # F(a, a) = 0
+
+
+def _hand_f(a, b):
+    """F of Eq. 2 for one pair, written out: Euclidean distance of the L2-normalised vectors."""
+    a, b = a / a.pow(2).sum().sqrt(), b / b.pow(2).sum().sqrt()
+    return (a - b).pow(2).sum().sqrt()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_pair_score_is_what_the_variant_ranks_by(variant):
+    """−F for feature variants, M = σ(logit) for metric-only ones, S = 1/(1+F) + λM for ``all``
+    (λ = 0.5 here), each against a hand computation; M's logits are fixed numbers."""
+    torch.manual_seed(0)
+    model = build_model(variant, config=ModelConfig.cpu(lam=0.5))
+    fa, fb = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    logits = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    f = torch.stack([_hand_f(fa[k], fb[k]) for k in range(3)])
+    m = 1.0 / (1.0 + torch.exp(-logits))
+    expected = {"distance": -f, "metric": m, "similarity": 1.0 / (1.0 + f) + 0.5 * m}[model.ranking]
+    feature_only = variant in ("cnn", "cnn_rnn", "cnn_tam")
+    got = model.pair_score(fa, fb, None if feature_only else logits)
+    torch.testing.assert_close(got, expected)
+    if feature_only:  # −F needs no M
+        assert model.ranking == "distance"
+        torch.testing.assert_close(model.pair_score(fa, fb, logits), expected)
+    elif variant == "all":
+        assert model.ranking == "similarity"
+    else:  # metric-only: the features do not enter M
+        assert model.ranking == "metric"
+        torch.testing.assert_close(model.pair_score(None, None, logits), expected)
+    # other kinds on request (the Captum attributions use them)
+    torch.testing.assert_close(model.pair_score(fa, fb, logits, kind="logit"), logits)
+    torch.testing.assert_close(model.pair_score(fa, fb, kind="distance"), -f)
+    if not feature_only:
+        with pytest.raises(ValueError, match="needs the metric branch's logits"):
+            model.pair_score(fa, fb)
+
+
+def test_the_two_forms_of_f_agree_and_where_they_differ():
+    """Row-wise F and the matrix F (2 − 2 q·g) agree to float rounding apart from 0: F(a, a) is
+    exactly 0 row-wise, but up to ~1e-3 in the matrix form (sqrt of a rounding error); the
+    losses' ``min_square=1e-12`` floors it at 1e-6."""
+    torch.manual_seed(0)
+    q, g = torch.randn(4, 16), torch.randn(5, 16)
+    mat = feature_distance_matrix(q, g)
+    rows = feature_distance(q[:, None, :].expand(4, 5, 16), g[None].expand(4, 5, 16))
+    torch.testing.assert_close(mat, rows, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mat, torch.stack([torch.stack([_hand_f(a, b) for b in g]) for a in q]), atol=1e-5, rtol=0)
+    assert torch.all(feature_distance(q, q) == 0)
+    assert torch.all(feature_distance_matrix(q).diagonal() < 1e-3)
+    assert torch.all(feature_distance_matrix(q, min_square=1e-12).diagonal() >= 1e-6)
 
 
 # ---------------------------------------------------------------- pretrained weights
@@ -275,10 +342,10 @@ def test_similarity_symmetry_and_metric_asymmetry():
 
 def test_load_pretrained_round_trip_and_errors(tmp_path):
     torch.manual_seed(0)
-    net = CaffeNet(CPU)
+    net = caffenet(CPU)
     path = tmp_path / "w.pt"
     torch.save(net.state_dict(), path)
-    other = CaffeNet(CPU)
+    other = caffenet(CPU)
     other.load_pretrained(path)
     assert torch.equal(other.conv3.weight, net.conv3.weight)
 
@@ -293,25 +360,27 @@ def test_load_pretrained_round_trip_and_errors(tmp_path):
     assert "missing keys: conv2.bias" in msg and "unexpected keys: conv9.weight" in msg
     assert f"fc6.weight: expected {tuple(net.fc6.weight.shape)}, got (3, 4)" in msg
 
-    headless = CaffeNet(CPU, with_fc=False)  # metric-only variants ignore the file's fc layers
+    headless = caffenet(CPU, with_fc=False)  # metric-only variants ignore the file's fc layers
     torch.save(net.state_dict(), path)
     headless.load_pretrained(path)
 
     # CaffeNet's own layout (LRN, no BatchNorm) loads into norm="lrn" and is refused, with a hint, by "batch"
-    caffe = CaffeNet(ModelConfig.cpu(norm="lrn"))
+    caffe = caffenet(ModelConfig.cpu(norm="lrn"))
     torch.save(caffe.state_dict(), path)
-    CaffeNet(ModelConfig.cpu(norm="lrn")).load_pretrained(path)
+    caffenet(ModelConfig.cpu(norm="lrn")).load_pretrained(path)
     with pytest.raises(PretrainedWeightsError, match="norm='lrn'"):
-        CaffeNet(CPU).load_pretrained(path)
+        caffenet(CPU).load_pretrained(path)
+    with pytest.raises(PretrainedWeightsError, match=r"CaffeNet\(cnn='caffenet_light', width_mult=0.25, 128×64\)"):
+        caffenet(CPU).load_pretrained(path)
 
 
 def test_norm_choices_change_the_layers_not_the_shapes():
     x = torch.randn(2, 3, 128, 64)
-    lrn, bn = CaffeNet(ModelConfig.cpu(norm="lrn")).eval(), CaffeNet(ModelConfig.cpu(norm="batch")).eval()
+    lrn, bn = caffenet(ModelConfig.cpu(norm="lrn")).eval(), caffenet(ModelConfig.cpu(norm="batch")).eval()
     assert isinstance(lrn.norm, nn.LocalResponseNorm) and lrn.bn is None
     assert isinstance(bn.norm, nn.Identity)
     assert sorted(bn.bn) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
-    assert sorted(CaffeNet(ModelConfig.cpu(norm="batch"), with_fc=False).bn) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert sorted(caffenet(ModelConfig.cpu(norm="batch"), with_fc=False).bn) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert [t.shape for t in lrn(x)] == [t.shape for t in bn(x)]
     with pytest.raises(ValueError, match="unknown norm 'layer'"):
         ModelConfig.cpu(norm="layer")
@@ -331,7 +400,7 @@ def test_all_overfits_a_tiny_batch():
     opt = torch.optim.Adam(model.parameter_groups(cnn_lr=3e-4, head_lr=2e-3))
     losses = []
     for _ in range(25):
-        out = model.forward_train(clips)  # one CNN pass: features and pool5
+        out = model(clips)  # one CNN pass: features and pool5
         idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids)
         logits = model.metric(out.pool5[idx_a], out.pool5[idx_b])
         loss = batch_hard_triplet(out.features, pids) + pair_bce(logits, labels)

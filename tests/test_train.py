@@ -116,6 +116,13 @@ def test_single_branch_variants_train(tiny, tmp_path, variant):
         assert row["triplet"] > 0 and row["bce"] == 0
     else:
         assert row["bce"] > 0 and row["triplet"] == 0
+    # the checkpoint keeps model.variant beside the ModelConfig sizes, as the checkpoints written
+    # before ModelConfig had a variant field did; load_model rebuilds that variant
+    path = tmp_path / variant / "last.pt"
+    state = load_checkpoint(path)
+    assert state["config"]["model"]["variant"] == state["variant"] == variant
+    model, cfg = load_model(path)
+    assert model.variant == cfg.model.variant == variant
 
 
 def test_resume_is_exact(tiny, tmp_path):
@@ -178,7 +185,8 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     save_checkpoint(path, {"w": torch.ones(3), "epoch": 1})
 
     def failing_save(obj, f, *args, **kwargs):
-        f.write(b"PK\x03\x04 half a zip file")  # some bytes reach the disk, then the process "dies"
+        with open(f, "wb") as fh:  # some bytes reach the disk, then the process "dies"
+            fh.write(b"PK\x03\x04 half a zip file")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)

@@ -88,7 +88,7 @@ def test_tracklet_explorer_without_attention(setup):
 def test_pair_explorer_scores_maps_and_attributions(setup):
     import ipywidgets
 
-    manifest, cache, model, _ = setup
+    manifest, cache, model, cnn = setup
     box = widgets.pair_explorer(model, manifest, cache, methods=("frame_occlusion",), dpi=40)
     out = find(box, ipywidgets.Output)
     html = out.outputs[0]["data"]["text/html"]
@@ -98,6 +98,9 @@ def test_pair_explorer_scores_maps_and_attributions(setup):
     assert "same person" in html and "F (distance) = 0.000" in html
     find(box, ipywidgets.Checkbox).value = True
     assert len(images(out)) == 2  # + the attribution figure
+    # a feature-only model: F, and −F (what it ranks by), no M
+    html = find(widgets.pair_explorer(cnn, manifest, cache, dpi=40), ipywidgets.Output).outputs[0]["data"]["text/html"]
+    assert "F (distance) =" in html and "−F =" in html and "M =" not in html and "S (Eq. 2)" not in html
 
 
 def test_per_query_rows_layouts_and_padding():

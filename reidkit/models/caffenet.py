@@ -9,7 +9,7 @@ CaffeNet is AlexNet with pooling *before* local response normalisation:
 
 fc6 = fc7 = 1024 as in the paper (Sec. 4.2), not AlexNet's 4096.
 
-Two variants (``ModelConfig.cnn``):
+Two variants (``cnn``, as ``ModelConfig.cnn``):
 
 - ``"caffenet"``: exactly the layers above (the paper's setting, 227×227 → pool5 6×6).
 - ``"caffenet_light"``: the same five-conv network with conv1 at stride 2 (pad 5) instead of
@@ -17,7 +17,7 @@ Two variants (``ModelConfig.cnn``):
   (128×64 → pool5 8×4; the standard CaffeNet gives 3×1). Combine with ``width_mult`` < 1 to
   shrink every layer's channel count for CPU training (``ModelConfig.cpu()``).
 
-And two normalisations (``ModelConfig.norm``): ``"lrn"``, CaffeNet's own (the layers above,
+And two normalisations (``norm``, as ``ModelConfig.norm``): ``"lrn"``, CaffeNet's own (the layers above,
 what ImageNet CaffeNet weights expect), and ``"batch"``: BatchNorm between each convolution
 (and fc6, fc7) and its ReLU, no LRN. Without it on fc6/fc7, fc7 grew to ~5× its usual norm in
 50 steps on the heavier-occlusion synthetic data and saturated the TAM's LSTM: every clip got
@@ -33,14 +33,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:  # config.py imports this module at run time; avoid the cycle
-    from .config import ModelConfig
 
 # (name, out_channels, kernel, stride, padding, groups) for the five convolutions.
 _CONVS = (
@@ -114,16 +110,21 @@ class CaffeNet(nn.Module):
     ``forward(x)`` takes frames ``(N·T, 3, H, W)`` and returns ``(pool5, fc7)``: pool5 feeds the
     spatial recurrent model (Sec. 3.3), fc7 the temporal model (Sec. 3.2). With
     ``with_fc=False`` (metric-only variants) fc6/fc7 are not built and fc7 is ``None``.
-    fc6's input size is computed from the config's frame size, so any input size the config
-    validates works (no lazy layers: the parameter count is known at construction).
+    fc6's input size is computed from ``height`` × ``width``, the frame size the network is built
+    for (no lazy layers: the parameter count is known at construction). The arguments are the
+    ``ModelConfig`` fields of the same names (``cnn``, ``width_mult``, ``fc_dim``, ``norm``,
+    ``fc_dropout``); ``JSTRNN`` passes them on.
     """
 
-    def __init__(self, config: ModelConfig, with_fc: bool = True):
+    def __init__(self, cnn: str = "caffenet", width_mult: float = 1.0, height: int = 227, width: int = 227,
+                 fc_dim: int = 1024, norm: str = "batch", fc_dropout: float = 0.0, with_fc: bool = True):
         super().__init__()
-        self.config, self.with_fc = config, with_fc
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        self.name, self.width_mult, self.frame_size, self.with_fc = cnn, width_mult, (height, width), with_fc
         in_ch = 3
-        self.bn = nn.ModuleDict() if config.norm == "batch" else None
-        for name, out, k, s, p, g in conv_specs(config.cnn, config.width_mult):
+        self.bn = nn.ModuleDict() if norm == "batch" else None
+        for name, out, k, s, p, g in conv_specs(cnn, width_mult):
             setattr(self, name, nn.Conv2d(in_ch, out, k, stride=s, padding=p, groups=g))
             if self.bn is not None:
                 self.bn[name] = nn.BatchNorm2d(out)
@@ -132,14 +133,14 @@ class CaffeNet(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
         # Caffe's LRN divides alpha by the window size, as torch does.
         self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if self.bn is None else nn.Identity()
-        self.grid = pool5_grid(config.cnn, config.height, config.width)
+        self.grid = pool5_grid(cnn, height, width)
         if with_fc:
-            self.fc6 = nn.Linear(in_ch * self.grid[0] * self.grid[1], config.fc_dim)
-            self.fc7 = nn.Linear(config.fc_dim, config.fc_dim)
-            self.dropout = nn.Dropout(config.fc_dropout)
+            self.fc6 = nn.Linear(in_ch * self.grid[0] * self.grid[1], fc_dim)
+            self.fc7 = nn.Linear(fc_dim, fc_dim)
+            self.dropout = nn.Dropout(fc_dropout)
             if self.bn is not None:  # fc6/fc7 too: keeps fc7's scale, which the LSTMs take as input
-                self.bn["fc6"] = nn.BatchNorm1d(config.fc_dim)
-                self.bn["fc7"] = nn.BatchNorm1d(config.fc_dim)
+                self.bn["fc6"] = nn.BatchNorm1d(fc_dim)
+                self.bn["fc7"] = nn.BatchNorm1d(fc_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -212,7 +213,7 @@ class CaffeNet(nn.Module):
             problems.append("shape mismatches: " + "; ".join(mismatched))
         if problems:
             raise PretrainedWeightsError(
-                f"{path} does not fit CaffeNet(cnn={self.config.cnn!r}, width_mult={self.config.width_mult}, "
-                f"{self.config.height}×{self.config.width}): " + " | ".join(problems)
+                f"{path} does not fit CaffeNet(cnn={self.name!r}, width_mult={self.width_mult}, "
+                f"{self.frame_size[0]}×{self.frame_size[1]}): " + " | ".join(problems)
             )
         self.load_state_dict(state)

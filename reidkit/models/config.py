@@ -1,15 +1,17 @@
-"""``ModelConfig``: every size of the network in one place; defaults are the paper's (Sec. 4.2)."""
+"""``ModelConfig``: which Table-2 variant and every size of the network; defaults are the paper's (Sec. 4.2)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from .caffenet import CNN_NAMES, NORMS, conv_specs, feature_map_sizes, pool5_grid
+from .variants import VARIANTS
 
 
 @dataclass
 class ModelConfig:
-    """Sizes of the CNN, the temporal attention model and the spatial recurrent model.
+    """The variant (one of ``VARIANTS``, Table 2) and the sizes of the CNN, the temporal attention
+    model and the spatial recurrent model.
 
     Defaults follow the paper: T = 6 frames per clip, 227×227 frames, CaffeNet with
     fc6 = fc7 = 1024, λ = 1 in Eq. 2 — except for two settings made for training from scratch
@@ -28,6 +30,7 @@ class ModelConfig:
     ``ModelConfig.cpu()`` is the documented CPU-sized setting; every result must say which was used.
     """
 
+    variant: str = field(default="all", metadata={"choices": VARIANTS})  # which Table-2 model
     seq_len: int = 6
     height: int = 227
     width: int = 227
@@ -75,6 +78,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a message that says what to change."""
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         if self.cnn not in CNN_NAMES:
             raise ValueError(f"unknown cnn {self.cnn!r}; expected one of {CNN_NAMES}")
         if self.seq_len < 1:
