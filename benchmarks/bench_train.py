@@ -86,10 +86,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         if args.dataset:
             manifest = Manifest.load(args.dataset)
-            cache = FrameCache.build(manifest, config.height, config.width, config.data.cache_dir)
+            cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir)
         else:
             ids = max(2 * config.train.P, 64 if cuda else 32)
-            manifest, cache = random_dataset(ids, 4, 24, config.height, config.width)
+            manifest, cache = random_dataset(ids, 4, 24, config.model.height, config.model.width)
         trainer = Trainer(config, manifest=manifest, cache=cache)
         setup_s = time.perf_counter() - t0
         batch_frames = trainer.loader.sampler.batch_size * config.model.seq_len
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
 
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device        {name}")
-    print(f"config        {config_path.name}: variant={config.variant} {config.model.cnn} "
-          f"{config.height}x{config.width} T={config.model.seq_len} batch={trainer.loader.sampler.batch_size} clips "
+    print(f"config        {config_path.name}: variant={config.model.variant} {config.model.cnn} "
+          f"{config.model.height}x{config.model.width} T={config.model.seq_len} batch={trainer.loader.sampler.batch_size} clips "
           f"amp={trainer.amp} channels_last={config.train.channels_last} compile={config.train.compile and cuda} "
           f"gpu_cache={cuda}")
     print(f"setup         {setup_s:.1f} s (cache {cache.nbytes / 2**30:.2f} GiB); warm-up {warmup} steps {warm_s:.1f} s")

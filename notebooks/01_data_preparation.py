@@ -46,7 +46,7 @@ from reidkit.lessons import REPO_ROOT, write_metrics
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir = ROOT / dataset_dir
 config = Config.from_yaml(ROOT / config_file)
-H, W = config.height, config.width
+H, W = config.model.height, config.model.width
 timings = {}
 
 # %% [markdown]

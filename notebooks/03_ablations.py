@@ -52,7 +52,7 @@ config = Config.from_yaml(ROOT / config_file, [
     *overrides])
 t = config.train
 print(f"each variant: {t.epochs} epoch(s) × {t.steps_per_epoch or 'all'} steps of P={t.P} × K={t.K} clips, "
-      f"{config.model.cnn} at {config.height}×{config.width}")
+      f"{config.model.cnn} at {config.model.height}×{config.model.width}")
 
 # %% [markdown]
 # ## Training and evaluating the six variants

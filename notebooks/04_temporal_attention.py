@@ -65,7 +65,7 @@ model, config, manifest, cache, dev = open_run(run_dir, dataset_dir, device)
 T = config.model.seq_len
 t_cfg = config.train
 margin = "soft margin" if t_cfg.margin is None else f"margin {t_cfg.margin}"
-print(f"{model.variant} model from {run_dir / 'last.pt'}, T = {T}, {config.height}×{config.width} frames; "
+print(f"{model.variant} model from {run_dir / 'last.pt'}, T = {T}, {config.model.height}×{config.model.width} frames; "
       f"trained with {margin}, frame erasing {t_cfg.frame_erasing}, attention temperature "
       f"{config.model.attention_temperature}")
 

@@ -139,7 +139,7 @@ lines = ["| | |", "|---|---|",
          f"| python / torch | {env['python']} / {env['packages']['torch']} ({'CUDA ' + env['cuda'] if env.get('cuda') else 'CPU'}, {env.get('torch_threads')} threads) |",
          f"| platform | {env['platform']}, {env['cpu_count']} CPUs {', '.join(env.get('gpus', []))} |",
          f"| dataset | {manifest.name} ({dataset_dir}) |",
-         f"| model | {config.variant}: {config.model.cnn} ×{config.model.width_mult}, {config.height}×{config.width}, T = {T} |",
+         f"| model | {config.model.variant}: {config.model.cnn} ×{config.model.width_mult}, {config.model.height}×{config.model.width}, T = {T} |",
          f"| seeds | report {seed}, training {config.train.seed} |",
          f"| evaluation | {', '.join(conventions)} convention(s), M re-scores the top {config.eval.rerank_top_k} |"]
 display(Markdown("\n".join(lines)))

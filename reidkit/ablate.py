@@ -18,15 +18,19 @@ spread at these sizes; the table says so.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import time
-from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from reidkit.config import Config
-from reidkit.models import METHOD_NAMES, VARIANTS, ModelConfig, build_model
+from reidkit.data import FrameCache, Manifest
+from reidkit.evaluate import evaluate
+from reidkit.files import write_json, write_text
+from reidkit.models import METHOD_NAMES, VARIANTS, build_model
+from reidkit.train import Trainer, resolve_device, seed_everything
 
 __all__ = ["PAPER_RANK1", "run_ablation", "write_tables"]
 
@@ -34,12 +38,6 @@ __all__ = ["PAPER_RANK1", "run_ablation", "write_tables"]
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
 COLUMNS = ("method", "variant", "trained", "rank1", "rank5", "rank10", "rank20", "mAP", "ranking",
            "convention", "num_queries", "num_skipped", "epochs", "steps", "train_s", "eval_s", "paper_rank1_mars")
-
-
-def _evaluate(model, manifest, cache, config: Config, device, progress: bool):
-    from reidkit.evaluate import evaluate  # noqa: PLC0415
-
-    return evaluate(model, manifest, cache, config.eval, split=config.data.split, device=device, progress=progress)
 
 
 def _row(method, variant, trained, result, seconds: dict, config: Config | None, steps: int) -> dict:
@@ -55,10 +53,13 @@ def _row(method, variant, trained, result, seconds: dict, config: Config | None,
 
 
 def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "all"),
-                 progress: bool = True, callbacks=(), plot: bool = False) -> list[dict]:
-    """Train + evaluate ``variants`` and evaluate untrained ``baselines``; returns the table rows."""
-    from reidkit.data import FrameCache, Manifest  # noqa: PLC0415
-    from reidkit.train import Trainer, resolve_device, seed_everything  # noqa: PLC0415
+                 progress: bool = True, callbacks=(),
+                 on_curves: Callable[[dict, Path], None] | None = None) -> list[dict]:
+    """Train + evaluate ``variants`` and evaluate untrained ``baselines``; returns the table rows.
+
+    ``on_curves(curves, out_dir)``, if given, is called with the CMC curves ({method: CMC in %})
+    once the tables are written, e.g. to draw Fig. 9 (the CLI's ``--plot``).
+    """
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; expected some of {', '.join(VARIANTS)}")
     manifest = Manifest.load(config.data.dataset)
-    cache = FrameCache.build(manifest, config.height, config.width, config.data.cache_dir, progress=progress)
+    cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir, progress=progress)
     device = resolve_device(config.train.device)
     rows, curves = [], {}
 
@@ -78,46 +79,49 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
 
     for variant in baselines:  # the floor: architecture at its seeded random initialisation
         seed_everything(config.train.seed)
-        model = build_model(variant, config=ModelConfig.from_dict(asdict(config.model)))
+        model = build_model(variant, config=config.model)
         tick = time.perf_counter()
-        result = _evaluate(model.to(device), manifest, cache, config, device, progress)
+        result = evaluate(model.to(device), manifest, cache, config.eval, split=config.data.split, device=device,
+                          progress=progress)
         method = f"untrained {METHOD_NAMES[variant]}"
         rows.append(_row(method, variant, False, result, {"eval": time.perf_counter() - tick}, None, 0))
         curves[method] = [float(c) for c in result.cmc]
         log(f"[ablate] {method}: {result.summary()}")
 
     for variant in variants:
-        run_config = Config.from_dict(config.to_dict(), [f"model.variant={variant}",
-                                                         f"train.out_dir={out_dir / variant}"])
+        run_config = Config.from_dict(config.to_dict(), settings={"model.variant": variant,
+                                                                  "train.out_dir": str(out_dir / variant)})
         tick = time.perf_counter()
         trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
         trainer.fit()
         train_s = time.perf_counter() - tick
         tick = time.perf_counter()
-        result = _evaluate(trainer.model, manifest, cache, run_config, trainer.device, progress)
+        result = evaluate(trainer.model, manifest, cache, run_config.eval, split=run_config.data.split,
+                          device=trainer.device, progress=progress)
         seconds = {"train": train_s, "eval": time.perf_counter() - tick}
         method = METHOD_NAMES[variant]
         rows.append(_row(method, variant, True, result, seconds, run_config, trainer.step))
         curves[method] = [float(c) for c in result.cmc]
-        (out_dir / variant / "eval.json").write_text(json.dumps(result.to_dict(per_query=False), indent=1))
+        write_json(out_dir / variant / "eval.json", result.to_dict(per_query=False), indent=1)
         log(f"[ablate] {method}: {result.summary()} (train {train_s:.0f}s)")
         del trainer
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     write_tables(rows, curves, out_dir, config, manifest.name)
-    if plot:
-        _plot(curves, out_dir)
+    if on_curves is not None:
+        on_curves(curves, out_dir)
     return rows
 
 
 def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, dataset: str = "") -> None:
     """ablation.csv, ablation.md and cmc.json in ``out_dir``."""
     out_dir = Path(out_dir)
-    with open(out_dir / "ablation.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "ablation.csv", table.getvalue())
     convention = rows[0]["convention"] if rows else config.eval.convention
     m, t = config.model, config.train
     rerank = ("every query × gallery pair (exact)" if config.eval.exact
@@ -146,14 +150,7 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
         paper = f"{r['paper_rank1_mars']}" if r["paper_rank1_mars"] != "" else "—"
         lines.append(f"| {r['method']} | {r['ranking']} | {r['rank1']:.1f} | {r['rank5']:.1f} | "
                      f"{r['rank20']:.1f} | {r['mAP']:.1f} | {paper} |")
-    (out_dir / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out_dir / "cmc.json").write_text(json.dumps({
+    write_text(out_dir / "ablation.md", "\n".join(lines) + "\n")
+    write_json(out_dir / "cmc.json", {
         "dataset": dataset, "convention": convention, "units": "percent", "ranks": list(range(1, 21)),
-        "curves": curves, "rankings": {r["method"]: r["ranking"] for r in rows}}, indent=1))
-
-
-def _plot(curves: dict, out_dir: Path) -> None:
-    """Optional Fig. 9 (needs matplotlib; only imported here)."""
-    from reidkit.viz import cmc_curves  # noqa: PLC0415
-
-    cmc_curves(curves, title="CMC (ablation)").savefig(out_dir / "cmc.png", dpi=120)
+        "curves": curves, "rankings": {r["method"]: r["ranking"] for r in rows}}, indent=1)

@@ -24,7 +24,6 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,7 +31,12 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from .models import METHOD_NAMES, eval_mode
+from reidkit.config import Config
+from reidkit.data import FrameCache, Manifest, clip_visibility, erase_frames, normalize_clips, test_frame_indices
+from reidkit.evaluate import even_clip_outputs, evaluate
+from reidkit.files import write_json
+from reidkit.models import METHOD_NAMES, eval_mode
+from reidkit.train import Trainer
 
 __all__ = ["DEGRADED", "frame_weights", "attention_spread", "flatten", "correlations", "visibility_stats",
            "test_people", "clean_positions", "occlusion_probe", "dose_response", "code_fingerprint", "machine_id",
@@ -145,8 +149,6 @@ test_people.__test__ = False  # a library function, not a test: tell pytest not 
 
 def clean_positions(manifest, positions, T: int, min_visibility: float = 0.9) -> np.ndarray:
     """The tracklets among ``positions`` whose evenly spaced T-frame clip is fully visible."""
-    from .data import test_frame_indices
-
     keep = []
     for p in np.asarray(positions, dtype=np.int64):
         vis = manifest.tracklets[p].visibility
@@ -170,8 +172,6 @@ def occlusion_probe(model, manifest, cache, positions, ks=(0, 1, 2, 3), kinds=("
     clip's frame, ``data.erase_frames``). Returns ``{kind: {k: {...}}}`` with the mean relative
     weight T·ω̄ of the occluded frames and of the untouched ones, and the mean spread of ω.
     """
-    from .data import erase_frames, normalize_clips, test_frame_indices
-
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) < 2:
         raise ValueError("the probe needs at least two clean clips (a patch comes from another clip)")
@@ -244,11 +244,6 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
     evenly spaced clip per real-person test tracklet. Writes ``out_dir/dose_response.json``
     (results, config, code fingerprint, machine, wall time) and returns the same dict.
     """
-    from .ablate import _evaluate
-    from .data import FrameCache, Manifest, clip_visibility
-    from .evaluate import even_clip_outputs
-    from .train import Trainer
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = code_fingerprint()  # the code this study starts with (edits during the run don't count)
@@ -256,15 +251,16 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
     rows = []
     for level, root in datasets.items():
         manifest = Manifest.load(root)
-        cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+        cache = FrameCache.build(manifest, config.model.height, config.model.width, progress=False)
         for variant in variants:
-            cfg = config.from_dict(config.to_dict(), [f"data.dataset={root}", f"model.variant={variant}",
-                                                      f"train.out_dir={out_dir / str(level) / variant}"])
+            cfg = Config.from_dict(config.to_dict(), settings={
+                "data.dataset": str(root), "model.variant": variant, "train.out_dir": str(out_dir / str(level) / variant)})
             t0 = time.perf_counter()
             trainer = Trainer(cfg, manifest=manifest, cache=cache)
             trainer.fit()
             model = trainer.model.eval()
-            result = _evaluate(model, manifest, cache, cfg, trainer.device, progress)
+            result = evaluate(model, manifest, cache, cfg.eval, split=cfg.data.split, device=trainer.device,
+                              progress=progress)
             row = {"occlusion": str(level), "variant": variant, "method": METHOD_NAMES[variant],
                    "rank1": float(result.rank1), "mAP": float(result.mAP), "steps": trainer.step}
             if model.temporal is not None and variant in ("cnn_tam", "all"):
@@ -282,16 +278,8 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out_dir / "dose_response.json").write_text(json.dumps(result, indent=1, default=_plain))
+    write_json(out_dir / "dose_response.json", result, indent=1)
     return result
-
-
-def _plain(x):
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    return asdict(x) if hasattr(x, "__dataclass_fields__") else str(x)
 
 
 def find_result(search_root: Path, pattern: str = "*/work/dose_response/dose_response.json") -> tuple[dict | None, str]:

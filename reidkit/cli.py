@@ -41,29 +41,24 @@ def _override(text: str) -> str:
     return text
 
 
-def _load_config(args, extra: list[str]):
+def _load_config(args):
+    """--config, then the command's options (--dataset, --variant, --out, --device), then key=value."""
     from reidkit.config import Config  # noqa: PLC0415
 
-    overrides = list(extra)
-    if getattr(args, "dataset", None):
-        overrides.append(f"data.dataset={args.dataset}")
-    if getattr(args, "variant", None):
-        overrides.append(f"model.variant={args.variant}")
-    if getattr(args, "out", None) and args.command == "train":
-        overrides.append(f"train.out_dir={args.out}")
-    if getattr(args, "device", None):
-        overrides.append(f"train.device={args.device}")
-    return Config.from_yaml(args.config, overrides + list(args.overrides))
+    settings = {"data.dataset": getattr(args, "dataset", None), "model.variant": getattr(args, "variant", None),
+                "train.out_dir": args.out if args.command == "train" else None,
+                "train.device": getattr(args, "device", None)}
+    return Config.from_yaml(args.config, list(args.overrides), settings=settings)
 
 
 # ---------------------------------------------------------------------- subcommands
 def cmd_train(args) -> int:
     from reidkit.train import Trainer  # noqa: PLC0415
 
-    config = _load_config(args, [])
+    config = _load_config(args)
     trainer = Trainer(config)
     if trainer.is_main:
-        print(f"[train] {config.variant} on {config.data.dataset} → {config.train.out_dir} "
+        print(f"[train] {config.model.variant} on {config.data.dataset} → {config.train.out_dir} "
               f"({trainer.device}, {trainer.steps_per_epoch} steps/epoch × {config.train.epochs} epochs)")
     try:
         history = trainer.fit(resume=args.resume)
@@ -88,7 +83,7 @@ def cmd_evaluate(args) -> int:
     if not dataset:
         raise ValueError("no dataset: pass --dataset DIR (the checkpoint does not name one)")
     manifest = Manifest.load(dataset)
-    cache = FrameCache.build(manifest, model.config.height, model.config.width,
+    cache = FrameCache.build(manifest, config.model.height, config.model.width,
                              args.cache_dir or config.data.cache_dir, progress=not args.quiet)
     e = config.eval
     e = dataclasses.replace(e, convention=args.convention or e.convention, exact=args.exact or e.exact,
@@ -99,7 +94,7 @@ def cmd_evaluate(args) -> int:
     print(result.summary())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"checkpoint": str(args.checkpoint), "variant": config.variant,
+        Path(args.out).write_text(json.dumps({"checkpoint": str(args.checkpoint), "variant": config.model.variant,
                                               **result.to_dict()}, indent=1))
         print(f"[evaluate] wrote {args.out}")
     return 0
@@ -109,16 +104,23 @@ def cmd_ablate(args) -> int:
     from reidkit.ablate import run_ablation  # noqa: PLC0415
     from reidkit.models import VARIANTS  # noqa: PLC0415
 
-    config = _load_config(args, [])
+    config = _load_config(args)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else VARIANTS
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ValueError(f"--variants: unknown variant {bad[0]!r} (expected some of {', '.join(VARIANTS)})")
     baselines = () if args.no_baselines else ("cnn", "all")
     run_ablation(config, args.out, variants=variants, baselines=baselines, progress=not args.quiet,
-                 plot=args.plot)
+                 on_curves=_draw_cmc if args.plot else None)
     print((Path(args.out) / "ablation.md").read_text())
     return 0
+
+
+def _draw_cmc(curves: dict, out_dir: Path) -> None:
+    """``ablate --plot``: Fig. 9 as OUT/cmc.png (matplotlib is a notebook extra, imported here)."""
+    from reidkit.viz import cmc_curves  # noqa: PLC0415
+
+    cmc_curves(curves, title="CMC (ablation)").savefig(out_dir / "cmc.png", dpi=120)
 
 
 def _passthrough(module: str, func: str = "main"):

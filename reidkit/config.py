@@ -2,7 +2,7 @@
 
 A run is described by four sections::
 
-    data:   where the manifest is, the frame-cache resolution, which protocol split
+    data:   where the manifest and the frame cache are, which protocol split
     model:  the variant (one of ``reidkit.models.VARIANTS``) and a ``ModelConfig``
     train:  optimisation, schedule, batch shape, device, checkpoints, logging
     eval:   the evaluation protocol used after training (and every ``eval_every`` epochs)
@@ -13,7 +13,7 @@ error names the key and the value: ``train.lr: expected float, got 'abc'``. Unkn
 errors too, so a typo never silently does nothing.
 
 The variant is ``model.variant``, a field of the ``ModelConfig`` (``config.model``) handed to
-``build_model``; ``config.variant`` reads and sets the same value.
+``build_model``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Union
 
 import yaml
 
-from reidkit.models import VARIANTS, ModelConfig
+from reidkit.models import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -41,11 +41,9 @@ def _choices(*values):
 
 @dataclass
 class DataConfig:
-    """Where the data comes from. ``height``/``width`` = None take the model's input size."""
+    """Where the data comes from (the frame cache is built at ``model.height`` × ``model.width``)."""
 
     dataset: str | None = None       # manifest folder (tracklets.csv, splits.json, meta.json)
-    height: int | None = None        # frame-cache resolution; must equal the model's input size
-    width: int | None = None
     split: int = 0                   # index into splits.json (two-camera datasets have ten)
     cache_dir: str | None = None     # where the uint8 frame cache lives (None: FrameCache's default)
 
@@ -110,34 +108,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    # ---------------------------------------------------------------- derived values
-    @property
-    def variant(self) -> str:
-        """``model.variant`` (one field, two names)."""
-        return self.model.variant
-
-    @variant.setter
-    def variant(self, value: str) -> None:
-        self.model.variant = value
-
-    @property
-    def height(self) -> int:
-        return self.data.height if self.data.height is not None else self.model.height
-
-    @property
-    def width(self) -> int:
-        return self.data.width if self.data.width is not None else self.model.width
-
     def validate(self) -> "Config":
         """Cross-field checks; raises ConfigError naming the key. Returns self."""
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"model.variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        for key, value in (("data.height", self.data.height), ("data.width", self.data.width)):
-            side = key.split(".")[1]
-            if value is not None and value != getattr(self.model, side):
-                raise ConfigError(
-                    f"{key}: {value} differs from model.{side}={getattr(self.model, side)}; the model is built "
-                    f"for its input size, so set model.{side} (data.{side} follows it when left empty)")
         try:
             self.model.validate()
         except ValueError as e:
@@ -165,22 +137,29 @@ class Config:
             raise ConfigError(f"train.eval_every: expected >= 0, got {t.eval_every}")
         if t.keep_last is not None and t.keep_last < 1:
             raise ConfigError(f"train.keep_last: expected a positive integer or null, got {t.keep_last}")
+        for key in ("rerank_top_k", "batch_size"):
+            if getattr(self.eval, key) < 1:
+                raise ConfigError(f"eval.{key}: expected a positive integer, got {getattr(self.eval, key)}")
+        if self.data.split < 0:
+            raise ConfigError(f"data.split: expected a split index >= 0, got {self.data.split}")
         return self
 
     # ---------------------------------------------------------------- dict / YAML
     def to_dict(self) -> dict:
         """Plain nested dict (only str/int/float/bool/None/list), safe for YAML, JSON, checkpoints."""
-        model = {"variant": self.variant, **dataclasses.asdict(self.model)}
         return {
             "data": dataclasses.asdict(self.data),
-            "model": model,
+            "model": dataclasses.asdict(self.model),
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
         }
 
     @classmethod
-    def from_dict(cls, d: dict | None, overrides: list[str] | tuple[str, ...] = (), source: str = "") -> "Config":
-        """Build from a nested dict (missing keys keep their defaults), then apply overrides.
+    def from_dict(cls, d: dict | None, overrides: list[str] | tuple[str, ...] = (), source: str = "",
+                  settings: dict[str, Any] | None = None) -> "Config":
+        """Build from a nested dict (missing keys keep their defaults), then apply ``settings``
+        ({"section.key": value}, e.g. command-line options; None values are skipped), then the
+        ``section.key=value`` overrides: later wins.
 
         ``source`` (e.g. the YAML path) prefixes errors about the dict's own keys and values.
         """
@@ -197,18 +176,27 @@ class Config:
                 if not isinstance(values, dict):
                     raise ConfigError(f"{section}: expected a mapping, got {values!r}")
                 for key, value in values.items():
+                    if (section, key) in _REMOVED:
+                        if value is None or value == getattr(config.model, key):
+                            continue  # older configs and checkpoints wrote data.height/width: null
+                        raise ConfigError(f"{section}.{key} was removed: the frame cache follows the model's "
+                                          f"input size, set model.{key}={value}")
                     config.set(f"{section}.{key}", value)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+        for key, value in (settings or {}).items():
+            if value is not None:
+                config.set(key, value)
         for item in overrides:
             config.apply_override(item)
         return config.validate()
 
     @classmethod
-    def from_yaml(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
-        """Read a YAML file (None: the defaults) and apply ``section.key=value`` overrides."""
+    def from_yaml(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                  settings: dict[str, Any] | None = None) -> "Config":
+        """Read a YAML file (None: the defaults), then ``settings`` and ``overrides`` as in ``from_dict``."""
         if path is None:
-            return cls.from_dict({}, overrides)
+            return cls.from_dict({}, overrides, settings=settings)
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -216,7 +204,7 @@ class Config:
             d = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        return cls.from_dict(d, overrides, source=str(path))
+        return cls.from_dict(d, overrides, source=str(path), settings=settings)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -255,6 +243,9 @@ class Config:
             raise ConfigError(f"unknown config key {key!r} (expected section.name with section in "
                               f"{', '.join(_SECTIONS)})")
         section, name = parts
+        if (section, name) in _REMOVED:
+            raise ConfigError(f"{key} was removed: the frame cache follows the model's input size, "
+                              f"set model.{name} instead")
         obj = getattr(self, section)
         names = [f.name for f in dataclasses.fields(obj)]
         if name not in names:
@@ -263,6 +254,7 @@ class Config:
 
 
 _SECTIONS = ("data", "model", "train", "eval")
+_REMOVED = {("data", "height"), ("data", "width")}  # read from old files when they agree with the model
 
 
 def _coerce(key: str, value: Any, hint: Any, raw: str | None, choices=None) -> Any:

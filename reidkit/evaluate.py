@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,7 +60,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from tqdm.auto import tqdm
+
 from .config import EvalConfig
+from .data import iter_test_clips, num_test_clips, test_frame_indices
+from .files import atomic_write, jsonable
 from .metrics import FLAG_IGNORED, evaluate_order, match_flags
 from .models import eval_mode, feature_distance_matrix, model_device
 
@@ -148,9 +151,6 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
     its metric branch. With ``feature_cache_dir``, a cached result is loaded if its key matches,
     otherwise the result is computed and saved there (``features_<key>.pt``).
     """
-    from tqdm.auto import tqdm
-
-    from .data import iter_test_clips, num_test_clips
 
     start = time.perf_counter()
     device = torch.device(device) if device is not None else model_device(model)
@@ -203,11 +203,9 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
             pool5 = torch.cat(parts)
 
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt")
-        torch.save({"key": key, "T": T, "positions": torch.from_numpy(positions),
-                    "features": features.cpu(), "pool5": None if pool5 is None else pool5.cpu()}, tmp)
-        os.replace(tmp, path)  # never leaves a half-written file under the final name
+        with atomic_write(path, suffix=".pt") as tmp:  # never a half-written file under the final name
+            torch.save({"key": key, "T": T, "positions": torch.from_numpy(positions),
+                        "features": features.cpu(), "pool5": None if pool5 is None else pool5.cpu()}, tmp)
     return TrackletFeatures(positions, features, pool5, T, key or "", False, time.perf_counter() - start)
 
 
@@ -234,7 +232,6 @@ def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, d
     ``extract_features`` nothing is averaged over chunks, so ω and pool5 belong to known frames.
     Runs in ``model.eval()`` under ``torch.no_grad()``; the training mode is restored after.
     """
-    from .data import iter_test_clips, test_frame_indices
 
     positions = np.asarray(positions, dtype=np.int64)
     if positions.ndim != 1 or len(positions) == 0:
@@ -283,7 +280,6 @@ def rank_gallery(distances: torch.Tensor, score_pairs: Callable | None = None, t
     ``top_k`` (all, with ``exact``) entries of that order are scored and re-sorted by
     descending score (stable: ties keep the feature order); the rest follow in feature order.
     """
-    from tqdm.auto import tqdm
 
     num_q, num_g = distances.shape
     base = torch.sort(distances, dim=1, stable=True).indices
@@ -336,20 +332,6 @@ def describe_convention(protocol: str, convention: str, num_splits: int = 1) -> 
 # Results
 # --------------------------------------------------------------------------------------------
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 @dataclass
 class PerQuery:
     """The retrieval of every query, for figures: the top ``keep_top`` gallery entries that count.
@@ -372,7 +354,7 @@ class PerQuery:
     ap: np.ndarray
 
     def to_dict(self) -> dict:
-        return _jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
+        return jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
 
 
 @dataclass
@@ -411,7 +393,7 @@ class EvalResult:
                                            "seconds")}
         d["splits"] = [s.to_dict(per_query=False) for s in self.splits]
         d["per_query"] = self.per_query.to_dict() if per_query and self.per_query is not None else None
-        return _jsonable(d)
+        return jsonable(d)
 
     def _fmt(self, name: str) -> str:
         value = getattr(self, name)

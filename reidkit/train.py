@@ -57,9 +57,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
 from reidkit.checkpoint import load_checkpoint, save_checkpoint
 from reidkit.config import Config
+from reidkit.data import FrameCache, Manifest, TrainClipLoader
+from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import TemporalAttention, build_model
 
@@ -186,15 +190,13 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 class Trainer:
-    """Trains ``config.variant`` on ``config.data.dataset`` (see the module docstring).
+    """Trains ``config.model.variant`` on ``config.data.dataset`` (see the module docstring).
 
     ``manifest``/``cache`` may be passed in to share a loaded manifest and frame cache (the
     ablation trains six models on one cache); otherwise they are loaded from ``config.data``.
     """
 
     def __init__(self, config: Config, callbacks=(), manifest=None, cache=None):
-        from reidkit.data import FrameCache, Manifest, TrainClipLoader  # noqa: PLC0415 (keeps import light)
-
         self.config = config.validate()
         self.callbacks = list(callbacks)
         t = config.train
@@ -222,7 +224,7 @@ class Trainer:
                 raise ValueError("data.dataset is not set: pass --dataset DIR or data.dataset=DIR")
             manifest = Manifest.load(config.data.dataset)
         if cache is None:
-            cache = FrameCache.build(manifest, config.height, config.width, config.data.cache_dir,
+            cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir,
                                      progress=self.is_main and t.progress)
         self.manifest, self.cache = manifest, cache
         cuda = self.device.type == "cuda"
@@ -249,8 +251,6 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.step_fn = self.objective
         if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
-
             # build_model creates only the modules a variant uses, but a head may still skip
             # parameters on some batches; a dry run decides whether DDP must look for them
             self.step_fn = DDP(self.objective, device_ids=[self.device.index] if cuda else None,
@@ -286,7 +286,7 @@ class Trainer:
     def _has_unused_parameters(self) -> bool:
         """One dry forward/backward on a tiny random batch: does any parameter get no gradient?"""
         c, per_rank = self.config.model, self.loader.sampler.batch_size
-        clips = torch.randn(per_rank, c.seq_len, 3, self.config.height, self.config.width, device=self.device)
+        clips = torch.randn(per_rank, c.seq_len, 3, self.config.model.height, self.config.model.width, device=self.device)
         pids = torch.arange(per_rank, device=self.device) // self.config.train.K
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}  # BatchNorm statistics
         self.objective(clips, pids)[0].backward()
@@ -312,8 +312,6 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> list[dict]:
         """Train until ``train.epochs`` epochs are done; returns the per-epoch history."""
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
         t = self.config.train
         if resume:
             self.resume(self.out_dir / "last.pt")
@@ -416,8 +414,6 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Score the current model with ``config.eval`` on the split's query/gallery (rank 0)."""
-        from reidkit.evaluate import evaluate  # noqa: PLC0415
-
         metrics = {}
         if self.is_main:
             result = evaluate(self.model, self.manifest, self.cache, self.config.eval, split=self.config.data.split,
@@ -438,7 +434,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "config": self.config.to_dict(),
-            "variant": self.config.variant,
+            "variant": self.config.model.variant,
             "rng": self._gather_rng(),
             "loader": {"epoch": self.epoch + 1, "seed": self.config.train.seed, "world_size": self.world_size},
             "history": self.history,

@@ -29,7 +29,8 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
-from . import viz
+from . import explain, viz
+from .data import normalize_clips, test_frame_indices
 from .models import eval_mode, model_device
 from .models.similarity import SCORE_NAMES, feature_distance, metric_score
 
@@ -81,8 +82,6 @@ def _options(manifest, positions, max_options: int):
 
 def _clip(cache, manifest, position: int, T: int, mode: str = "even", chunk: int = 0):
     """uint8 frames (T, H, W, 3), the normalised clip (1, T, 3, H, W) and the frame indices."""
-    from .data import normalize_clips, test_frame_indices
-
     idx = test_frame_indices(manifest.tracklets[position].num_frames, T, mode)
     idx = idx[min(chunk, len(idx) - 1)]
     frames = cache.clip(position, idx)
@@ -187,8 +186,6 @@ def pair_explorer(model, manifest, cache, positions: Sequence[int] | None = None
         items.append(viz.srm_maps(maps, frames_a, frames_b, title=f"{model.variant}: metric-branch maps")
                      if maps is not None else viz.sample_grid([list(frames_a), list(frames_b)], ["clip a", "clip b"]))
         if attribute.value:
-            from . import explain
-
             items.append(viz.attribution_figure(frames_a, explain.explain_pair(model, clip_a, clip_b, methods),
                                                 title=f"Attribution of {explain.score_kind(model)} to clip a"))
         show_figures(out, *items, dpi=dpi)
@@ -277,8 +274,6 @@ def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: 
     """Choose a query of an ``EvalResult`` → its frames and its top-``top_k`` gallery tracklets
     with green / red / blue borders (``viz.retrieval_grid``, Fig. 10). "failures only" lists the
     queries whose rank-1 is wrong."""
-    from .data import test_frame_indices
-
     rows = per_query_rows(getattr(eval_result, "per_query", eval_result))
     for r in rows:
         r["border"] = _flags(manifest, r)

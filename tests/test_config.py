@@ -16,14 +16,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_shipped_configs_parse():
     default = Config.from_yaml(CONFIGS / "default.yaml")
     assert (default.model.height, default.model.width, default.model.cnn) == (227, 227, "caffenet")
-    assert default.model.fc_dim == 1024 and default.model.seq_len == 6 and default.variant == "all"
+    assert default.model.fc_dim == 1024 and default.model.seq_len == 6 and default.model.variant == "all"
     assert asdict(default.model) == asdict(ModelConfig())  # the paper's sizes
     cpu = Config.from_yaml(CONFIGS / "cpu.yaml")
     assert asdict(cpu.model) == asdict(ModelConfig.cpu())  # the documented CPU-sized setting
     assert cpu.model.pool5_grid[0] >= 8 and cpu.model.pool5_grid[1] >= 4  # a real grid for the SRM
     assert cpu.train.device == "cpu"
     smoke = Config.from_yaml(CONFIGS / "smoke.yaml")
-    assert smoke.train.epochs == 1 and smoke.height == smoke.model.height
+    assert smoke.train.epochs == 1
 
 
 def test_overrides_are_typed():
@@ -35,7 +35,7 @@ def test_overrides_are_typed():
     assert c.train.epochs == 5 and c.train.amp == "auto"  # the former bool: true = auto, false = off
     assert Config.from_dict({"train": {"amp": False}}).train.amp == "off"
     assert c.train.steps_per_epoch is None and c.train.grad_clip is None
-    assert c.variant == c.model.variant == "cnn_srm" and c.data.dataset == "some/dir"
+    assert c.model.variant == "cnn_srm" and c.data.dataset == "some/dir"
     assert c.model.dropout == 0.0 and isinstance(c.model.dropout, float)
     assert c.data.cache_dir == "123"  # a str field keeps the text as typed
 
@@ -53,7 +53,7 @@ def test_overrides_are_typed():
     ("train.lr", "expected section.key=value"),
     ("train.epochs=0", "train.epochs: expected a positive integer, got 0"),
     ("model.height=20", "model: input 20×227 is too small"),
-    ("data.height=100", "data.height: 100 differs from model.height=227"),
+    ("data.height=100", "data.height was removed: the frame cache follows the model's input size, set model.height"),
     ("train.K=1", "train.K: the triplet and pair losses need positive pairs"),
     ("train.hard_negative_fraction=1.5", "train.hard_negative_fraction: expected a value in [0, 1], got 1.5"),
     ("model.norm=group", "model: unknown norm 'group'"),
@@ -86,3 +86,26 @@ def test_round_trips(tmp_path):
     assert c.get("train.lr") == 0.05 and c.get("model.variant") == "cnn_tam"
     assert Config.from_dict({}).to_dict() == Config().to_dict()  # defaults = the paper = default.yaml
     assert Config.from_yaml(CONFIGS / "default.yaml").to_dict() == Config().to_dict()
+
+
+def test_settings_sit_between_the_file_and_the_overrides():
+    c = Config.from_yaml(CONFIGS / "cpu.yaml", ["train.lr=0.05"],
+                         settings={"train.lr": 0.2, "model.variant": "cnn", "data.dataset": None})
+    assert c.train.lr == 0.05 and c.model.variant == "cnn" and c.data.dataset is None  # override wins; None skipped
+    with pytest.raises(ConfigError, match="train.P: expected int"):
+        Config.from_dict({}, settings={"train.P": "many"})
+
+
+def test_old_checkpoint_configs_with_data_height_still_load():
+    old = Config().to_dict()
+    old["data"].update(height=None, width=227)  # what checkpoints before model.variant moved wrote
+    assert Config.from_dict(old).model.height == 227
+    old["data"]["height"] = 100
+    with pytest.raises(ConfigError, match="data.height was removed.*model.height=100"):
+        Config.from_dict(old)
+
+
+def test_eval_section_is_validated_up_front():
+    for item in ("eval.batch_size=0", "eval.rerank_top_k=-3"):
+        with pytest.raises(ConfigError, match=item.split("=")[0] + ": expected a positive integer"):
+            Config.from_dict({}, [item])

@@ -101,7 +101,7 @@ def test_fit_writes_history_checkpoints_and_calls_callbacks(tiny, tmp_path):
     changed = [k for k, v in weights(trainer.model).items() if not torch.equal(v, before[k])]
     assert changed, "training did not change any weight"
     model, cfg = load_model(out / "last.pt")
-    assert cfg.variant == "all" and not model.training
+    assert cfg.model.variant == "all" and not model.training
     for k, v in weights(model).items():
         torch.testing.assert_close(v, trainer.model.state_dict()[k])
 
