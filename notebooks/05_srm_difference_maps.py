@@ -42,7 +42,7 @@ import torch
 from IPython.display import display
 
 from reidkit import explain, viz
-from reidkit.data import even_clip, test_frame_indices
+from reidkit.data import even_clip, even_frame_indices
 from reidkit.evaluate import even_clip_outputs
 from reidkit.lessons import REPO_ROOT, open_run, write_metrics
 from reidkit.models import metric_score
@@ -67,7 +67,7 @@ test = test[manifest.pids[test] >= 1]
 
 
 def frames_and_clip(p):
-    return cache.clip(p, test_frame_indices(int(manifest.lengths[p]), T, "even")[0]), even_clip(manifest, cache, p, T, dev)
+    return cache.clip(p, even_frame_indices(manifest, p, T)), even_clip(manifest, cache, p, T, dev)
 
 
 q = next(p for p in manifest.positions(split.query)

@@ -49,7 +49,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from reidkit import viz
-from reidkit.data import test_frame_indices
+from reidkit.data import even_frame_indices
 from reidkit.evaluate import EvalResult, evaluate
 from reidkit.lessons import REPO_ROOT, environment_info, git_info, key_metrics, open_run, write_metrics
 
@@ -100,7 +100,7 @@ chosen = list(hits[:3]) + list(misses[:2])
 queries, galleries, flags, labels = [], [], [], []
 for i in chosen:
     p = manifest.index(int(pq.query_ids[i]))
-    queries.append(cache.clip(p, test_frame_indices(int(manifest.lengths[p]), T, "even")[0]))
+    queries.append(cache.clip(p, even_frame_indices(manifest, p, T)))
     ids = [int(g) for g in pq.gallery_ids[i, :top] if g >= 0]
     galleries.append([cache.clip(manifest.index(g), [int(manifest.lengths[manifest.index(g)]) // 2]) for g in ids])
     flags.append(list(pq.flags[i, :len(ids)]))

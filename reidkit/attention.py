@@ -32,7 +32,7 @@ import torch
 from scipy import stats as sps
 
 from reidkit.config import Config
-from reidkit.data import FrameCache, Manifest, clip_visibility, erase_frames, normalize_clips, test_frame_indices
+from reidkit.data import FrameCache, Manifest, clip_visibility, erase_frames, even_frame_indices, normalize_clips
 from reidkit.evaluate import even_clip_outputs, evaluate
 from reidkit.files import write_json
 from reidkit.models import METHOD_NAMES, eval_mode
@@ -155,7 +155,7 @@ def clean_positions(manifest, positions, T: int, min_visibility: float = 0.9) ->
         if vis is None:
             raise ValueError(f"tracklet {manifest.tracklets[p].tracklet_id} has no visibility: the probe needs "
                              f"the synthetic benchmark's ground truth to pick clean clips")
-        idx = test_frame_indices(int(manifest.lengths[p]), T, "even")[0]
+        idx = even_frame_indices(manifest, p, T)
         if np.min(np.asarray(vis)[idx]) >= min_visibility:
             keep.append(p)
     return np.asarray(keep, dtype=np.int64)
@@ -178,7 +178,7 @@ def occlusion_probe(model, manifest, cache, positions, ks=(0, 1, 2, 3), kinds=("
     T = model.config.seq_len
     if max(ks) > T:
         raise ValueError(f"cannot occlude {max(ks)} of T={T} frames")
-    rows = np.stack([cache.offsets[p] + test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
+    rows = cache.offsets[positions][:, None] + even_frame_indices(manifest, positions, T)
     raw = cache.gather(rows)  # uint8 (N, T, H, W, 3) on the CPU
     out: dict = {}
     with eval_mode(model):

@@ -63,7 +63,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import EvalConfig
-from .data import iter_test_clips, num_test_clips, test_frame_indices
+from .data import even_frame_indices, iter_test_clips, num_test_clips
 from .files import atomic_write, jsonable
 from .metrics import FLAG_IGNORED, evaluate_order, match_flags
 from .models import eval_mode, feature_distance_matrix, model_device
@@ -238,7 +238,7 @@ def even_clip_outputs(model, manifest, cache, positions, batch_size: int = 64, d
         raise ValueError(f"positions must be a non-empty 1-D list of manifest positions, got shape {positions.shape}")
     T = model.config.seq_len
     device = torch.device(device) if device is not None else model_device(model)
-    idx = np.stack([test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions])
+    idx = even_frame_indices(manifest, positions, T)
     feats, att, pool5 = [], [], []
     with eval_mode(model), _autocast(device):
         for clips, _ in iter_test_clips(manifest, cache, positions, T, "even", batch_size, device):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import explain, viz
-from .data import normalize_clips, test_frame_indices
+from .data import even_frame_indices, normalize_clips, test_frame_indices
 from .models import eval_mode, model_device
 from .models.similarity import SCORE_NAMES, feature_distance, metric_score
 
@@ -198,72 +198,32 @@ def pair_explorer(model, manifest, cache, positions: Sequence[int] | None = None
 
 # --------------------------------------------------------------------------- evaluation results
 
-_QUERY_KEYS = ("query_ids", "query_id", "query")
-_GALLERY_KEYS = ("gallery_ids", "top_gallery_ids", "top_ids")
-_FLAG_KEYS = ("flags", "match_flags", "matches")
-_SCORE_KEYS = ("scores",)
-_DIST_KEYS = ("distances",)
-
-
-def _first(obj, keys):
-    for k in keys:
-        if isinstance(obj, Mapping) and k in obj:
-            return obj[k]
-        if not isinstance(obj, Mapping) and hasattr(obj, k):
-            return getattr(obj, k)
-    return None
-
-
-def _row(q, g, f, s, d) -> dict:
-    g = [int(x) for x in g]
-    keep = [k for k, x in enumerate(g) if x >= 0]  # -1 pads a short gallery
-    pick = lambda v, cast: None if v is None else [cast(v[k]) for k in keep]  # noqa: E731
-    return {"query": int(q), "gallery": [g[k] for k in keep], "flags": pick(f, int),
-            "scores": pick(s, float), "distances": pick(d, float)}
+_PER_QUERY_FIELDS = ("query_ids", "gallery_ids", "flags", "scores", "distances")
 
 
 def per_query_rows(per_query) -> list[dict]:
-    """``EvalResult.per_query`` (a ``reidkit.evaluate.PerQuery``: arrays with one row per query)
-    as a list of ``{"query", "gallery", "flags", "scores", "distances"}`` dicts of tracklet ids
-    and values, padding (gallery id −1) removed; flags / scores / distances may be None. Also
-    accepts a dict of such arrays, or a list of per-query dicts/objects."""
+    """``EvalResult.per_query`` (a ``reidkit.evaluate.PerQuery``, or its ``to_dict()``: arrays
+    with one row per query) as a list of ``{"query", "gallery", "flags", "scores", "distances"}``
+    dicts of tracklet ids and values, padding (gallery id −1) removed."""
     if per_query is None:
-        raise ValueError("the EvalResult has no per_query results")
-    if isinstance(per_query, Mapping) or hasattr(per_query, "__dataclass_fields__"):
-        q, g = _first(per_query, _QUERY_KEYS), _first(per_query, _GALLERY_KEYS)
-        if q is None or g is None:
-            keys = list(per_query) if isinstance(per_query, Mapping) else list(per_query.__dataclass_fields__)
-            raise ValueError(f"per_query lacks query/gallery ids: keys {keys}")
-        f, s, d = (_first(per_query, k) for k in (_FLAG_KEYS, _SCORE_KEYS, _DIST_KEYS))
-        return [_row(q[i], g[i], None if f is None else f[i], None if s is None else s[i],
-                     None if d is None else d[i]) for i in range(len(q))]
-    return [_row(_first(r, _QUERY_KEYS), _first(r, _GALLERY_KEYS), _first(r, _FLAG_KEYS),
-                 _first(r, _SCORE_KEYS), _first(r, _DIST_KEYS)) for r in per_query]
+        raise ValueError("the EvalResult has no per_query results (evaluate keeps them unless told not to)")
+    d = per_query if isinstance(per_query, Mapping) else {k: getattr(per_query, k, None) for k in _PER_QUERY_FIELDS}
+    missing = [k for k in _PER_QUERY_FIELDS if d.get(k) is None]
+    if missing:
+        raise ValueError(f"per_query lacks {missing}: expected a reidkit.evaluate.PerQuery or its to_dict()")
+    rows = []
+    for q, g, f, s, dist in zip(*(d[k] for k in _PER_QUERY_FIELDS)):
+        keep = [k for k, x in enumerate(g) if int(x) >= 0]  # -1 pads a short gallery
+        rows.append({"query": int(q), "gallery": [int(g[k]) for k in keep], "flags": [int(f[k]) for k in keep],
+                     "scores": [float(s[k]) for k in keep], "distances": [float(dist[k]) for k in keep]})
+    return rows
 
 
-def _flags(manifest, row) -> list[int]:
-    """Fig. 10's border codes: 1 correct, 0 wrong, 2 distractor, -1 ignored. The result's own
-    flags (``PerQuery.flags`` uses these codes) when present, else from the manifest's pids
-    (same pid = correct, pid 0 = distractor, pid −1 = junk)."""
-    if row["flags"] is not None:
-        return [f if f in (1, 0, 2, -1) else int(f > 0) for f in row["flags"]]
-    q_pid = manifest.tracklets[manifest.index(row["query"])].pid
-    flags = []
-    for gid in row["gallery"]:
-        pid = manifest.tracklets[manifest.index(gid)].pid
-        flags.append(2 if pid == 0 else -1 if pid == -1 else int(pid == q_pid))
-    return flags
-
-
-def _numbers(row) -> tuple[list[float] | None, str]:
+def _numbers(row) -> tuple[list[float], str]:
     """The number shown above each gallery entry and what it is: M or S where the entry was
     re-scored (``PerQuery.scores`` finite), else the feature distance F."""
     s, d = row["scores"], row["distances"]
-    if s is None and d is None:
-        return None, "rank"
-    if d is None:
-        return s, "rank, score"
-    if s is None or not np.isfinite(s).any():
+    if not np.isfinite(s).any():
         return d, "rank, feature distance F"
     mixed = [sc if np.isfinite(sc) else di for sc, di in zip(s, d)]
     return mixed, "rank, score (M or S)" if np.isfinite(s).all() else "rank, score where re-scored, else distance F"
@@ -274,14 +234,12 @@ def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: 
     """Choose a query of an ``EvalResult`` → its frames and its top-``top_k`` gallery tracklets
     with green / red / blue borders (``viz.retrieval_grid``, Fig. 10). "failures only" lists the
     queries whose rank-1 is wrong."""
-    rows = per_query_rows(getattr(eval_result, "per_query", eval_result))
-    for r in rows:
-        r["border"] = _flags(manifest, r)
+    rows = per_query_rows(eval_result.per_query)
 
     def label(i):
         r = rows[i]
         t = manifest.tracklets[manifest.index(r["query"])]
-        mark = "✓" if r["border"] and r["border"][0] == 1 else "✗"
+        mark = "✓" if r["flags"] and r["flags"][0] == 1 else "✗"
         return f"{mark} query #{r['query']}  pid {t.pid}  cam {t.camid}"
 
     failures = widgets.Checkbox(value=False, description="failures only (rank-1 wrong)")
@@ -290,7 +248,7 @@ def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: 
     out = widgets.Output()
 
     def refilter(_=None):
-        keep = [i for i in range(len(rows)) if not failures.value or (rows[i]["border"][:1] != [1])]
+        keep = [i for i in range(len(rows)) if not failures.value or (rows[i]["flags"][:1] != [1])]
         pick.options = [(label(i), i) for i in keep]  # re-selects the first option → update()
         if not keep:
             show_figures(out, "<i>no query matches the filter</i>")
@@ -303,7 +261,7 @@ def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: 
             show_figures(out, f"<i>query #{r['query']} has no gallery entries that count</i>")
             return
         qpos = manifest.index(r["query"])
-        q_idx = test_frame_indices(manifest.tracklets[qpos].num_frames, query_frames, "even")[0]
+        q_idx = even_frame_indices(manifest, qpos, query_frames)
         gallery, gl = [], []
         for gid in r["gallery"][:top_k]:
             gpos = manifest.index(gid)
@@ -312,7 +270,7 @@ def query_explorer(eval_result, manifest, cache, top_k: int = 10, query_frames: 
             gl.append(f"pid {manifest.tracklets[gpos].pid}")
         k = len(gallery)
         numbers, what = _numbers(r)
-        fig = viz.retrieval_grid(cache.clip(qpos, q_idx), gallery, r["border"][:k],
+        fig = viz.retrieval_grid(cache.clip(qpos, q_idx), gallery, r["flags"][:k],
                                  None if numbers is None else numbers[:k],
                                  query_label=label(pick.value)[2:], gallery_labels=gl,
                                  max_query_frames=query_frames,

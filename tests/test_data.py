@@ -9,7 +9,7 @@ from PIL import Image
 
 from reidkit.data import (
     MEAN, STD, FrameCache, erase_frames, Manifest, ManifestError, PKSampler, TrainClipLoader, decode_frame,
-    denormalize_clips, even_clip, iter_test_clips, normalize_clips, num_test_clips,
+    denormalize_clips, even_clip, even_frame_indices, iter_test_clips, normalize_clips, num_test_clips,
     test_frame_indices, train_frame_indices,
 )
 
@@ -287,6 +287,13 @@ def test_iter_test_clips_covers_all_frames_in_chunks(dataset):
 
     clip = even_clip(m, cache, int(positions[0]), 6)
     assert clip.shape == (1, 6, 3, 12, 6)
+    idx = even_frame_indices(m, positions, 6)
+    assert idx.shape == (len(positions), 6)
+    for row, p in zip(idx, positions):
+        np.testing.assert_array_equal(row, test_frame_indices(int(m.lengths[p]), 6, "even")[0])
+    np.testing.assert_array_equal(even_frame_indices(m, int(positions[0]), 6), idx[0])
+    raw = torch.from_numpy(cache.clip(int(positions[0]), idx[0]))[None]
+    torch.testing.assert_close(clip, normalize_clips(raw))  # even_clip is that clip, normalised
 
 
 def test_cache_tensor_shares_memory_and_gather_paths_agree(dataset):

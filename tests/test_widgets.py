@@ -110,8 +110,8 @@ def test_per_query_rows_layouts_and_padding():
     rows = widgets.per_query_rows(d)
     assert rows[0]["gallery"] == [1, 2] and rows[0]["flags"] == [1, 2]  # padding dropped
     assert widgets._numbers(rows[1]) == ([1.0, 1.0, 1.0], "rank, feature distance F")
-    rows2 = widgets.per_query_rows([{"query_id": 5, "gallery_ids": [1, 2], "flags": [True, False]}])
-    assert rows2[0]["flags"] == [1, 0] and rows2[0]["scores"] is None
+    with pytest.raises(ValueError, match="lacks"):
+        widgets.per_query_rows({"query_ids": [5], "gallery_ids": [[1, 2]]})
 
 
 def test_query_explorer_on_a_real_evaluation(setup):

@@ -11,7 +11,7 @@ The data path (see ``docs/architecture.md``), one module per step:
 
 from .cache import CACHE_VERSION, FrameCache, decode_frame
 from .clips import (MEAN, STD, ClipBatch, TrainClipLoader, clip_visibility, denormalize_clips, erase_frames,
-                    even_clip, iter_test_clips, normalize_clips, num_test_clips)
+                    even_clip, even_frame_indices, iter_test_clips, normalize_clips, num_test_clips)
 from .manifest import (FORMAT_VERSION, PROTOCOLS, SOURCES, Manifest, ManifestError, Split, Tracklet,
                        write_manifest)
 from .sampling import PKSampler, test_frame_indices, train_frame_indices
@@ -22,5 +22,5 @@ __all__ = [
     "decode_frame", "FrameCache",
     "train_frame_indices", "test_frame_indices", "PKSampler",
     "normalize_clips", "denormalize_clips", "erase_frames", "clip_visibility", "ClipBatch",
-    "TrainClipLoader", "iter_test_clips", "num_test_clips", "even_clip",
+    "TrainClipLoader", "iter_test_clips", "num_test_clips", "even_clip", "even_frame_indices",
 ]

@@ -274,12 +274,21 @@ def iter_test_clips(manifest: Manifest, cache: FrameCache, positions, T: int, mo
         yield flush()
 
 
+def even_frame_indices(manifest: Manifest, positions, T: int) -> np.ndarray:
+    """The frame indices of each tracklet's evenly spaced T-frame clip (``test_frame_indices``
+    in "even" mode): ``(T,)`` for one position, ``(N, T)`` for a sequence of them. The one way
+    the lessons, figures and probes pick "a representative clip" of a tracklet."""
+    if np.ndim(positions) == 0:
+        return test_frame_indices(int(manifest.lengths[int(positions)]), T, "even")[0]
+    return np.stack([test_frame_indices(int(manifest.lengths[p]), T, "even")[0] for p in positions]).reshape(-1, T)
+
+
 def even_clip(manifest: Manifest, cache: FrameCache, position: int, T: int, device="cpu",
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One clip of T evenly spaced frames of a tracklet: float (1, T, 3, H, W), normalised.
 
     Handy for figures (attention weights, Grad-CAM) where one representative clip is wanted.
     """
-    idx = test_frame_indices(int(manifest.lengths[position]), T, "even")[0]
+    idx = even_frame_indices(manifest, position, T)
     raw = cache.gather((cache.offsets[position] + idx)[None], device)
     return normalize_clips(raw, None, dtype)
