@@ -33,12 +33,13 @@
 # "another camera, so the same person". And it never sees an easy negative, so a large
 # difference can score high. We therefore take half of the negatives as the hardest, in the
 # same cross/same-camera mix as the positives, and the other half at random
-# (`train.hard_negative_fraction`, `train.camera_balanced_pairs`). On the synthetic benchmark
-# this lifted CNN+SRM from rank-1 12 to 51 (README, "Ablation").
+# (`train.hard_negative_fraction`, `train.camera_balanced_pairs`); the README's "Ablation"
+# section has the measurement behind this choice.
 #
-# The total loss is $L = L_{\mathrm{tri}} + L_{\mathrm{pair}}$. Both need the right batches: **P identities ×
+# **Together.** The two losses are added, $L = L_{\mathrm{tri}} + L_{\mathrm{pair}}$, and one
+# backward pass trains the shared CNN for both. Both need the right batches: **P identities ×
 # K tracklets**, so every anchor has positives *and* negatives in the batch, each tracklet
-# giving one clip of $T = 6$ frames drawn at random (kept in temporal order) and mirrored with
+# giving one clip of $T$ frames drawn at random (kept in temporal order) and mirrored with
 # probability ½.
 
 # %% tags=["parameters"]
@@ -56,6 +57,7 @@ interactive = False
 
 # %%
 # %matplotlib inline
+import copy
 import time
 from pathlib import Path
 
@@ -103,11 +105,14 @@ viz.sample_grid([list(viz.to_uint8(batch.clips[i])) for i in show],
 # ## Both losses on that batch, by hand
 #
 # The same computation as `reidkit.train.TrainingObjective`, spelled out: one CNN pass gives
-# $\mathcal{F}(x)$ for the triplet loss and the pool5 maps that $M$ compares.
+# $\mathcal{F}(x)$ for the triplet loss and the pool5 maps that $M$ compares. It runs on a
+# copy of the model, with the random-number state restored afterwards: in training mode a
+# forward pass updates BatchNorm's running statistics and dropout draws random numbers, and
+# this look must not change the run that follows.
 
 # %%
-model = trainer.model.train()
-with torch.no_grad():
+with torch.random.fork_rng(), torch.no_grad():
+    model = copy.deepcopy(trainer.model).train()
     out = model(batch.clips)
     triplet = batch_hard_triplet(out.features, batch.pids, config.train.margin)
     t = config.train
@@ -120,6 +125,11 @@ print(f"{int(labels.sum())} positive + {int((1 - labels).sum())} negative pairs 
 m_text = "soft margin: log 2 = 0.6931 when positives and negatives are equally far" if config.train.margin is None else f"margin m = {config.train.margin}"
 print(f"L_tri = {triplet.item():.4f}  ({m_text})")
 print(f"L_pair = {bce.item():.4f}  (log 2 = {np.log(2):.4f} is a coin flip)")
+unit = torch.nn.functional.normalize(out.features.float(), dim=1)
+gaps = torch.cdist(unit, unit)[~torch.eye(len(unit), dtype=torch.bool)]
+print(f"distances between the batch's L2-normalised features at initialisation: mean {gaps.mean():.3f}, "
+      f"max {gaps.max():.3f} (2 is the largest possible)")
+del model, out
 
 # %% [markdown]
 # ## Training `all`
@@ -146,8 +156,26 @@ print(f"{trainer.step} steps in {train_s:.0f}s; last epoch: loss {history[-1]['l
 viz.training_curves(steps, title=f"training curves ({profile} profile)")
 
 # %% [markdown]
-# The curves show the total loss and its two terms per logged step; the triplet term falls as
-# identities separate in feature space, the pair term falls below log 2 once M beats chance.
+# The curves show the total loss and its two terms per logged step. The triplet term does not
+# fall at once. At initialisation every clip gets nearly the same feature (the distances
+# printed above are small), so the hardest positive and the hardest negative of an anchor are
+# about equally far, and the loss sits at its value for "no separation": the margin $m$, or
+# $\log 2$ with the soft margin. Only once the features spread out does it fall. The cell
+# below measures how long that plateau lasted in this run.
+
+# %%
+tri = np.array([s["triplet"] for s in steps], dtype=float)
+plateau = float(np.log(2)) if config.train.margin is None else float(config.train.margin)
+below = np.flatnonzero(tri < 0.9 * plateau)
+left_at = int(steps[below[0]]["step"]) if len(below) else None
+print(f"triplet loss at the first logged step {tri[0]:.4f} (plateau value {plateau:.4f}: "
+      f"{'log 2, soft margin' if config.train.margin is None else 'the margin'}); "
+      + (f"first below 90% of it at step {left_at} of {trainer.step}" if left_at is not None
+         else f"still within 10% of it after {trainer.step} steps"))
+bce_last = float(np.mean([s["bce"] for s in steps[-max(1, len(steps) // 10):]]))
+print(f"pair loss over the last tenth of the logged steps {bce_last:.4f} "
+      f"({'below' if bce_last < np.log(2) else 'not below'} log 2 = {np.log(2):.4f}: M "
+      f"{'beats' if bce_last < np.log(2) else 'does not beat'} a coin flip)")
 
 # %% [markdown]
 # ## Checkpoints and resuming
@@ -171,11 +199,12 @@ print("files:", ", ".join(sorted(p.name for p in run_dir.iterdir())))
 # ## A first evaluation
 #
 # The full evaluation (both MARS conventions, retrieval examples) is notebook 6; here one
-# number to see that training did something. The test features are cached under `work/`, so
-# notebook 6 does not extract them again.
+# number to see that training did something. Like every lesson, it uses the run's own
+# evaluation settings (`config.eval`), so notebook 6 reports the same number for this model;
+# the test features are cached under `work/`, so notebook 6 does not extract them again.
 
 # %%
-model.eval()
+model = trainer.model.eval()
 result = evaluate(model, trainer.manifest, trainer.cache, config.eval, feature_cache_dir=work_dir / "features",
                   progress=False)
 print(result.summary())
@@ -184,6 +213,7 @@ print(result.summary())
 write_metrics(metrics_path, {
     "key": {"steps": trainer.step, "final_loss": history[-1]["loss"], "rank1": result.rank1, "mAP": result.mAP,
             "train_s": round(train_s, 1)},
+    "triplet_plateau": {"value": plateau, "first_logged": tri[0], "left_at_step": left_at},
     "history": history, "steps": steps, "eval": result.to_dict(per_query=False),
     "config": config.to_dict(), "checkpoint": str(ckpt_path), "train_s": train_s,
     "frames_per_s": history[-1]["frames_per_s"],

@@ -73,7 +73,8 @@ def frames_and_clip(p):
 q = next(p for p in manifest.positions(split.query)
          if any(manifest.pids[g] == manifest.pids[p] and manifest.camids[g] != manifest.camids[p] for g in test))
 pos = next(g for g in test if manifest.pids[g] == manifest.pids[q] and manifest.camids[g] != manifest.camids[q])
-neg = rng.choice(test[manifest.pids[test] != manifest.pids[q]])
+# the negative is also from another camera, as the positive is: the pair differs only in the person
+neg = rng.choice(test[(manifest.pids[test] != manifest.pids[q]) & (manifest.camids[test] != manifest.camids[q])])
 (fq, cq), (fp, cp), (fn, cn) = (frames_and_clip(p) for p in (q, pos, neg))
 with torch.no_grad():
     logit_pos, maps_pos = model.metric(cq, cp, return_maps=True)
@@ -114,8 +115,10 @@ viz.srm_pair_comparison(maps_pos, maps_neg, (fq, fp), (fq, fn), pos_score=m_pos,
 # %% [markdown]
 # ## Over many pairs
 #
-# `num_pairs` positive pairs (same person, different cameras) and as many negative pairs from
-# the test set: the mean norm of $d$ and of the contextual feature, and $M$.
+# `num_pairs` positive pairs (same person, different cameras) and as many negative pairs
+# (different persons, also from different cameras, so that camera change cannot explain a
+# difference between the two groups) from the test set: the mean norm of $d$ and of the
+# contextual feature, and $M$.
 
 # %%
 def pool5_of(positions):
@@ -128,7 +131,8 @@ for a in rng.permutation(test):
     if len(same) and len(pairs["positive"]) < num_pairs:
         pairs["positive"].append((a, rng.choice(same)))
     if len(pairs["negative"]) < num_pairs:
-        pairs["negative"].append((a, rng.choice(test[manifest.pids[test] != manifest.pids[a]])))
+        other = test[(manifest.pids[test] != manifest.pids[a]) & (manifest.camids[test] != manifest.camids[a])]
+        pairs["negative"].append((a, rng.choice(other)))
 stats_pairs = {}
 for kind, ab in pairs.items():
     ab = np.array(ab)

@@ -1,18 +1,20 @@
-"""Table 2 of the paper: train and evaluate the six variants with one seed on one dataset.
+"""Table 2 of the paper: train and evaluate the six variants, over one or more seeds.
 
-``run_ablation(config, out_dir)`` trains every variant of ``reidkit.models.VARIANTS`` with the
-same config (only ``model.variant`` changes; each run in ``out_dir/<variant>/``), evaluates it
-with ``config.eval``, and scores untrained models as a floor (the ``cnn`` and ``all`` variants
-at their random initialisation: what the architecture alone gives, before any training). It
+``run_ablation(config, out_dir, seeds=(0, 1))`` trains every variant of
+``reidkit.models.VARIANTS`` with the same config once per seed (only ``model.variant`` and
+``train.seed`` change; each run in ``out_dir/<variant>/seed_<s>/``), evaluates it with
+``config.eval``, and scores untrained models as a floor (the ``cnn`` and ``all`` variants at
+their random initialisation: what the architecture alone gives, before any training). It
 writes::
 
-    out_dir/ablation.csv   one row per model: rank-1/5/10/20, mAP, ranking mode, convention, time
+    out_dir/ablation.csv   one row per run (method, seed): rank-1/5/10/20, mAP, ranking, time
+    out_dir/summary.csv    one row per method over its seeds: mean, std, min, max of each metric
     out_dir/ablation.md    the Table-2 style Markdown table, with the protocol stated
-    out_dir/cmc.json       {"curves": {method: CMC in %, ranks 1..20}, ...}; draw it with
-                           ``reidkit.viz.cmc_curves(json.load(f)["curves"])`` (Fig. 9)
+    out_dir/cmc.json       {"curves": {method: CMC in %, mean over seeds, ranks 1..20}, ...}; draw
+                           it with ``reidkit.viz.cmc_curves(json.load(f)["curves"])`` (Fig. 9)
 
-One seed, one split: differences of a point or two between variants are within the seed-to-seed
-spread at these sizes; the table says so.
+A difference between two variants is only worth a word when it exceeds the seed-to-seed
+spread: :func:`separated` says whether two methods' seed ranges do not overlap.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from reidkit.config import Config
@@ -32,17 +35,20 @@ from reidkit.files import write_json, write_text
 from reidkit.models import METHOD_NAMES, VARIANTS, build_model
 from reidkit.train import Trainer, resolve_device, seed_everything
 
-__all__ = ["PAPER_RANK1", "run_ablation", "write_tables"]
+__all__ = ["PAPER_RANK1", "run_ablation", "summarize", "separated", "format_cell", "write_tables"]
 
-# Table 2's MARS rank-1 for reference (DESIGN.md); its method names are reidkit.models.METHOD_NAMES
+# Zhou et al. (CVPR 2017), Table 2: rank-1 on MARS; the method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
-COLUMNS = ("method", "variant", "trained", "rank1", "rank5", "rank10", "rank20", "mAP", "ranking",
+METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP")
+COLUMNS = ("method", "variant", "trained", "seed", *METRICS, "ranking",
            "convention", "num_queries", "num_skipped", "epochs", "steps", "train_s", "eval_s", "paper_rank1_mars")
+SUMMARY_COLUMNS = ("method", "variant", "trained", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")),
+                   "paper_rank1_mars")
 
 
-def _row(method, variant, trained, result, seconds: dict, config: Config | None, steps: int) -> dict:
+def _row(method, variant, trained, seed, result, seconds: dict, config: Config | None, steps: int) -> dict:
     return {
-        "method": method, "variant": variant, "trained": trained,
+        "method": method, "variant": variant, "trained": trained, "seed": seed,
         **{k: round(float(getattr(result, k)), 2) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")},
         "ranking": result.ranking, "convention": result.convention,
         "num_queries": result.num_queries, "num_skipped": result.num_skipped,
@@ -52,15 +58,40 @@ def _row(method, variant, trained, result, seconds: dict, config: Config | None,
     }
 
 
-def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "all"),
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per method over its seeds: ``<metric>_mean/_std/_min/_max`` (std with n − 1; 0 for
+    one seed) and ``seeds``, in the order the methods first appear."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        runs = [r for r in rows if r["method"] == method]
+        row = {"method": method, "variant": runs[0]["variant"], "trained": runs[0]["trained"],
+               "seeds": [r["seed"] for r in runs], "paper_rank1_mars": runs[0]["paper_rank1_mars"]}
+        for m in METRICS:
+            v = np.array([r[m] for r in runs], dtype=np.float64)
+            row.update({f"{m}_mean": round(float(v.mean()), 2), f"{m}_std": round(float(v.std(ddof=1)), 2) if len(v) > 1 else 0.0,
+                        f"{m}_min": float(v.min()), f"{m}_max": float(v.max())})
+        out.append(row)
+    return out
+
+
+def separated(a: dict, b: dict, metric: str = "rank1") -> bool:
+    """Whether two :func:`summarize` rows differ by more than their seed-to-seed spread: their
+    [min, max] ranges over seeds do not overlap. Always False with a single seed (no spread
+    measured, so no difference can be called real)."""
+    if len(a["seeds"]) < 2 or len(b["seeds"]) < 2:
+        return False
+    return a[f"{metric}_min"] > b[f"{metric}_max"] or b[f"{metric}_min"] > a[f"{metric}_max"]
+
+
+def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "all"), seeds=None,
                  progress: bool = True, callbacks=(),
                  on_curves: Callable[[dict, Path], None] | None = None) -> list[dict]:
-    """Train + evaluate ``variants`` and evaluate untrained ``baselines``; returns the table rows.
+    """Train + evaluate ``variants`` once per seed (default: ``config.train.seed`` only) and
+    evaluate untrained ``baselines`` at the first seed; returns the per-run rows.
 
-    ``on_curves(curves, out_dir)``, if given, is called with the CMC curves ({method: CMC in %})
-    once the tables are written, e.g. to draw Fig. 9 (the CLI's ``--plot``).
+    ``on_curves(curves, out_dir)``, if given, is called with the CMC curves ({method: CMC in %,
+    mean over seeds}) once the tables are written, e.g. to draw Fig. 9 (the CLI's ``--plot``).
     """
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not config.data.dataset:
@@ -68,64 +99,94 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
     unknown = [v for v in (*variants, *baselines) if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; expected some of {', '.join(VARIANTS)}")
+    seeds = [config.train.seed] if seeds is None else [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, got {seeds}")
     manifest = Manifest.load(config.data.dataset)
     cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir, progress=progress)
     device = resolve_device(config.train.device)
-    rows, curves = [], {}
+    rows, cmcs = [], {}
 
     def log(msg):
         if progress:
             print(msg, flush=True)
 
     for variant in baselines:  # the floor: architecture at its seeded random initialisation
-        seed_everything(config.train.seed)
+        seed_everything(seeds[0])
         model = build_model(variant, config=config.model)
         tick = time.perf_counter()
         result = evaluate(model.to(device), manifest, cache, config.eval, split=config.data.split, device=device,
                           progress=progress)
         method = f"untrained {METHOD_NAMES[variant]}"
-        rows.append(_row(method, variant, False, result, {"eval": time.perf_counter() - tick}, None, 0))
-        curves[method] = [float(c) for c in result.cmc]
+        rows.append(_row(method, variant, False, seeds[0], result, {"eval": time.perf_counter() - tick}, None, 0))
+        cmcs.setdefault(method, []).append(result.cmc)
         log(f"[ablate] {method}: {result.summary()}")
 
     for variant in variants:
-        run_config = Config.from_dict(config.to_dict(), settings={"model.variant": variant,
-                                                                  "train.out_dir": str(out_dir / variant)})
-        tick = time.perf_counter()
-        trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
-        trainer.fit()
-        train_s = time.perf_counter() - tick
-        tick = time.perf_counter()
-        result = evaluate(trainer.model, manifest, cache, run_config.eval, split=run_config.data.split,
-                          device=trainer.device, progress=progress)
-        seconds = {"train": train_s, "eval": time.perf_counter() - tick}
-        method = METHOD_NAMES[variant]
-        rows.append(_row(method, variant, True, result, seconds, run_config, trainer.step))
-        curves[method] = [float(c) for c in result.cmc]
-        write_json(out_dir / variant / "eval.json", result.to_dict(per_query=False), indent=1)
-        log(f"[ablate] {method}: {result.summary()} (train {train_s:.0f}s)")
-        del trainer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        for seed in seeds:
+            run_dir = out_dir / variant / f"seed_{seed}"
+            run_config = Config.from_dict(config.to_dict(), settings={
+                "model.variant": variant, "train.seed": seed, "train.out_dir": str(run_dir)})
+            tick = time.perf_counter()
+            trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
+            trainer.fit()
+            train_s = time.perf_counter() - tick
+            tick = time.perf_counter()
+            result = evaluate(trainer.model, manifest, cache, run_config.eval, split=run_config.data.split,
+                              device=trainer.device, progress=progress)
+            seconds = {"train": train_s, "eval": time.perf_counter() - tick}
+            method = METHOD_NAMES[variant]
+            rows.append(_row(method, variant, True, seed, result, seconds, run_config, trainer.step))
+            cmcs.setdefault(method, []).append(result.cmc)
+            write_json(run_dir / "eval.json", result.to_dict(per_query=False), indent=1)
+            log(f"[ablate] {method}, seed {seed}: {result.summary()} (train {train_s:.0f}s)")
+            del trainer
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
+    curves = {m: [float(c) for c in np.mean(np.stack(v), axis=0)] for m, v in cmcs.items()}
     write_tables(rows, curves, out_dir, config, manifest.name)
     if on_curves is not None:
         on_curves(curves, out_dir)
     return rows
 
 
-def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, dataset: str = "") -> None:
-    """ablation.csv, ablation.md and cmc.json in ``out_dir``."""
-    out_dir = Path(out_dir)
+def format_cell(row: dict, metric: str) -> str:
+    """A summary cell: the value (one seed), mean and min–max (two), mean ± std and min–max (more)."""
+    n, mean = len(row["seeds"]), row[f"{metric}_mean"]
+    if n == 1:
+        return f"{mean:.1f}"
+    spread = f"{row[f'{metric}_min']:.1f}–{row[f'{metric}_max']:.1f}"
+    return f"{mean:.1f} ± {row[f'{metric}_std']:.1f} ({spread})" if n > 2 else f"{mean:.1f} ({spread})"
+
+
+def _csv(path: Path, columns, rows) -> None:
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer = csv.DictWriter(table, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_dir / "ablation.csv", table.getvalue())
+    writer.writerows([{**r, "seeds": " ".join(map(str, r["seeds"]))} if "seeds" in r else r for r in rows])
+    write_text(path, table.getvalue())
+
+
+def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, dataset: str = "") -> None:
+    """ablation.csv (per run), summary.csv (per method), ablation.md and cmc.json in ``out_dir``."""
+    out_dir = Path(out_dir)
+    summary = summarize(rows)
+    _csv(out_dir / "ablation.csv", COLUMNS, rows)
+    _csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summary)
     convention = rows[0]["convention"] if rows else config.eval.convention
     m, t = config.model, config.train
+    seeds = sorted({r["seed"] for r in rows if r["trained"]})
     rerank = ("every query × gallery pair (exact)" if config.eval.exact
               else f"top-{config.eval.rerank_top_k} of the feature ranking (every pair when K ≥ the gallery size)")
+    steps = max((r["steps"] for r in rows if r["trained"]), default=0)
+    if len(seeds) == 1:
+        spread = ("- One seed: no seed-to-seed spread was measured, so no difference between two rows can be "
+                  "called real from this table alone.")
+    else:
+        spread = (f"- {len(seeds)} seeds per trained variant ({', '.join(map(str, seeds))}): each cell is the mean over "
+                  f"seeds{' ± the standard deviation' if len(seeds) > 2 else ''}, with the min–max range in brackets; "
+                  f"a difference is real only where two ranges do not overlap.")
     lines = [
         f"# Ablation (Table 2 style) on {dataset or config.data.dataset}",
         "",
@@ -134,23 +195,22 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
         f"CNN/CNN+RNN/CNN+TAM; M for CNN+DIFF/CNN+SRM and S = 1/(1+F) + λM (λ = {m.lam}) for ALL, both "
         f"scoring {rerank}.",
         f"- Model: {m.cnn} (width × {m.width_mult}, norm {m.norm}, fc dropout {m.fc_dropout}), "
-        f"{m.height}×{m.width} frames, T = {m.seq_len}; "
-        f"trained {t.epochs} epochs × {rows[-1]['steps'] // max(1, t.epochs) if rows else '?'} steps of "
-        f"P={t.P} × K={t.K} clips, {t.optimizer} lr {t.lr}, seed {t.seed}; M's negatives "
-        f"{t.hard_negative_fraction:.0%} hardest{' (camera-balanced)' if t.camera_balanced_pairs else ''}, the rest random.",
-        "- One seed, one split: trust a gap only if it exceeds the seed-to-seed spread (on the synthetic "
-        "small benchmark two seeds moved one variant's rank-1 by up to 8.3 points; see the README).",
+        f"{m.height}×{m.width} frames, T = {m.seq_len}; trained {steps} steps of P={t.P} × K={t.K} clips, "
+        f"{t.optimizer} lr {t.lr}; M's negatives {t.hard_negative_fraction:.0%} hardest"
+        f"{' (camera-balanced)' if t.camera_balanced_pairs else ''}, the rest random.",
+        spread,
         "- Paper column: Zhou et al. (CVPR 2017) Table 2, rank-1 on MARS with 227×227 CaffeNet — for "
         "orientation only, a different dataset and scale.",
         "",
-        "| Method | Ranking | Rank@1 | Rank@5 | Rank@20 | mAP | Paper Rank@1 (MARS) |",
-        "|---|---|---|---|---|---|---|",
+        "| Method | Ranking | Seeds | Rank@1 | Rank@5 | Rank@20 | mAP | Paper Rank@1 (MARS) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    ranking = {r["method"]: r["ranking"] for r in rows}
+    for r in summary:
         paper = f"{r['paper_rank1_mars']}" if r["paper_rank1_mars"] != "" else "—"
-        lines.append(f"| {r['method']} | {r['ranking']} | {r['rank1']:.1f} | {r['rank5']:.1f} | "
-                     f"{r['rank20']:.1f} | {r['mAP']:.1f} | {paper} |")
+        lines.append(f"| {r['method']} | {ranking[r['method']]} | {len(r['seeds'])} | {format_cell(r, 'rank1')} | "
+                     f"{format_cell(r, 'rank5')} | {format_cell(r, 'rank20')} | {format_cell(r, 'mAP')} | {paper} |")
     write_text(out_dir / "ablation.md", "\n".join(lines) + "\n")
     write_json(out_dir / "cmc.json", {
         "dataset": dataset, "convention": convention, "units": "percent", "ranks": list(range(1, 21)),
-        "curves": curves, "rankings": {r["method"]: r["ranking"] for r in rows}}, indent=1)
+        "seeds": seeds, "curves": curves, "rankings": ranking}, indent=1)

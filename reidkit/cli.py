@@ -35,6 +35,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> str:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.lstrip("-").isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"expected distinct integers separated by commas, e.g. 0,1,2; got {text!r}")
+    return text
+
+
 def _override(text: str) -> str:
     if "=" not in text or text.startswith("="):
         raise argparse.ArgumentTypeError(f"expected section.key=value, got {text!r}")
@@ -110,7 +117,8 @@ def cmd_ablate(args) -> int:
     if bad:
         raise ValueError(f"--variants: unknown variant {bad[0]!r} (expected some of {', '.join(VARIANTS)})")
     baselines = () if args.no_baselines else ("cnn", "all")
-    run_ablation(config, args.out, variants=variants, baselines=baselines, progress=not args.quiet,
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    run_ablation(config, args.out, variants=variants, baselines=baselines, seeds=seeds, progress=not args.quiet,
                  on_curves=_draw_cmc if args.plot else None)
     print((Path(args.out) / "ablation.md").read_text())
     return 0
@@ -192,12 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="Table 2: train and evaluate the six variants",
-                       description="Train and evaluate every variant with one seed, plus untrained CNN and ALL "
-                                   "as the floor; writes OUT/ablation.csv, ablation.md and cmc.json.")
+                       description="Train and evaluate every variant (once per --seeds seed), plus untrained CNN and ALL "
+                                   "as the floor; writes OUT/ablation.csv, summary.csv, ablation.md and cmc.json.")
     p.add_argument("--config", type=Path, default=None, help="YAML config shared by all variants (e.g. configs/cpu.yaml)")
     p.add_argument("--dataset", required=True, help="manifest folder")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per variant)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all six)")
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated training seeds, e.g. 0,1,2: every variant is "
+                                                     "trained once per seed and the table shows the spread "
+                                                     "(default: train.seed only)")
     p.add_argument("--no-baselines", action="store_true", help="skip the untrained CNN/ALL rows")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--plot", action="store_true", help="also draw OUT/cmc.png (needs matplotlib)")

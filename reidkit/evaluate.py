@@ -299,18 +299,19 @@ def rank_gallery(distances: torch.Tensor, score_pairs: Callable | None = None, t
     return Ranking(order.cpu().numpy(), scores.cpu().numpy(), distances)
 
 
-def describe_ranking(model, rerank_top_k: int, exact: bool, gallery_size: int | None = None) -> str:
+def describe_ranking(model, rerank_top_k: int, exact: bool, gallery_size: int | None = None,
+                     score: str | None = None, lam: float | None = None) -> str:
     """One sentence saying what scored the ranking (goes into every result)."""
-    ranking = model.ranking
+    ranking = score or model.ranking
     if ranking == "distance":
         return "Euclidean distance of L2-normalised features F(x)"
-    lam = getattr(getattr(model, "config", None), "lam", 1.0)
+    lam = lam if lam is not None else getattr(getattr(model, "config", None), "lam", 1.0)
     what = (f"similarity S (Eq. 2, λ={lam:g}: 1/(1+F) + λ·M)" if ranking == "similarity"
             else "metric M (σ of the metric branch's logit)")
     if exact or (gallery_size is not None and rerank_top_k >= gallery_size):
         return f"{what}, exact: every query × gallery pair scored"
-    shortlist = ("feature ranking" if ranking == "similarity"
-                 else "ranking by the averaged pool5 descriptor")
+    feature_branch = getattr(model, "has_feature_branch", model.ranking == "similarity")
+    shortlist = "feature ranking" if feature_branch else "ranking by the averaged pool5 descriptor"
     return f"{what}, top-{rerank_top_k} of the {shortlist} re-scored, the rest in feature order"
 
 
@@ -422,11 +423,13 @@ class EvalResult:
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
-def _pair_scorer(model, feats: TrackletFeatures, q_rows: np.ndarray, g_rows: np.ndarray, device):
+def _pair_scorer(model, feats: TrackletFeatures, q_rows: np.ndarray, g_rows: np.ndarray, device, score=None,
+                 lam=None):
     """score_pairs for rank_gallery: ``model.pair_score`` (M or S) of query/gallery index pairs,
     M's logits from the cached pool5 maps."""
     if feats.pool5 is None:
         raise ValueError(f"ranking {model.ranking!r} needs pool5 maps; extract with with_pool5=True")
+    options = {k: v for k, v in (("kind", score), ("lam", lam)) if v is not None}
     qr = torch.from_numpy(q_rows).to(feats.pool5.device)
     gr = torch.from_numpy(g_rows).to(feats.pool5.device)
 
@@ -435,20 +438,22 @@ def _pair_scorer(model, feats: TrackletFeatures, q_rows: np.ndarray, g_rows: np.
         with _autocast(device):
             logits = model.metric(feats.pool5[a], feats.pool5[b]).float()
         fa, fb = feats.features[a.to(feats.features.device)], feats.features[b.to(feats.features.device)]
-        return model.pair_score(fa, fb, logits.to(fa.device))
+        return model.pair_score(fa, fb, logits.to(fa.device), **options)
 
     return score
 
 
 def _evaluate_split(model, manifest, feats: TrackletFeatures, query_ids, gallery_ids, convention, protocol,
-                    rerank_top_k, exact, pair_batch, keep_top, max_rank, progress, device) -> EvalResult:
+                    rerank_top_k, exact, pair_batch, keep_top, max_rank, progress, device, score,
+                    lam) -> EvalResult:
     q_pos, g_pos = manifest.positions(query_ids), manifest.positions(gallery_ids)
     q_rows, g_rows = feats.rows(q_pos), feats.rows(g_pos)
     t0 = time.perf_counter()
     dev = feats.features.device
     dist = feature_distance_matrix(feats.features[torch.from_numpy(q_rows).to(dev)],
                                    feats.features[torch.from_numpy(g_rows).to(dev)])
-    scorer = _pair_scorer(model, feats, q_rows, g_rows, device) if model.has_metric_branch else None
+    rescore = model.has_metric_branch and (score or model.ranking) != "distance"
+    scorer = _pair_scorer(model, feats, q_rows, g_rows, device, score, lam) if rescore else None
     with eval_mode(model):
         ranking = rank_gallery(dist, scorer, rerank_top_k, exact, pair_batch, progress)
     t1 = time.perf_counter()
@@ -464,7 +469,7 @@ def _evaluate_split(model, manifest, feats: TrackletFeatures, query_ids, gallery
     return EvalResult(
         rank1=at(1), rank5=at(5), rank10=at(10), rank20=at(20), mAP=100.0 * m.mAP, cmc=cmc,
         convention=describe_convention(protocol, convention), ranking=describe_ranking(
-            model, rerank_top_k, exact, len(gallery_ids)),
+            model, rerank_top_k, exact, len(gallery_ids), score, lam),
         num_queries=m.num_queries, num_skipped=m.num_skipped, num_gallery=len(gallery_ids),
         protocol=protocol, convention_name=convention, dataset=getattr(manifest, "name", ""),
         per_query=per_query,
@@ -539,10 +544,13 @@ def evaluation_positions(manifest, split: int | Sequence[int] | None = None,
 
 def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig | None = None, *,
                       split: int | Sequence[int] | None = None, device=None, progress: bool = True,
-                      keep_top: int = 50, pair_batch: int = 4096, max_rank: int = 20) -> EvalResult:
+                      keep_top: int = 50, pair_batch: int = 4096, max_rank: int = 20, score: str | None = None,
+                      lam: float | None = None) -> EvalResult:
     """Steps 2–3 of ``evaluate`` on features already extracted (``extract_features``).
 
-    Useful to compare rankings (K, exact, convention of ``eval_cfg``) without extracting again.
+    Useful to compare rankings (K, exact, convention of ``eval_cfg``) without extracting again, and
+    to isolate the parts of Eq. 2: ``score`` ranks by another score than the variant's
+    ("distance": F only, "metric": M only, "similarity": S) and ``lam`` sets λ for S.
     ``model`` only needs ``ranking`` and ``has_metric_branch``, and for re-scoring ``metric`` and
     ``pair_score``.
     """
@@ -553,7 +561,7 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalCo
     sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
     protocol = manifest.protocol
     results = [_evaluate_split(model, manifest, feats, q, g, convention, protocol, rerank_top_k, exact,
-                               pair_batch, keep_top, max_rank, progress, device) for q, g in sets]
+                               pair_batch, keep_top, max_rank, progress, device, score, lam) for q, g in sets]
     for r in results:
         r.seconds["features"] = feats.seconds
         r.seconds["features_from_cache"] = float(feats.from_cache)

@@ -58,7 +58,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "01_data_preparation": {"config_file": "configs/smoke.yaml", "synthetic_preset": "tiny"},
         "02_training": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=2"]},
         "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=1"],
-                         "baselines": ["cnn"]},
+                         "seeds": [0, 1], "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 32, "probe_clips": 8, "dose_response": "skip"},
         "05_srm_difference_maps": {"ig_steps": 4},
         "06_retrieval_report": {},
@@ -69,8 +69,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         "*": {"profile": "default", "seed": 0},
         "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
         "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=50"]},
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=5", "train.steps_per_epoch=50"],
-                         "baselines": ["cnn"]},
+        # two seeds per variant: a shorter equal budget per run than lesson 2's model (lesson 3 says so)
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=2", "train.steps_per_epoch=50"],
+                         "seeds": [0, 1], "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 300, "probe_clips": 120, "dose_response": "show"},
         "05_srm_difference_maps": {"ig_steps": 16},
         "06_retrieval_report": {},
@@ -80,7 +81,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "*": {"profile": "paper", "seed": 0},
         "01_data_preparation": {"config_file": "configs/default.yaml", "synthetic_preset": ""},
         "02_training": {"config_file": "configs/default.yaml", "overrides": []},
-        "03_ablations": {"config_file": "configs/default.yaml", "overrides": ["train.epochs=30"]},
+        "03_ablations": {"config_file": "configs/default.yaml", "overrides": ["train.epochs=30"], "seeds": [0, 1, 2]},
         "04_temporal_attention": {"max_tracklets": 2000, "dose_response": "skip"},
         "05_srm_difference_maps": {"ig_steps": 32},
         "06_retrieval_report": {},
@@ -88,9 +89,12 @@ PROFILES: dict[str, dict[str, dict]] = {
 }
 
 
-# The default profile plus the attention lesson's dose-response study: CNN and CNN+TAM trained
-# at three occlusion levels with lesson 2's budget (six more training runs; the README has its time).
+# The default profile with three seeds per ablation variant at a longer budget (mean ± std), plus
+# the attention lesson's dose-response study: CNN and CNN+TAM trained at three occlusion levels
+# with lesson 2's budget (six more training runs; the README has its time).
 PROFILES["full"] = {**PROFILES["default"], "*": {"profile": "full", "seed": 0},
+                    "03_ablations": {**PROFILES["default"]["03_ablations"], "seeds": [0, 1, 2],
+                                     "overrides": ["train.epochs=5", "train.steps_per_epoch=50"]},
                     "04_temporal_attention": {**PROFILES["default"]["04_temporal_attention"], "dose_response": "run",
                                               "dose_config_file": "configs/cpu.yaml",
                                               "dose_overrides": PROFILES["default"]["02_training"]["overrides"]}}
@@ -350,7 +354,8 @@ def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
     common = {**spec.get("*", {}), "device": device, "dataset_dir": dataset_dir}
     extra = {
         "02_training": {"work_dir": str(work), "run_dir": run_dir},
-        "03_ablations": {"ablation_dir": str(work / "ablation")},
+        "03_ablations": {"ablation_dir": str(work / "ablation"),
+                         "training_metrics": str(out_dir / "metrics" / "02_training.json")},
         "04_temporal_attention": {"run_dir": run_dir, "work_dir": str(work)},
         "05_srm_difference_maps": {"run_dir": run_dir},
         "06_retrieval_report": {"work_dir": str(work), "run_dir": run_dir, "report_dir": str(out_dir)},

@@ -13,7 +13,7 @@ Which paper figure each function draws:
 
 * ``sample_grid`` — Fig. 8 (dataset samples, one row per dataset);
 * ``frame_strip``, ``attention_heatmap``, ``attention_vs_visibility``, ``spread_of_attention``
-  — the temporal attention model's ω (Eq. 3–4, Fig. 3–4);
+  — the temporal attention model's ω (Eq. 3, Fig. 3–4);
 * ``srm_maps``, ``srm_pair_comparison`` — the spatial recurrent model (Fig. 5–7);
 * ``cmc_curves`` — Fig. 9; ``retrieval_grid`` / ``retrieval_rows`` — Fig. 10;
 * ``training_curves``, ``length_histogram``, ``attribution_figure`` — the kit's own.
@@ -253,7 +253,7 @@ def frame_strip(frames, weights=None, visibility=None, title: str | None = None,
 
 @_styled
 def attention_heatmap(attention, title: str | None = None, annot: bool = True) -> Figure:
-    """The TAM weights ω (Eq. 4) of one clip as a T×T heatmap: row t = LSTM step, column i =
+    """The TAM weights ω (Eq. 3) of one clip as a T×T heatmap: row t = LSTM step, column i =
     frame; each row sums to 1. Uniform weights (all 1/T) are the known failure. Two axes:
     the heatmap and its colour bar."""
     a = np.asarray(attention.detach().cpu() if hasattr(attention, "detach") else attention, np.float64)

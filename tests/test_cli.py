@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reidkit.cli import main
@@ -90,12 +91,38 @@ def test_train_then_evaluate(tiny, tmp_path, capsys):
 def test_ablate_writes_tables(tiny, tmp_path):
     out = tmp_path / "abl"
     assert main(["ablate", "--config", SMOKE, "--dataset", str(tiny), "--out", str(out), "--quiet",
-                 "--variants", "cnn,cnn_srm", "train.P=2", "train.progress=false",
+                 "--variants", "cnn,cnn_srm", "--seeds", "0,1", "train.P=2", "train.progress=false",
                  f"data.cache_dir={tmp_path / 'cache'}"]) == 0
     with open(out / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == ["untrained CNN", "untrained ALL", "CNN", "CNN+SRM"]
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("untrained CNN", "0"), ("untrained ALL", "0"), ("CNN", "0"), ("CNN", "1"), ("CNN+SRM", "0"), ("CNN+SRM", "1")]
+    assert (out / "cnn" / "seed_1" / "last.pt").is_file()
+    with open(out / "summary.csv") as f:
+        summary = {r["method"]: r for r in csv.DictReader(f)}
+    cnn = [float(r["rank1"]) for r in rows if r["method"] == "CNN"]
+    assert summary["CNN"]["seeds"] == "0 1" and float(summary["CNN"]["rank1_min"]) == min(cnn)
+    assert float(summary["CNN"]["rank1_max"]) == max(cnn)
     md = (out / "ablation.md").read_text()
-    assert "| CNN+SRM |" in md and "Rank@1" in md and "mAP" in md and "Protocol:" in md
+    assert "| CNN+SRM |" in md and "Rank@1" in md and "mAP" in md and "Protocol:" in md and "2 seeds" in md
     curves = json.loads((out / "cmc.json").read_text())["curves"]
     assert set(curves) == {r["method"] for r in rows}
+    with pytest.raises(SystemExit) as exit_:  # argparse: a clear one-line error
+        main(["ablate", "--dataset", str(tiny), "--out", str(out), "--seeds", "0,0"])
+    assert exit_.value.code == 2
+
+
+def test_summary_and_separation_of_seed_ranges():
+    from reidkit.ablate import separated, summarize
+
+    def row(method, seed, rank1):
+        return {"method": method, "variant": "cnn", "trained": True, "seed": seed, "rank1": rank1, "rank5": 0.0,
+                "rank10": 0.0, "rank20": 0.0, "mAP": 0.0, "paper_rank1_mars": 58.5}
+
+    s = {r["method"]: r for r in summarize([row("A", 0, 50.0), row("A", 1, 54.0), row("B", 0, 55.0),
+                                            row("B", 1, 60.0), row("C", 0, 53.0), row("C", 1, 57.0)])}
+    assert s["A"]["rank1_mean"] == 52.0 and s["A"]["rank1_min"] == 50.0 and s["A"]["rank1_max"] == 54.0
+    assert s["A"]["rank1_std"] == round(float(np.std([50.0, 54.0], ddof=1)), 2)
+    assert separated(s["A"], s["B"]) and not separated(s["A"], s["C"])  # 54 < 55, but 54 > 53
+    one = summarize([row("A", 0, 50.0), row("B", 0, 90.0)])
+    assert not separated(one[0], one[1])  # one seed: no spread measured, nothing called real

@@ -11,7 +11,8 @@ from torch import nn
 
 from reidkit.config import EvalConfig
 from reidkit.data import FrameCache, Manifest, normalize_clips, num_test_clips, test_frame_indices
-from reidkit.evaluate import evaluate, evaluate_features, even_clip_outputs, extract_features, rank_gallery
+from reidkit.evaluate import (evaluate, evaluate_features, evaluation_positions, even_clip_outputs, extract_features,
+                              rank_gallery)
 from reidkit.models import FeatureOutput, pair_score
 
 T = 3
@@ -287,3 +288,32 @@ def test_real_model_all_variant_runs(make_manifest):
     assert result.num_queries == 3 and result.num_gallery == 3 and 0.0 <= result.rank1 <= 100.0
     assert np.all(np.isfinite(result.per_query.scores[:, :2]))
     assert "similarity S" in result.ranking and "top-2" in result.ranking
+
+
+def test_eq2_parts_isolated_on_a_real_all_model(make_manifest):
+    """score/lam rank an `all` model by F only, M only or S at another λ (lesson 6)."""
+    from reidkit.evaluate import extract_features, evaluate_features
+    from reidkit.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    manifest = Manifest.load(make_manifest(num_ids=6, length_range=(3, 7)))
+    config = ModelConfig.cpu()
+    cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+    model = build_model("all", config=config).eval()
+    positions = evaluation_positions(manifest)
+    feats = extract_features(model, manifest, cache, positions, batch_size=8, progress=False, with_pool5=True)
+    exact = EvalConfig(exact=True)
+
+    def run_(**kw):
+        return evaluate_features(model, manifest, feats, exact, progress=False, **kw)
+
+    default, same = run_(), run_(score="similarity", lam=config.lam)
+    np.testing.assert_array_equal(default.per_query.gallery_ids, same.per_query.gallery_ids)
+    f_only, s0 = run_(score="distance"), run_(score="similarity", lam=0.0)
+    assert "Euclidean distance" in f_only.ranking and "λ=0" in s0.ranking
+    # S with λ = 0 is 1/(1+F): the same order as F
+    np.testing.assert_array_equal(f_only.per_query.gallery_ids, s0.per_query.gallery_ids)
+    m_only = run_(score="metric")
+    assert "metric M" in m_only.ranking
+    s_big = run_(score="similarity", lam=1e6)  # λ → ∞: M decides
+    np.testing.assert_array_equal(m_only.per_query.gallery_ids[:, :3], s_big.per_query.gallery_ids[:, :3])

@@ -78,6 +78,20 @@ def test_metrics_ablation_has_six_variants_and_baselines(smoke):
     assert {"CNN", "CNN+RNN", "CNN+TAM", "CNN+DIFF", "CNN+SRM", "ALL"} <= set(methods)
     assert any(x.startswith("untrained") for x in methods)
     assert all(_in_percent(r[k]) for r in m["rows"] for k in ("rank1", "rank5", "rank20", "mAP"))
+    seeds = {r["seed"] for r in m["rows"] if r["trained"]}
+    assert len(seeds) >= 2 and all(len(s["seeds"]) == len(seeds) for s in m["summary"] if s["trained"])
+    for s in m["summary"]:  # the table's mean/min/max are those of its per-seed rows
+        runs = [r["rank1"] for r in m["rows"] if r["method"] == s["method"]]
+        assert s["rank1_min"] == min(runs) and s["rank1_max"] == max(runs)
+    assert m["lesson2"]["rank1"] == _metrics(smoke, "02_training")["key"]["rank1"]  # read, not recomputed
+
+
+@pytest.mark.slow
+def test_one_model_one_number_across_lessons(smoke):
+    """Lessons 2 and 6 study the same `all` checkpoint with the run's config.eval: the same metric."""
+    trained = _metrics(smoke, "02_training")["key"]
+    retrieval = _metrics(smoke, "06_retrieval_report")["evaluation"]["common"]
+    assert trained["rank1"] == retrieval["rank1"] and trained["mAP"] == retrieval["mAP"]
 
 
 @pytest.mark.slow
@@ -110,6 +124,9 @@ def test_metrics_srm_and_retrieval(smoke):
         assert _in_percent(ev["rank1"]) and _in_percent(ev["mAP"])
         cmc = m["cmc"][convention]
         assert all(a <= b + 1e-9 for a, b in zip(cmc, cmc[1:]))  # CMC never decreases
+    rankings = {(e["ranking"], e["mode"]) for e in m["eq2"]}
+    assert ("F only", "exact") in rankings and ("M only", "exact") in rankings
+    assert {r for r, _ in rankings} >= {"S, λ = 0.25", "S, λ = 1", "S, λ = 4"}
 
 
 @pytest.mark.parametrize("name", report.NOTEBOOKS)

@@ -116,15 +116,17 @@ class JSTRNN(nn.Module):
         return self.head(pa, pb, return_maps=return_maps)
 
     def pair_score(self, feat_a: torch.Tensor | None, feat_b: torch.Tensor | None,
-                   logits: torch.Tensor | None = None, kind: str | None = None) -> torch.Tensor:
+                   logits: torch.Tensor | None = None, kind: str | None = None,
+                   lam: float | None = None) -> torch.Tensor:
         """The score of each pair (a[k], b[k]), higher = more alike: by default what this variant
         ranks by (``ranking``): −F (feature variants), M = σ(logits) (metric-only), S of Eq. 2
-        with λ = ``config.lam`` (``all``). ``kind`` picks another (``similarity.SCORES``).
+        with λ = ``config.lam`` (``all``). ``kind`` picks another (``similarity.SCORES``), ``lam``
+        another λ (to isolate the parts of Eq. 2: F only, M only, S at several λ).
 
         ``feat_*`` are ``features`` outputs (unused by M), ``logits`` those of ``metric(a, b)``
         (unused by −F); see ``reidkit.models.similarity``.
         """
-        return pair_score(kind or self.ranking, feat_a, feat_b, logits, self.config.lam)
+        return pair_score(kind or self.ranking, feat_a, feat_b, logits, self.config.lam if lam is None else lam)
 
     def parameter_groups(self, cnn_lr: float, head_lr: float) -> list[dict]:
         """Optimizer groups: the CNN at ``cnn_lr``, the temporal model and metric head at ``head_lr``.
