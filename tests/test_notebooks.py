@@ -7,6 +7,7 @@ executed notebooks without errors, figures, the metrics JSON of each notebook, i
 
 import json
 import math
+import re
 
 import pytest
 
@@ -140,3 +141,42 @@ def test_ipynb_in_sync_with_py(name):
     raw = nbformat.read(str(ipynb), as_version=4)
     assert not any(c.get("outputs") for c in raw.cells), f"{ipynb.name} has outputs: clear them"
     assert any("parameters" in c.metadata.get("tags", []) for c in raw.cells)
+
+
+# A measured-looking number in a lesson's static prose (a decimal, "N points", "rank-1 N", "mAP N")
+# must either come from a cell's output or cite its source on the same line (or, in a Markdown
+# table, in the table's header row).
+_MATH_OR_CODE = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`")
+_RESULT_LIKE = re.compile(r"(?<![\w.§])\d+\.\d+(?![\w.])|\b\d+(?:\.\d+)?\s*points?\b|"
+                          r"\b(?:rank-?\d+|mAP)\s+(?:of\s+)?\d+(?:\.\d+)?")
+_CITED = re.compile(r"paper|Zhou et al|Hermans|for reference|MARS has|Table\s+\d|Sec\.\s*\d", re.I)
+
+
+def _uncited_numbers(source: str) -> list[str]:
+    found, header_cited = [], False
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|"):  # a table row inherits its header's citation
+            if not set(stripped) <= set("|-: "):
+                header_cited = header_cited or bool(_CITED.search(stripped))
+        else:
+            header_cited = False
+        text = _MATH_OR_CODE.sub(" ", line)
+        if _RESULT_LIKE.search(text) and not (_CITED.search(text) or (stripped.startswith("|") and header_cited)):
+            found.append(stripped)
+    return found
+
+
+def test_the_guard_catches_an_uncited_result():
+    assert _uncited_numbers("this lifted CNN+SRM from rank-1 12 to 51") == ["this lifted CNN+SRM from rank-1 12 to 51"]
+    assert _uncited_numbers("the two conventions differ by about a point or 1.5 points")
+    assert not _uncited_numbers("the paper reports rank-1 70.6 on MARS")
+    assert not _uncited_numbers("| variant | paper rank-1 |\n|---|---|\n| ALL | 70.6 |")
+    assert not _uncited_numbers("with $\\lambda = 0.25$ and `train.lr=1e-3` (Eq. 2)")
+
+
+@pytest.mark.parametrize("name", report.NOTEBOOKS)
+def test_static_prose_states_no_uncited_result(name):
+    nb = jupytext.read(str(report.NOTEBOOK_DIR / f"{name}.py"))
+    bad = [line for c in nb.cells if c.cell_type == "markdown" for line in _uncited_numbers(c.source)]
+    assert not bad, f"{name}: numbers in Markdown that no cell computed and no source is cited for: {bad}"
