@@ -30,6 +30,7 @@ import argparse
 import ast
 import html
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -189,11 +190,57 @@ def _source_cell(nb_source, executed, cell_index: int) -> tuple[int | None, str]
     return idx, (lines[0] if lines else "")
 
 
-def export_html(nb, path: Path) -> None:
+MATHJAX_DIR = "mathjax"  # the report's own copy of MathJax: equations render without the internet
+
+
+def install_mathjax(out_dir: Path) -> str | None:
+    """Copy MathJax 2 (shipped by the ``jupyter-server-mathjax`` package) into ``out_dir`` once and
+    return the URL, relative to the report's HTML files, that loads it; None when the package is
+    missing (nbconvert then falls back to its CDN default)."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        return None
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    dst = Path(out_dir) / MATHJAX_DIR
+    if not (dst / "MathJax.js").is_file():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    return f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+
+
+# nbconvert's lab template without require.js and mermaid from a CDN (the lessons hold no widget
+# state, JavaScript output or diagrams that would need them): a report page loads nothing remote.
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def export_html(nb, path: Path, mathjax_url: str | None = None) -> None:
+    """The executed notebook as one HTML page; ``mathjax_url`` (see :func:`install_mathjax`)
+    points MathJax at the report's own copy."""
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    options = {"mathjax_url": mathjax_url} if mathjax_url else {}
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"reidkit.html.j2": _TEMPLATE})],
+                            template_file="reidkit.html.j2", **options)
+    body, _ = exporter.from_notebook_node(nb)
     path.write_text(body, encoding="utf-8")
+
+
+def _kernel_manager_class():
+    """A KernelManager talking to the kernel over local IPC sockets instead of TCP: nothing
+    listens on a network port, and ipykernel does not warn about unencrypted TCP."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    class IPCKernelManager(KernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return IPCKernelManager
 
 
 def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
@@ -232,6 +279,8 @@ def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
 
     results = [NotebookResult(p.stem) for p in paths]
     started = datetime.now(timezone.utc)
+    mathjax_url = install_mathjax(out_dir) if html else None
+    kernel_manager = _kernel_manager_class()
     for p, nb, prm, res in zip(paths, sources, params, results):
         out_nb = out_dir / f"{p.stem}.ipynb"
         metrics_file = out_dir / "metrics" / f"{p.stem}.json"
@@ -240,8 +289,10 @@ def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
         t0 = time.perf_counter()
         failure: NotebookExecutionError | None = None
         try:
-            pm.execute_notebook(nb, str(out_nb), parameters=prm, kernel_name=kernel_name,
-                                cwd=str(cwd), progress_bar=False, log_output=False)
+            pm.execute_notebook(nb, str(out_nb), parameters=prm, kernel_name=kernel_name, cwd=str(cwd),
+                                log_output=False, kernel_manager_class=kernel_manager,
+                                progress_bar={"desc": f"[report] {p.stem}", "mininterval": 5.0, "leave": False,
+                                              "bar_format": "{desc}: cell {n_fmt}/{total_fmt}, {elapsed} elapsed"})
             res.status = "ok"
         except PapermillExecutionError as e:
             executed = nbformat.read(str(out_nb), as_version=4)
@@ -257,7 +308,7 @@ def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
             res.ipynb = out_nb.name
             if html:
                 try:
-                    export_html(nbformat.read(str(out_nb), as_version=4), out_nb.with_suffix(".html"))
+                    export_html(nbformat.read(str(out_nb), as_version=4), out_nb.with_suffix(".html"), mathjax_url)
                     res.html = out_nb.with_suffix(".html").name
                 except Exception as e:  # the HTML is a convenience; never hide the real result
                     log(f"[report] {p.stem}: HTML export failed: {e}")

@@ -85,6 +85,9 @@ def test_index_written_for_a_successful_run(tmp_path):
     assert res[0].status == "ok" and res[0].duration_s > 0
     index = (out / "index.html").read_text()
     assert 'href="good.html"' in index and "double = 6" in index
+    page = (out / "good.html").read_text()  # equations render offline: MathJax comes with the report
+    assert 'src="mathjax/MathJax.js?config=' in page and "cdnjs" not in page
+    assert (out / "mathjax" / "MathJax.js").is_file() and (out / "mathjax" / "config" / "Safe.js").is_file()
 
 
 def test_profiles_only_pass_parameters_the_notebooks_declare(tmp_path):
