@@ -143,7 +143,7 @@ fig
 # same person changes colour and brightness between cameras, which is what re-identification
 # has to see through.
 
-# %%
+# %% tags=["headline"]
 rng = np.random.default_rng(seed)
 real = [p for p in range(len(manifest)) if manifest.pids[p] >= 1]
 pids = rng.choice(np.unique(manifest.pids[real]), size=min(4, len(np.unique(manifest.pids[real]))), replace=False)

@@ -138,7 +138,7 @@ del model, out
 # The library knows nothing about notebooks: here the callback appends to a list, and in
 # interactive mode it also redraws the curves in place.
 
-# %%
+# %% tags=["headline"]
 if interactive:
     handle = display(viz.training_curves([{"step": 0, "loss": np.nan}], keys=("loss",)), display_id=True)
 

@@ -76,7 +76,7 @@ ablation_s = time.perf_counter() - t0
 display(Markdown((ablation_dir / "ablation.md").read_text()))
 print(f"{ablation_s:.0f}s in total")
 
-# %%
+# %% tags=["headline"]
 curves = json.loads((ablation_dir / "cmc.json").read_text())["curves"]
 viz.cmc_curves(curves, title=f"CMC of the variants ({profile} profile)")
 

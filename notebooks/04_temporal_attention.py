@@ -130,7 +130,7 @@ if has_vis:
 # clips only add noise to the first number. The box plot splits the weights by the reason a
 # frame is degraded.
 
-# %%
+# %% tags=["headline"]
 vstats = {}
 if has_vis:
     vstats = visibility_stats(attention, clip_vis)

@@ -104,7 +104,7 @@ viz.srm_maps(maps_pos, fq, fp, title=f"SRM maps of the positive pair (M = {m_pos
 #
 # Same colour scale for both pairs, so magnitudes compare.
 
-# %%
+# %% tags=["headline"]
 viz.srm_pair_comparison(maps_pos, maps_neg, (fq, fp), (fq, fn), pos_score=m_pos, neg_score=m_neg)
 
 # %% [markdown]

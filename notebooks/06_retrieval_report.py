@@ -161,7 +161,7 @@ else:
 # failed, drawn at random (seeded) among the queries that have a correct match in the gallery
 # (the others are skipped by the common convention and cannot fail).
 
-# %%
+# %% tags=["headline"]
 pq = results["common"].per_query
 top = 8
 pick = np.random.default_rng(seed)

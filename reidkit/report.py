@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import base64
 import html
+import io
 import json
 import shutil
 import sys
@@ -130,6 +132,35 @@ class NotebookResult:
     html: str | None = None
     metrics: dict = field(default_factory=dict)
     error: str | None = None
+    thumbnail: str | None = None     # the lesson's headline figure, small, for the index
+
+
+HEADLINE_TAG = "headline"  # a lesson tags the cell whose figure stands for it in the index
+THUMB_WIDTH = 360
+
+
+def headline_png(nb) -> bytes | None:
+    """The PNG of the executed notebook's headline figure: the first image output of the first
+    cell tagged ``headline``, else the notebook's first image output; None without figures."""
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in cells if HEADLINE_TAG in c.get("metadata", {}).get("tags", [])]
+    for cell in tagged + cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {}).get("image/png")
+            if data:
+                return base64.b64decode(data)
+    return None
+
+
+def write_thumbnail(png: bytes, path: Path, width: int = THUMB_WIDTH) -> None:
+    """A ``width``-pixel-wide copy of a PNG (never enlarged)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    if image.width > width:
+        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.LANCZOS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, optimize=True)
 
 
 # --------------------------------------------------------------------------- notebooks
@@ -306,6 +337,11 @@ def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
         res.duration_s = round(time.perf_counter() - t0, 2)
         if out_nb.exists():
             res.ipynb = out_nb.name
+            png = headline_png(nbformat.read(str(out_nb), as_version=4))
+            if png is not None:
+                thumb = out_dir / "thumbs" / f"{p.stem}.png"
+                write_thumbnail(png, thumb)
+                res.thumbnail = thumb.relative_to(out_dir).as_posix()
             if html:
                 try:
                     export_html(nbformat.read(str(out_nb), as_version=4), out_nb.with_suffix(".html"), mathjax_url)
@@ -356,8 +392,11 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], *, title: str 
             metrics = f'<span class="err">{html.escape(r.error)}</span>' + (
                 "<br>" + metrics if metrics else "")
         dur = "" if r.duration_s is None else f"{r.duration_s:.1f} s"
+        target = html.escape(r.html or r.ipynb or "")
+        figure = (f'<a href="{target}"><img src="{html.escape(r.thumbnail)}" alt="headline figure of {html.escape(r.name)}"></a>'
+                  if r.thumbnail else "")
         rows.append(f'<tr class="{r.status.replace(" ", "-")}"><td>{html.escape(r.name)}</td>'
-                    f"<td>{r.status}</td><td>{dur}</td><td>{links}</td><td>{metrics}</td></tr>")
+                    f"<td>{r.status}</td><td>{dur}</td><td>{links}</td><td>{figure}</td><td>{metrics}</td></tr>")
     total = sum(r.duration_s or 0 for r in results)
     files = " · ".join(f'<a href="{n}">{n}</a>' for n in ("run.json", "reproducibility.json", "metrics/")
                        if n == "run.json" or (out_dir / n).exists())
@@ -370,11 +409,12 @@ table {{ border-collapse: collapse; width: 100%; }}
 td, th {{ border: 1px solid #ccc; padding: .4em .6em; text-align: left; vertical-align: top; }}
 tr.ok td:nth-child(2) {{ color: #1a7f37; }} tr.failed td:nth-child(2), .err {{ color: #cf222e; }}
 tr.not-run {{ color: #888; }}
+td img {{ max-width: {THUMB_WIDTH}px; height: auto; border: 1px solid #eee; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Started {when}; {sum(r.status == "ok" for r in results)}/{len(results)} notebooks ran,
 {total:.1f} s in total. Zhou et al., CVPR 2017, "See the Forest for the Trees".</p>
-<table><tr><th>notebook</th><th>status</th><th>duration</th><th>open</th><th>key metrics</th></tr>
+<table><tr><th>notebook</th><th>status</th><th>duration</th><th>open</th><th>headline figure</th><th>key metrics</th></tr>
 {chr(10).join(rows)}
 </table>
 <p>Also here: {files}.</p>

@@ -59,6 +59,9 @@ def test_index_lists_every_notebook(smoke):
     index = (smoke / "index.html").read_text()
     for name in report.NOTEBOOKS:
         assert f'href="{name}.html"' in index
+        assert f'src="thumbs/{name}.png"' in index and (smoke / "thumbs" / f"{name}.png").is_file()
+        page = (smoke / f"{name}.html").read_text()
+        assert "mathjax/MathJax.js" in page and "cdnjs" not in page  # equations render offline
     assert (smoke / "reproducibility.json").exists()
 
 

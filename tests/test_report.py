@@ -85,6 +85,7 @@ def test_index_written_for_a_successful_run(tmp_path):
     assert res[0].status == "ok" and res[0].duration_s > 0
     index = (out / "index.html").read_text()
     assert 'href="good.html"' in index and "double = 6" in index
+    assert res[0].thumbnail is None  # GOOD draws nothing: no headline figure
     page = (out / "good.html").read_text()  # equations render offline: MathJax comes with the report
     assert 'src="mathjax/MathJax.js?config=' in page and "cdnjs" not in page
     assert (out / "mathjax" / "MathJax.js").is_file() and (out / "mathjax" / "config" / "Safe.js").is_file()
@@ -102,3 +103,30 @@ def test_profiles_only_pass_parameters_the_notebooks_declare(tmp_path):
 def test_cli_rejects_unknown_only(capsys, tmp_path):
     assert report.main(["--profile", "smoke", "--out", str(tmp_path), "--only", "99"]) == 2
     assert "99" in capsys.readouterr().err
+
+
+def test_headline_figure_becomes_the_index_thumbnail(tmp_path):
+    import base64
+    import io
+
+    import nbformat
+    from PIL import Image
+
+    def png(color, size):
+        buf = io.BytesIO()
+        Image.new("RGB", size, color).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    def cell(color, size, tags=()):
+        c = nbformat.v4.new_code_cell("fig", metadata={"tags": list(tags)})
+        c.outputs = [nbformat.v4.new_output("display_data", data={"image/png": png(color, size)})]
+        return c
+
+    nb = nbformat.v4.new_notebook(cells=[cell("red", (10, 10)), cell("blue", (1000, 500), ["headline"])])
+    thumb = tmp_path / "t.png"
+    report.write_thumbnail(report.headline_png(nb), thumb)
+    image = Image.open(thumb)
+    assert image.size == (report.THUMB_WIDTH, report.THUMB_WIDTH // 2) and image.getpixel((5, 5))[:3] == (0, 0, 255)
+    nb.cells[1].metadata["tags"] = []  # no tag: the first figure
+    assert Image.open(io.BytesIO(report.headline_png(nb))).getpixel((0, 0))[:3] == (255, 0, 0)
+    assert report.headline_png(nbformat.v4.new_notebook()) is None
