@@ -82,14 +82,24 @@ config = Config.from_yaml(ROOT / config_file, [
 print(config.to_yaml())
 
 # %% [markdown]
+# ## The network (Fig. 2), as this configuration builds it
+#
+# The diagram is drawn from the model itself: one blank clip goes through it, and every
+# layer reports its output shape. Change the config (frame size, widths, variant) and the
+# figure changes with it.
+
+# %%
+live = []  # filled by the callback below
+trainer = Trainer(config, callbacks=[{"on_step_end": lambda tr, step, logs: live.append({"step": step, **logs})}])
+viz.network_diagram(trainer.model.layer_shapes())
+
+# %% [markdown]
 # ## A P × K batch
 #
 # The trainer owns the data pipeline (manifest → frame cache → `TrainClipLoader`); here is
 # what one step sees: P identities, K clips each, $T$ frames per clip.
 
 # %%
-live = []  # filled by the callback below
-trainer = Trainer(config, callbacks=[{"on_step_end": lambda tr, step, logs: live.append({"step": step, **logs})}])
 batch = next(iter(trainer.loader))
 print("clips", tuple(batch.clips.shape), "= (P·K, T, 3, H, W); pids", batch.pids.tolist())
 show = range(0, len(batch.pids), max(1, len(batch.pids) // 6))

@@ -30,6 +30,7 @@ ig_steps = 4                      # integration steps of Integrated Gradients
 num_pairs = 64                    # positive and negative pairs for the statistics
 dataset_dir = "reports/notebooks/work/dataset"
 run_dir = "reports/notebooks/work/runs/all"
+diff_run_dir = ""                 # a trained cnn_diff run (lesson 3 trains one) to compare with; "" = skip
 metrics_path = "reports/notebooks/metrics/05_srm_difference_maps.json"
 interactive = False
 
@@ -44,6 +45,7 @@ from IPython.display import display
 from reidkit import explain, viz
 from reidkit.data import even_clip, even_frame_indices
 from reidkit.evaluate import even_clip_outputs
+from reidkit.checkpoint import load_model
 from reidkit.lessons import REPO_ROOT, open_run, write_metrics
 from reidkit.models import metric_score
 
@@ -95,9 +97,53 @@ print("maps:", {k: tuple(v.shape) for k, v in maps_pos.items()})
 viz.srm_maps(maps_pos, fq, fp, title=f"SRM maps of the positive pair (M = {m_pos:.3f})")
 
 # %% [markdown]
-# The time sweeps spread information along each row of frames, the width and height sweeps
-# inside each frame; the contextual feature at a location therefore reflects its surroundings,
-# not only its own difference.
+# ## How far does each sweep reach? (Fig. 6, measured)
+#
+# The paper's Fig. 6 draws the order in which each of the six spatial RNNs visits the
+# locations. The trained SRM can show it instead: give the sweeps' input a single impulse at
+# one location of the $(T, h, w)$ grid and see where each sweep's output changes. An LSTM
+# carries what it has read forward along its own direction only, so the forward time sweep
+# should respond at the impulse and at every later frame of that location, the backward one at
+# every earlier frame, and the width and height sweeps along the impulse's row or column within
+# its frame. The cell checks this on the measured maps.
+
+# %%
+if model.head is not None and hasattr(model.head, "impulse_response"):
+    grid = config.model.pool5_grid
+    at = (T // 2, grid[0] // 2, grid[1] // 2)
+    reach = model.head.impulse_response(T, grid, at)
+    display(viz.sweep_impulses(reach, at))
+    reached = {k: int((v > 1e-6 * max(float(v.max()), 1e-12)).sum()) for k, v in reach.items()}
+    expected = {"time_fwd": T - at[0], "time_bwd": at[0] + 1, "height_fwd": grid[0] - at[1],
+                "height_bwd": at[1] + 1, "width_fwd": grid[1] - at[2], "width_bwd": at[2] + 1}
+    agree = [k for k in expected if reached[k] == expected[k]]
+    print(f"locations reached per sweep: {reached}; along its own direction only: "
+          f"{len(agree)} of 6 sweeps ({', '.join(agree) or 'none'})")
+else:
+    reach, reached = {}, {}
+    print(f"the {model.variant} model has no spatial recurrent model")
+
+# %% [markdown]
+# So in the contextual feature every location has heard from its whole row, column and
+# time line, in both directions: that is what lets the metric judge a difference by its
+# surroundings, not only by its own value.
+#
+# ## CNN+DIFF beside CNN+SRM, same pair
+#
+# CNN+DIFF (Table 2) is the SRM without its sweeps: the difference map, a 1×1 convolution and
+# the FC layer. Lesson 3 trained one with the ablation's budget; its maps for the same positive
+# pair show what the sweeps add: the 1×1 conv output is as local as $d$ itself.
+
+# %%
+diff_model = None
+if diff_run_dir and (Path(diff_run_dir) / "last.pt").is_file():
+    diff_model, _ = load_model(Path(diff_run_dir) / "last.pt", device=dev)
+    with torch.no_grad():
+        logit_diff, maps_diff = diff_model.metric(cq, cp, return_maps=True)
+    display(viz.srm_maps(maps_diff, fq, fp, title=f"CNN+DIFF maps of the same positive pair "
+                                                   f"(M = {metric_score(logit_diff).item():.3f}; lesson 3's run)"))
+else:
+    print("no trained cnn_diff run given (diff_run_dir); lesson 3 trains one when run first")
 
 # %% [markdown]
 # ## Contextual feature: positive against negative
@@ -175,6 +221,7 @@ if interactive:
 write_metrics(metrics_path, {
     "key": {"M_positive": float(P["M"].mean()), "M_negative": float(N["M"].mean()), "pair_auc": auc,
             "diff_norm_pos": float(P["difference_norm"].mean()), "diff_norm_neg": float(N["difference_norm"].mean())},
+    "sweep_reach": reached, "diff_model_shown": diff_model is not None,
     "example": {"query": int(manifest.tracklet_ids[q]), "positive": int(manifest.tracklet_ids[pos]),
                 "negative": int(manifest.tracklet_ids[neg]), "M_positive": m_pos, "M_negative": m_neg},
     "pairs": {k: {"n": v["n"], **{n: float(v[n].mean()) for n in ("M", "difference_norm", "context_norm")}}

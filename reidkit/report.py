@@ -448,7 +448,8 @@ def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
         "03_ablations": {"ablation_dir": str(work / "ablation"),
                          "training_metrics": str(out_dir / "metrics" / "02_training.json")},
         "04_temporal_attention": {"run_dir": run_dir, "work_dir": str(work)},
-        "05_srm_difference_maps": {"run_dir": run_dir},
+        "05_srm_difference_maps": {"run_dir": run_dir, "diff_run_dir": str(
+            work / "ablation" / "cnn_diff" / f"seed_{spec.get('03_ablations', {}).get('seeds', [0])[0]}")},
         "06_retrieval_report": {"work_dir": str(work), "run_dir": run_dir, "report_dir": str(out_dir)},
     }
     return {nb: {**common, **spec.get(nb, {}), **extra.get(nb, {}),

@@ -20,10 +20,23 @@ from PIL import Image
 
 from .data import Manifest
 
-__all__ = ["table1", "length_distribution", "format_table1", "format_length_distribution", "main"]
+__all__ = ["PAPER_TABLE1", "table1", "length_distribution", "format_table1", "format_length_distribution", "main"]
 
 # How the boxes were obtained, per source (Table 1's "#detection" row).
 DETECTION = {"mars": "algorithm", "ilidsvid": "hand", "prid2011": "hand", "synthetic": "rendered"}
+
+
+# Zhou et al. (CVPR 2017), Table 1, as printed (rounded there: "21K" tracklets, "1M" boxes), in
+# the shape of ``table1``'s dicts so the paper's columns sit beside any computed one.
+PAPER_TABLE1 = [
+    {"name": f"{name} (paper)", "identities": ids, "tracklets": tracklets, "boxes": boxes, "distractors": distractors,
+     "junk": "—", "cameras": cameras, "resolution": resolution, "detection": "hand" if cameras == 2 else "algorithm",
+     "evaluation": "CMC" if cameras == 2 else "CMC & mAP", "protocol": protocol, "num_splits": splits}
+    for name, ids, tracklets, boxes, distractors, cameras, resolution, protocol, splits in (
+        ("iLIDS-VID", "300", "600", "44K", "0", "2", [128, 64], "two_camera", 10),
+        ("PRID2011", "200", "400", "40K", "0", "2", [128, 64], "two_camera", 10),
+        ("MARS", "1,261", "21K", "1M", "3K", "6", [256, 128], "mars", 1))
+]
 
 
 def _median_resolution(manifest: Manifest, sample: int) -> tuple[int, int] | None:

@@ -14,7 +14,9 @@ Which paper figure each function draws:
 * ``sample_grid`` — Fig. 8 (dataset samples, one row per dataset);
 * ``frame_strip``, ``attention_heatmap``, ``attention_vs_visibility``, ``spread_of_attention``
   — the temporal attention model's ω (Eq. 3, Fig. 3–4);
+* ``network_diagram`` — Fig. 2, drawn from the model's own layers and shapes;
 * ``srm_maps``, ``srm_pair_comparison`` — the spatial recurrent model (Fig. 5–7);
+  ``sweep_impulses`` — Fig. 6, each sweep's measured reach;
 * ``cmc_curves`` — Fig. 9; ``retrieval_grid`` / ``retrieval_rows`` — Fig. 10;
 * ``training_curves``, ``length_histogram``, ``attribution_figure`` — the kit's own.
 """
@@ -51,6 +53,8 @@ __all__ = [
     "attention_training",
     "occlusion_probe_plot",
     "dose_response_plot",
+    "network_diagram",
+    "sweep_impulses",
     "length_histogram",
     "spread_of_attention",
     "attribution_figure",
@@ -769,4 +773,90 @@ def dose_response_plot(rows: Sequence[Mapping], title: str | None = None) -> Fig
         sns.despine(ax=ax)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _shape(shape) -> str:
+    return "×".join(str(x) for x in shape)
+
+
+@_styled
+def network_diagram(arch: Mapping, title: str | None = None) -> Figure:
+    """Fig. 2 from ``JSTRNN.layer_shapes()``: the shared CNN (every layer with its per-frame output
+    shape), then the feature branch (fc7 of T frames → temporal model → F(x)) and the metric
+    branch (pool5 of two clips → difference → head → M), joined by S of Eq. 2. Nothing is typed
+    in: change the config and the figure follows."""
+    cnn, T = list(arch["cnn"]), arch["T"]
+    fig = _figure(figsize=(12.5, 4.6))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 40)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color):
+        ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=color, edgecolor="#444", linewidth=0.8))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=7.5)
+
+    def arrow(x0, y0, x1, y1):
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color="#444", lw=0.8))
+
+    # the shared CNN, one column per layer (conv/pool up to pool5, then fc6/fc7 on the feature branch)
+    conv = [(n, s) for n, s in cnn if not n.startswith("fc")]
+    fcs = [(n, s) for n, s in cnn if n.startswith("fc")]
+    step = 50 / max(1, len(conv))
+    for i, (name, shape) in enumerate(conv):
+        box(1 + i * step, 17, step - 1.2, 7, f"{name}\n{_shape(shape)}", "#dbe9f6" if name != "input" else "#eeeeee")
+        if i:
+            arrow(1 + i * step - 1.2, 20.5, 1 + i * step, 20.5)
+    ax.text(26, 26, f"shared CaffeNet, run on each of the T = {T} frames (per-frame output shapes)",
+            ha="center", fontsize=8)
+    x_pool5 = 1 + (len(conv) - 1) * step + step - 1.2
+    # feature branch
+    if arch["temporal"] is not None:
+        x = x_pool5 + 1.5
+        for name, shape in fcs:
+            box(x, 29, 7, 6, f"{name}\n{_shape(shape)}", "#dbe9f6")
+            arrow(x + 7, 32, x + 8.2, 32)
+            x += 8.2
+        arrow(x_pool5, 23, x_pool5 + 1.5, 31)
+        box(x, 29, 13, 6, f"{arch['temporal']}\nover the T fc7 vectors", "#fde2c8")
+        box(x + 15, 29, 8, 6, f"F(x)\n{arch['feature_dim']}-d", "#fff3b0")
+        arrow(x + 13, 32, x + 15, 32)
+    # metric branch
+    if arch["head"] is not None:
+        pool5 = _shape(arch["pool5"])
+        box(x_pool5 + 1.5, 5, 11, 7, f"pool5 of clips\na and b, {pool5}", "#dbe9f6")
+        arrow(x_pool5, 18, x_pool5 + 1.5, 10)
+        box(x_pool5 + 14, 5, 8, 7, "d = a − b", "#e4d7f5")
+        arrow(x_pool5 + 12.5, 8.5, x_pool5 + 14, 8.5)
+        srm = arch["srm"]
+        head = (f"{arch['head']}\n1×1 conv → {srm['in']}, six LSTM\nsweeps ({srm['hidden']} each),\n"
+                f"1×1 conv → {srm['out']}, FC" if arch["head"] == "SpatialRecurrentModel"
+                else f"{arch['head']}\n1×1 conv → {srm['in']}, FC")
+        box(x_pool5 + 23.5, 2, 13, 13, head, "#e4d7f5")
+        arrow(x_pool5 + 22, 8.5, x_pool5 + 23.5, 8.5)
+        box(x_pool5 + 38, 5, 6, 7, "M\n= σ(logit)", "#fff3b0")
+        arrow(x_pool5 + 36.5, 8.5, x_pool5 + 38, 8.5)
+    if arch["temporal"] is not None and arch["head"] is not None:
+        box(90, 17, 9.5, 7, f"S = 1/(1+F)\n+ {arch['lam']:g}·M (Eq. 2)", "#c8f0c8")
+        arrow(x + 19, 29, 93, 24)
+        arrow(x_pool5 + 41, 12, 93, 17)
+    fig.suptitle(title or f"The network of Fig. 2 as built for variant {arch['variant']!r}", y=0.99, fontsize=10)
+    return fig
+
+
+@_styled
+def sweep_impulses(responses: Mapping, at: Sequence[int], title: str | None = None) -> Figure:
+    """Fig. 6, measured: for each of the six sweeps (``SpatialRecurrentModel.impulse_response``),
+    where an impulse at ``at`` = (t, y, x) changes the sweep's output, one panel of T frames
+    each (``mosaic``); the impulse's location is marked."""
+    names = [n for n in DIRECTIONS if n in responses]
+    T, h, w = np.asarray(responses[names[0]]).shape
+    fig, axes = _row_figure(len(names), T, h / w)
+    for ax, name in zip(axes, names):
+        m = np.asarray(responses[name], dtype=np.float64)
+        _row_image(ax, m, name.replace("_", " "), gap=1, cmap="magma", vmin=0.0, vmax=float(m.max()) or 1.0)
+        t, y, x = at
+        ax.plot([t * (w + 1) / w + (x + 0.5) / w], [(y + 0.5) / h], marker="s", mfc="none", mec="#39d353", ms=7)
+    fig.suptitle(title or f"Reach of each sweep: output change from one impulse at t={at[0]}, y={at[1]}, x={at[2]}")
     return fig

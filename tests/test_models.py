@@ -1,6 +1,7 @@
 """reidkit.models: shapes, TAM and SRM against hand-written references, Eq. 2, weights, overfitting."""
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 
@@ -419,3 +420,31 @@ def test_feature_path_compiles_without_graph_breaks():
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     out, ref = compiled(clips), model(clips)
     assert torch.allclose(out.features, ref.features, atol=1e-5) and torch.allclose(out.attention, ref.attention, atol=1e-6)
+
+
+def test_layer_shapes_follow_the_config():
+    from reidkit.models import ModelConfig, build_model
+
+    arch = build_model("all", config=ModelConfig.cpu()).layer_shapes()
+    names = [n for n, _ in arch["cnn"]]
+    assert names == ["input", "conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7"]
+    assert dict(arch["cnn"])["pool5"] == arch["pool5"][1:] == (64, 8, 4)
+    assert arch["temporal"] == "TemporalAttention" and arch["head"] == "SpatialRecurrentModel"
+    wide = build_model("cnn", config=ModelConfig.cpu(width_mult=0.5, fc_dim=128)).layer_shapes()
+    assert dict(wide["cnn"])["conv1"][0] == 48 and dict(wide["cnn"])["fc7"] == (128,) and wide["head"] is None
+
+
+def test_srm_impulse_reaches_only_where_each_sweep_has_passed():
+    from reidkit.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    srm = build_model("all", config=ModelConfig.cpu()).head
+    T, (h, w), (t0, y0, x0) = 6, (8, 4), (2, 4, 1)
+    r = {k: v.numpy() > 1e-7 for k, v in srm.impulse_response(T, (h, w), (t0, y0, x0)).items()}
+    expect = {"time_fwd": (slice(t0, T), y0, x0), "time_bwd": (slice(0, t0 + 1), y0, x0),
+              "width_fwd": (t0, y0, slice(x0, w)), "width_bwd": (t0, y0, slice(0, x0 + 1)),
+              "height_fwd": (t0, slice(y0, h), x0), "height_bwd": (t0, slice(0, y0 + 1), x0)}
+    for name, where in expect.items():
+        mask = np.zeros((T, h, w), bool)
+        mask[where] = True
+        np.testing.assert_array_equal(r[name], mask, err_msg=name)

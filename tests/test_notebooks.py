@@ -122,6 +122,8 @@ def test_metrics_srm_and_retrieval(smoke):
     assert 0 <= m["key"]["M_positive"] <= 1 and 0 <= m["key"]["M_negative"] <= 1
     assert 0 <= m["key"]["pair_auc"] <= 1
     assert set(m["attributions"]) == {"integrated_gradients", "frame_occlusion", "layer_gradcam"}
+    assert m["diff_model_shown"]  # lesson 3's cnn_diff run, read by lesson 5
+    assert set(m["sweep_reach"]) == {"time_fwd", "time_bwd", "width_fwd", "width_bwd", "height_fwd", "height_bwd"}
     m = _metrics(smoke, "06_retrieval_report")
     for convention in ("common", "official"):
         ev = m["evaluation"][convention]

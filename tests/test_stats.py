@@ -68,3 +68,14 @@ def test_main_prints_table_and_json(manifest, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["table1"]["boxes"] == manifest.total_frames
     assert data["length_distribution"]["count"] == 25
+
+
+def test_paper_table1_columns_sit_beside_a_computed_one():
+    from reidkit.stats import PAPER_TABLE1
+
+    text = format_table1([*PAPER_TABLE1, PAPER_TABLE1[0]])
+    header, _, *rows = text.splitlines()
+    assert header.startswith("| Datasets | iLIDS-VID (paper) | PRID2011 (paper) | MARS (paper) |")
+    row = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows}
+    assert row["#identities"][:3] == ["300", "200", "1,261"] and row["#cameras"][:3] == ["2", "2", "6"]
+    assert row["#resolution (W×H)"][:3] == ["64 × 128", "64 × 128", "128 × 256"]  # as the paper writes them

@@ -236,3 +236,21 @@ def test_figures_are_not_left_open_in_pyplot():
     fig = viz.cmc_curves({"a": np.linspace(0.5, 1.0, 20)})
     assert plt.get_fignums() == before  # closed at once: no leak, no double display in Jupyter
     assert isinstance(fig, Figure) and renders(fig)  # still drawable after closing
+
+
+def test_network_diagram_is_drawn_from_the_models_shapes():
+    models = pytest.importorskip("reidkit.models")
+    arch = models.build_model("all", config=models.ModelConfig.cpu()).layer_shapes()
+    texts = " ".join(t.get_text() for ax in viz.network_diagram(arch).axes for t in ax.texts)
+    assert "conv1\n24×64×32" in texts and "pool5\n64×8×4" in texts and "S = 1/(1+F)" in texts
+    arch2 = models.build_model("cnn", config=models.ModelConfig.cpu(height=160, width=80)).layer_shapes()
+    texts2 = " ".join(t.get_text() for ax in viz.network_diagram(arch2).axes for t in ax.texts)
+    assert "input\n3×160×80" in texts2 and "S = 1/(1+F)" not in texts2 and "M\n" not in texts2
+
+
+def test_sweep_impulses_one_row_per_direction():
+    resp = {d: np.zeros((4, 5, 3)) for d in DIRECTIONS}
+    resp["time_fwd"][2:, 1, 1] = 1.0
+    fig = viz.sweep_impulses(resp, (2, 1, 1))
+    rows = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_ylabel() for ax in rows] == [d.replace("_", " ") for d in DIRECTIONS]

@@ -128,6 +128,33 @@ class JSTRNN(nn.Module):
         """
         return pair_score(kind or self.ranking, feat_a, feat_b, logits, self.config.lam if lam is None else lam)
 
+    def layer_shapes(self) -> dict:
+        """The network of Fig. 2 as this config builds it, measured by one dry pass of a blank
+        clip (no parameter changes; eval mode for the pass): ``cnn`` = [(layer, per-frame output
+        shape)] from the input frame to fc7, ``temporal``/``head`` = the class names of the two
+        branches (None where absent), ``feature_dim``, ``pool5`` (T, C, h, w), ``T``, ``variant``.
+        Drawn by ``viz.network_diagram``; it stays true whatever the config."""
+        c, shapes = self.config, []
+        hooks = [m.register_forward_hook(lambda mod, inp, out, n=name: shapes.append((n, tuple(out.shape[1:]))))
+                 for name, m in self.cnn.named_children() if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d))]
+        try:
+            with eval_mode(self):
+                out = self.features(torch.zeros(1, c.seq_len, 3, c.height, c.width, device=model_device(self)))
+        finally:
+            for h in hooks:
+                h.remove()
+        layers, pools = [("input", (3, c.height, c.width))], 0
+        for name, shape in shapes:  # the one MaxPool module runs three times: name each call
+            if name == "pool":
+                pools += 1
+                name = f"pool{ {1: 1, 2: 2, 3: 5}[pools] }"
+            layers.append((name, shape))
+        return {"variant": self.variant, "T": c.seq_len, "cnn": layers, "pool5": tuple(out.pool5.shape[1:]),
+                "temporal": type(self.temporal).__name__ if self.temporal is not None else None,
+                "head": type(self.head).__name__ if self.head is not None else None,
+                "feature_dim": self.feature_dim, "lam": c.lam,
+                "srm": {"in": c.srm_in, "hidden": c.srm_hidden, "out": c.srm_out}}
+
     def parameter_groups(self, cnn_lr: float, head_lr: float) -> list[dict]:
         """Optimizer groups: the CNN at ``cnn_lr``, the temporal model and metric head at ``head_lr``.
 

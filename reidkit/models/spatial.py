@@ -114,6 +114,27 @@ class SpatialRecurrentModel(nn.Module):
         with torch.autocast(pool5_a.device.type, enabled=False):
             return self._forward(pool5_a.float(), pool5_b.float(), return_maps)
 
+    @torch.no_grad()
+    def impulse_response(self, T: int, grid: tuple[int, int], at: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        """Fig. 6, measured: how far each of the six sweeps carries one location's input.
+
+        The 1×1-conv input ``u`` of the sweeps is set to the response of an all-zero difference
+        map, plus a unit impulse in every channel at ``at`` = (t, y, x). Returned per direction:
+        ``(T, h, w)``, the L2 norm over channels of the sweep's output change caused by the
+        impulse — zero wherever the sweep has not yet passed the impulse's position.
+        """
+        h, w = grid
+        p = next(self.parameters())
+        base = F.relu(self.conv_in(torch.zeros(1, T, h, w, self.conv_in.in_features, device=p.device)))
+        bumped = base.clone()
+        bumped[0, at[0], at[1], at[2]] += 1.0
+        out = {}
+        for name, lstm in self.rnns.items():
+            axis, direction = name.split("_")
+            run = [sweep(lstm, u, SWEEP_AXES[axis], reverse=direction == "bwd") for u in (base, bumped)]
+            out[name] = (run[1] - run[0]).norm(dim=-1)[0].cpu()
+        return out
+
     def _forward(self, pool5_a: torch.Tensor, pool5_b: torch.Tensor, return_maps: bool):
         d = (pool5_a - pool5_b).permute(0, 1, 3, 4, 2)  # (N, T, h, w, C)
         u = F.relu(self.conv_in(d))
