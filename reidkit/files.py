@@ -38,6 +38,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", durable: bool = 
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results follow the user's umask like any file
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -54,6 +55,12 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", durable: bool = 
                 os.close(dfd)
         except OSError:  # some filesystems do not allow fsync on a folder
             pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
