@@ -158,7 +158,7 @@ if interactive:
     trainer.callbacks.append({"on_step_end": redraw})
 
 t0 = time.perf_counter()
-history = trainer.fit(resume=resume)
+history = trainer.fit(resume=resume, force=not resume)  # this lesson owns its run folder
 train_s = time.perf_counter() - t0
 steps = trainer.step_history or live
 print(f"{trainer.step} steps in {train_s:.0f}s; last epoch: loss {history[-1]['loss']:.4f}, "

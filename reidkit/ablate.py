@@ -33,7 +33,8 @@ from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import evaluate
 from reidkit.files import write_json, write_text
 from reidkit.models import METHOD_NAMES, VARIANTS, build_model
-from reidkit.train import Trainer, resolve_device, seed_everything
+from reidkit.checkpoint import load_checkpoint, load_model
+from reidkit.train import Trainer, config_changes, resolve_device, seed_everything
 
 __all__ = ["PAPER_RANK1", "run_ablation", "summarize", "separated", "format_cell", "write_tables"]
 
@@ -83,11 +84,35 @@ def separated(a: dict, b: dict, metric: str = "rank1") -> bool:
     return a[f"{metric}_min"] > b[f"{metric}_max"] or b[f"{metric}_min"] > a[f"{metric}_max"]
 
 
+def _finished_run(run_dir: Path, config: Config) -> dict | None:
+    """The checkpoint state of a run in ``run_dir`` that already did exactly what ``config`` asks
+    (same settings, all ``train.epochs``), else None."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    state = load_checkpoint(last)
+    same = not config_changes(state.get("config", {}), config.to_dict())
+    return state if same and int(state.get("epoch", -1)) == config.train.epochs else None
+
+
+def _resumable(run_dir: Path, config: Config) -> bool:
+    """An unfinished run of the same settings is in ``run_dir``: continue it instead of starting over."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return False
+    state = load_checkpoint(last)
+    return not config_changes(state.get("config", {}), config.to_dict()) and int(state.get("epoch", 0)) < config.train.epochs
+
+
 def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "all"), seeds=None,
                  progress: bool = True, callbacks=(),
                  on_curves: Callable[[dict, Path], None] | None = None) -> list[dict]:
     """Train + evaluate ``variants`` once per seed (default: ``config.train.seed`` only) and
     evaluate untrained ``baselines`` at the first seed; returns the per-run rows.
+
+    Run again on the same ``out_dir`` (e.g. after an interruption), runs that finished with the
+    same settings are kept and evaluated, an unfinished one resumes from its checkpoint, and a
+    run of other settings is replaced.
 
     ``on_curves(curves, out_dir)``, if given, is called with the CMC curves ({method: CMC in %,
     mean over seeds}) once the tables are written, e.g. to draw Fig. 9 (the CLI's ``--plot``).
@@ -128,19 +153,26 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
             run_config = Config.from_dict(config.to_dict(), settings={
                 "model.variant": variant, "train.seed": seed, "train.out_dir": str(run_dir)})
             tick = time.perf_counter()
-            trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
-            trainer.fit()
+            state = _finished_run(run_dir, run_config)
+            if state is not None:  # an earlier, interrupted ablation finished this run: keep it
+                model, _ = load_model(run_dir / "last.pt", device=device)
+                steps, how = int(state["step"]), "kept from an earlier run"
+            else:  # a fresh run, or resume an unfinished one of this config
+                trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
+                trainer.fit(resume=_resumable(run_dir, run_config), force=True)
+                model, steps, how = trainer.model, trainer.step, "trained"
+                del trainer
             train_s = time.perf_counter() - tick
             tick = time.perf_counter()
-            result = evaluate(trainer.model, manifest, cache, run_config.eval, split=run_config.data.split,
-                              device=trainer.device, progress=progress)
+            result = evaluate(model, manifest, cache, run_config.eval, split=run_config.data.split,
+                              device=device, progress=progress)
             seconds = {"train": train_s, "eval": time.perf_counter() - tick}
             method = METHOD_NAMES[variant]
-            rows.append(_row(method, variant, True, seed, result, seconds, run_config, trainer.step))
+            rows.append(_row(method, variant, True, seed, result, seconds, run_config, steps))
             cmcs.setdefault(method, []).append(result.cmc)
             write_json(run_dir / "eval.json", result.to_dict(per_query=False), indent=1)
-            log(f"[ablate] {method}, seed {seed}: {result.summary()} (train {train_s:.0f}s)")
-            del trainer
+            log(f"[ablate] {method}, seed {seed}: {result.summary()} ({how}, {train_s:.0f}s)")
+            del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 

@@ -257,7 +257,7 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
                 "data.dataset": str(root), "model.variant": variant, "train.out_dir": str(out_dir / str(level) / variant)})
             t0 = time.perf_counter()
             trainer = Trainer(cfg, manifest=manifest, cache=cache)
-            trainer.fit()
+            trainer.fit(force=True)  # the study owns its run folders
             model = trainer.model.eval()
             result = evaluate(model, manifest, cache, cfg.eval, split=cfg.data.split, device=trainer.device,
                               progress=progress)

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def cmd_train(args) -> int:
         print(f"[train] {config.model.variant} on {config.data.dataset} → {config.train.out_dir} "
               f"({trainer.device}, {trainer.steps_per_epoch} steps/epoch × {config.train.epochs} epochs)")
     try:
-        history = trainer.fit(resume=args.resume)
+        history = trainer.fit(resume=args.resume, force=args.force)
     finally:
         trainer.close()
     if trainer.is_main and history:
@@ -78,12 +79,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_result_path(out: Path, checkpoint: Path) -> None:
+    """``evaluate --out`` may only replace an earlier result of ``reidkit evaluate``, never the
+    checkpoint or any other file."""
+    if not out.exists():
+        return
+    if out.resolve() == checkpoint.resolve():
+        raise ValueError(f"--out {out} is the checkpoint being evaluated: refusing to overwrite it")
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        ours = isinstance(previous, dict) and {"checkpoint", "rank1", "mAP"} <= set(previous)
+    except (OSError, UnicodeDecodeError, ValueError):
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {out} exists and is not a result of `reidkit evaluate`: refusing to overwrite it")
+
+
 def cmd_evaluate(args) -> int:
     from reidkit.data import FrameCache, Manifest  # noqa: PLC0415
     from reidkit.evaluate import evaluate  # noqa: PLC0415
     from reidkit.checkpoint import load_model  # noqa: PLC0415
+    from reidkit.files import write_json  # noqa: PLC0415
     from reidkit.train import resolve_device  # noqa: PLC0415
 
+    if args.out:
+        _check_result_path(Path(args.out), Path(args.checkpoint))  # before minutes of evaluation
     device = resolve_device(args.device or "auto")
     model, config = load_model(args.checkpoint, device)
     dataset = args.dataset or config.data.dataset
@@ -100,9 +120,8 @@ def cmd_evaluate(args) -> int:
     result = evaluate(model, manifest, cache, e, split=split, device=device, progress=not args.quiet)
     print(result.summary())
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"checkpoint": str(args.checkpoint), "variant": config.model.variant,
-                                              **result.to_dict()}, indent=1))
+        write_json(args.out, {"checkpoint": str(args.checkpoint), "variant": config.model.variant,
+                              **result.to_dict()}, indent=1)
         print(f"[evaluate] wrote {args.out}")
     return 0
 
@@ -176,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder for checkpoints and history (train.out_dir)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (exact at epoch boundaries)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run already in OUT (without --resume), or resume although the config changed")
     p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_train)
 
@@ -224,16 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from reidkit.checkpoint import CheckpointError  # noqa: PLC0415
     from reidkit.config import ConfigError  # noqa: PLC0415
-    from reidkit.train import TrainingDiverged  # noqa: PLC0415
+    from reidkit.data import ManifestError  # noqa: PLC0415
+    from reidkit.train import RunExistsError, TrainingDiverged  # noqa: PLC0415
 
-    errors = [ConfigError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError, KeyError, IndexError]
-    try:
-        from reidkit.data import ManifestError  # noqa: PLC0415
-
-        errors.append(ManifestError)
-    except ImportError:
-        pass
+    errors = [ConfigError, CheckpointError, ManifestError, RunExistsError, TrainingDiverged, ValueError,
+              FileNotFoundError, KeyError, IndexError]
     return tuple(errors)
+
+
+_OVERRIDE = re.compile(r"^(data|model|train|eval)\.\w+=")
+
+
+def _overrides_last(argv: list[str]) -> list[str]:
+    """``key=value`` overrides may come before or between options (``train.lr=0.01 --resume``):
+    argparse takes positionals only after the options, so move them to the end."""
+    overrides = [a for a in argv[1:] if _OVERRIDE.match(a)]
+    return argv[:1] + [a for a in argv[1:] if not _OVERRIDE.match(a)] + overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in PASSTHROUGH:
             module, _ = PASSTHROUGH[argv[0]]
             return int(_passthrough(module)(argv[1:]) or 0)
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_overrides_last(argv))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("reidkit: interrupted", file=sys.stderr)

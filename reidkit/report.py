@@ -277,7 +277,7 @@ def _kernel_manager_class():
 def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
                   parameters: Mapping[str, Mapping] | Callable[[str], Mapping] | None = None,
                   *, cwd: str | Path = REPO_ROOT, kernel_name: str = "python3",
-                  html: bool = True, title: str = "reidkit report",
+                  html: bool = True, title: str = "reidkit report", profile: str | None = None,
                   log: Callable[[str], None] = print) -> list[NotebookResult]:
     """Execute notebooks in order and write ``<out_dir>/index.html``.
 
@@ -350,7 +350,7 @@ def run_notebooks(paths: Sequence[str | Path], out_dir: str | Path,
                     log(f"[report] {p.stem}: HTML export failed: {e}")
         res.metrics = _read_metrics(metrics_file)
         log(f"[report] {p.stem} {res.status} in {res.duration_s:.1f}s")
-        write_index(out_dir, results, title=title, started=started)
+        write_index(out_dir, results, title=title, started=started, profile=profile)
         if failure is not None:
             raise failure
     return results
@@ -379,7 +379,7 @@ def _fmt(v) -> str:
 
 
 def write_index(out_dir: Path, results: Sequence[NotebookResult], *, title: str = "reidkit report",
-                started: datetime | None = None) -> Path:
+                started: datetime | None = None, profile: str | None = None) -> Path:
     """``index.html`` (a table of the notebooks) and ``run.json`` (the same, machine-readable)."""
     out_dir = Path(out_dir)
     rows = []
@@ -422,7 +422,7 @@ td img {{ max-width: {THUMB_WIDTH}px; height: auto; border: 1px solid #eee; }}
 """
     (out_dir / "index.html").write_text(page, encoding="utf-8")
     (out_dir / "run.json").write_text(json.dumps(
-        {"title": title, "started": when, "notebooks": [asdict(r) for r in results]}, indent=2),
+        {"title": title, "profile": profile, "started": when, "notebooks": [asdict(r) for r in results]}, indent=2),
         encoding="utf-8")
     return out_dir / "index.html"
 
@@ -452,9 +452,33 @@ def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
             work / "ablation" / "cnn_diff" / f"seed_{spec.get('03_ablations', {}).get('seeds', [0])[0]}")},
         "06_retrieval_report": {"work_dir": str(work), "run_dir": run_dir, "report_dir": str(out_dir)},
     }
-    return {nb: {**common, **spec.get(nb, {}), **extra.get(nb, {}),
-                 "metrics_path": str(out_dir / "metrics" / f"{nb}.json")}
-            for nb in NOTEBOOKS}
+    params = {nb: {**common, **spec.get(nb, {}), **extra.get(nb, {}),
+                   "metrics_path": str(out_dir / "metrics" / f"{nb}.json")}
+              for nb in NOTEBOOKS}
+    if dataset:  # the user's folder: read it, never generate into it
+        params["01_data_preparation"]["synthetic_preset"] = ""
+    return params
+
+
+def claim_out_dir(out: Path, profile: str, only: bool, force: bool) -> None:
+    """Refuse to overwrite an existing report: ``--only`` continues one of the same profile,
+    ``--force`` replaces it (the whole report folder, work/ included)."""
+    run_json = out / "run.json"
+    if not run_json.is_file():
+        return
+    try:
+        previous = json.loads(run_json.read_text(encoding="utf-8")).get("profile")
+    except (OSError, ValueError):
+        previous = None
+    if force:
+        shutil.rmtree(out)
+        return
+    if not only:
+        raise ReportError(f"{out} already holds a report ({previous or 'unknown'} profile): --only NN re-runs "
+                          f"notebooks of it, --force replaces it, or choose another --out")
+    if previous != profile:
+        raise ReportError(f"{out} holds a {previous or 'unknown'}-profile report; --only cannot continue it with "
+                          f"--profile {profile} (its work/ was made for the other profile)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", help="report folder (default: reports/<timestamp>)")
     ap.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 01,02 "
                                    "(later notebooks need the work/ of earlier ones in --out)")
+    ap.add_argument("--force", action="store_true", help="replace the report already in --out")
     args = ap.parse_args(argv)
 
     out = Path(args.out) if args.out else (
@@ -483,12 +508,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     try:
+        if args.dataset and not (Path(args.dataset) / "tracklets.csv").is_file():
+            raise ReportError(f"--dataset {args.dataset}: no manifest there (tracklets.csv); write one with "
+                              f"`python -m data_prep ...`, or leave --dataset out to generate the synthetic benchmark")
         params = build_parameters(args.profile, out, dataset=args.dataset, device=args.device)
+        claim_out_dir(out, args.profile, bool(args.only), args.force)
         t0 = time.perf_counter()
         run_notebooks([NOTEBOOK_DIR / f"{n}.py" for n in names], out, params,
-                      title=f"reidkit report ({args.profile} profile)")
+                      title=f"reidkit report ({args.profile} profile)", profile=args.profile)
     except ReportError as e:
-        print(f"reidkit report: {e}\n  partial report: {out / 'index.html'}", file=sys.stderr)
+        partial = f"\n  partial report: {out / 'index.html'}" if (out / "index.html").is_file() else ""
+        print(f"reidkit report: {e}{partial}", file=sys.stderr)
         return 1
     print(f"[report] done in {time.perf_counter() - t0:.1f}s: {out / 'index.html'}")
     return 0

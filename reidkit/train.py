@@ -60,20 +60,57 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from reidkit.checkpoint import load_checkpoint, save_checkpoint
-from reidkit.config import Config
+from reidkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reidkit.config import Config, ConfigError
 from reidkit.data import FrameCache, Manifest, TrainClipLoader
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import TemporalAttention, build_model
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
+__all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "config_changes", "run_files", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
            "seed_everything", "use_amp"]
 
 TERMS = ("loss", "triplet", "bce", "grad_norm")  # what a step reports (device tensors until a sync)
 # and, for models with the TAM, how the attention trains: the mean normalised entropy H(ω_t)/log T
 # of the batch's weights (1 = uniform) and the gradient norm reaching the attention sub-net (U, V, W, w)
 ATTENTION_TERMS = ("attention_entropy", "attention_grad_norm")
+
+
+# What may change between a run and its resume without changing what is trained.
+RESUMABLE_CHANGES = {"data.dataset", "data.cache_dir", "train.epochs", "train.out_dir", "train.device", "train.progress",
+                     "train.log_every", "train.eval_every", "train.keep_last", "train.gpu_cache", "train.compile"}
+
+
+def config_changes(saved: dict, now: dict, allowed=RESUMABLE_CHANGES) -> list[str]:
+    """``"section.key: old → new"`` for every setting that differs, except ``allowed`` ones and
+    the removed ``data.height/width``. (``data.dataset`` may move on disk; the frame cache
+    fingerprints the manifest itself.)"""
+    changes = []
+    for section in sorted(set(saved) | set(now)):
+        a, b = saved.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if name in allowed or name in ("data.height", "data.width"):
+                continue
+            if a.get(key, "<unset>") != b.get(key, "<unset>"):
+                changes.append(f"{name}: {a.get(key, '<unset>')!r} → {b.get(key, '<unset>')!r}")
+    return changes
+
+
+def run_files(out_dir: Path) -> tuple[Path, list[Path], list[Path]]:
+    """A run folder's ``last.pt``, its ``epoch_N.pt`` sorted by N, and its history files."""
+    out_dir = Path(out_dir)
+    epochs = []
+    for p in out_dir.glob("epoch_*.pt"):
+        number = p.stem.split("_", 1)[1]
+        if number.isdigit():
+            epochs.append((int(number), p))
+    return (out_dir / "last.pt", [p for _, p in sorted(epochs)],
+            [out_dir / "history.csv", out_dir / "history.json"])
+
+
+class RunExistsError(RuntimeError):
+    """``train.out_dir`` already holds a run and neither resume nor force was asked for."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -310,11 +347,19 @@ class Trainer:
         return t.lr
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = False) -> list[dict]:
-        """Train until ``train.epochs`` epochs are done; returns the per-epoch history."""
+    def fit(self, resume: bool = False, force: bool = False) -> list[dict]:
+        """Train until ``train.epochs`` epochs are done; returns the per-epoch history.
+
+        ``resume``: continue ``out_dir/last.pt``; its config must match this one except for
+        bookkeeping (``RESUMABLE_CHANGES``) unless ``force``. Without ``resume``, an ``out_dir``
+        that already holds a run is refused unless ``force`` (its run files are then removed):
+        a new run never silently mixes its checkpoints and history with an old one's.
+        """
         t = self.config.train
         if resume:
-            self.resume(self.out_dir / "last.pt")
+            self.resume(self.out_dir / "last.pt", force=force)
+        elif self.is_main:
+            self._claim_out_dir(force)
         frames_per_step = self.loader.sampler.batch_size * self.config.model.seq_len * self.world_size
         for epoch in range(self.epoch + 1, t.epochs + 1):
             self.loader.set_epoch(epoch)
@@ -341,11 +386,12 @@ class Trainer:
             self._sync_buffers()
             row = {"epoch": epoch, "step": self.step, **dict(zip(self.terms, (sums / count).tolist())), "lr": lr,
                    "frames_per_s": frames_per_step * count / (time.perf_counter() - epoch_start)}
-            if t.eval_every and epoch % t.eval_every == 0:
-                row.update(self.evaluate())
             self.epoch = epoch
             self.history.append(row)
-            self.save_checkpoint()
+            self.save_checkpoint()  # before evaluating: a failing evaluation never costs the epoch
+            if t.eval_every and epoch % t.eval_every == 0:
+                row.update(self.evaluate())  # the same dict as in self.history
+                self.save_checkpoint()
             if self.is_main and t.progress:
                 tqdm.write(self._format_row(row))
             _call(self.callbacks, "on_epoch_end", self, epoch, row)
@@ -462,20 +508,38 @@ class Trainer:
             save_checkpoint(self.out_dir / "last.pt", state)
             keep = self.config.train.keep_last
             if keep is not None:
-                for old in sorted(self.out_dir.glob("epoch_*.pt"))[:-keep]:
+                for old in run_files(self.out_dir)[1][:-keep]:  # by epoch number, not by name
                     old.unlink()
             self._write_history()
         if self.distributed:
             dist.barrier()
 
-    def resume(self, path) -> None:
-        """Continue from a checkpoint written by this trainer (model, optimiser, RNG, history)."""
+    def _claim_out_dir(self, force: bool) -> None:
+        last, epochs, history = run_files(self.out_dir)
+        existing = [p for p in (last, *epochs, *history) if p.exists()]
+        if not existing:
+            return
+        if not force:
+            raise RunExistsError(
+                f"{self.out_dir} already holds a run ({', '.join(p.name for p in existing[:4])}"
+                f"{', …' if len(existing) > 4 else ''}): pass --resume to continue it, --force to replace it, "
+                f"or choose another --out")
+        for p in existing:
+            p.unlink()
+
+    def resume(self, path, force: bool = False) -> None:
+        """Continue from a checkpoint written by this trainer (model, optimiser, RNG, history).
+
+        The checkpoint's config must equal this one but for ``RESUMABLE_CHANGES``; otherwise the
+        differences are listed and the resume is refused (``force``: continue anyway)."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume: {path} does not exist (train without --resume to start a run)")
         state = load_checkpoint(path, map_location="cpu")
-        saved, now = state.get("config", {}), self.config.to_dict()
-        for section in ("model",):
-            if saved.get(section) != now[section]:
-                raise ValueError(f"cannot resume from {path}: its {section} config differs "
-                                 f"({saved.get(section)} vs {now[section]})")
+        changes = config_changes(state.get("config", {}), self.config.to_dict())
+        if changes and not force:
+            raise ConfigError(f"cannot resume from {path}: the config differs from the run's: "
+                              + "; ".join(changes) + " (--force continues anyway)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
