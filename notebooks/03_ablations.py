@@ -49,7 +49,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 from reidkit import viz
-from reidkit.ablate import PAPER_RANK1, format_cell, run_ablation, separated, summarize
+from reidkit.ablate import PAPER_RANK1, format_cell, run_ablation, seed_spread, separated, summarize
 from reidkit.config import Config
 from reidkit.lessons import REPO_ROOT, write_metrics
 
@@ -90,19 +90,21 @@ viz.cmc_curves(curves, title=f"CMC of the variants ({profile} profile)")
 #
 # The sentences below are generated from the numbers above, not written in advance. Each
 # compares the mean rank-1 over seeds and calls the difference real only when the two
-# variants' seed ranges (min–max) do not overlap.
+# variants' seed ranges (min–max) do not overlap and the means differ by more than the widest
+# seed range of any variant (with two seeds, one variant's own range underestimates the noise).
 
 # %%
 summary = {r["method"]: r for r in summarize(rows)}
 r1 = {k: v["rank1_mean"] for k, v in summary.items()}
 _variant = {k: v["variant"] for k, v in summary.items()}
 spreads = {k: v["rank1_max"] - v["rank1_min"] for k, v in summary.items() if v["trained"] and len(v["seeds"]) > 1}
+noise = seed_spread(list(summary.values()))
 
 
 def compare(a, b):
     d = r1[a] - r1[b]
     word = "above" if d > 0 else "below" if d < 0 else "level with"
-    verdict = ("a real difference (the seed ranges do not overlap)" if separated(summary[a], summary[b])
+    verdict = (f"a real difference (beyond the widest seed range, {noise:.1f})" if separated(summary[a], summary[b], spread=noise)
                else "within the seed spread" if len(summary[a]["seeds"]) > 1 else "one seed: spread unknown")
     paper = PAPER_RANK1[_variant[a]] - PAPER_RANK1[_variant[b]]
     return f"{a} is {abs(d):.1f} rank-1 points {word} {b}, {verdict} (paper: {paper:+.1f})"

@@ -30,7 +30,7 @@ ig_steps = 4                      # integration steps of Integrated Gradients
 num_pairs = 64                    # positive and negative pairs for the statistics
 dataset_dir = "reports/notebooks/work/dataset"
 run_dir = "reports/notebooks/work/runs/all"
-diff_run_dir = ""                 # a trained cnn_diff run (lesson 3 trains one) to compare with; "" = skip
+diff_run_dir = ""                 # a trained cnn_diff run to compare with (lesson 3 trains one); empty: skip
 metrics_path = "reports/notebooks/metrics/05_srm_difference_maps.json"
 interactive = False
 

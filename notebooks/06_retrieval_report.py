@@ -56,7 +56,7 @@ from IPython.display import Markdown, display
 
 from reidkit import viz
 from reidkit.data import even_frame_indices
-from reidkit.evaluate import EvalResult, evaluate, evaluate_features, evaluation_positions, extract_features
+from reidkit.evaluate import EvalResult, eq2_breakdown, evaluate, evaluation_positions, extract_features
 from reidkit.lessons import REPO_ROOT, environment_info, git_info, key_metrics, open_run, write_metrics
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
@@ -127,16 +127,8 @@ if model.has_metric_branch and model.has_feature_branch:
     feats = extract_features(model, manifest, cache, evaluation_positions(manifest, config.data.split),
                              batch_size=config.eval.batch_size, device=dev, progress=False,
                              feature_cache_dir=work_dir / "features", with_pool5=True)
-    rankings = [("F only", "distance", None), ("M only", "metric", None)] + [
-        (f"S, λ = {lam:g}", "similarity", lam) for lam in lambdas]
-    eq2 = []
-    for label, score, lam in rankings:
-        for mode, exact in (("exact", True), (f"top-{config.eval.rerank_top_k}", False)):
-            r = evaluate_features(model, manifest, feats, dataclasses.replace(config.eval, exact=exact),
-                                  split=config.data.split, device=dev, progress=False, score=score, lam=lam)
-            eq2.append({"ranking": label, "mode": mode, "rank1": r.rank1, "mAP": r.mAP})
-            if score == "distance":
-                break  # F alone re-scores nothing: exact and top-K are the same ranking
+    # M's logits of every query × gallery pair are computed once and reused by every row
+    eq2 = eq2_breakdown(model, manifest, feats, config.eval, split=config.data.split, lambdas=lambdas, device=dev)
     display(Markdown("\n".join(["| ranking | scored | rank-1 | mAP |", "|---|---|---|---|"] + [
         f"| {e['ranking']} | {e['mode']} | {e['rank1']:.1f} | {e['mAP']:.1f} |" for e in eq2])))
     best_part = max((e for e in eq2 if e["ranking"] in ("F only", "M only")), key=lambda e: e["rank1"])

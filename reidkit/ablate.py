@@ -36,7 +36,7 @@ from reidkit.models import METHOD_NAMES, VARIANTS, build_model
 from reidkit.checkpoint import load_checkpoint, load_model
 from reidkit.train import Trainer, config_changes, resolve_device, seed_everything
 
-__all__ = ["PAPER_RANK1", "run_ablation", "summarize", "separated", "format_cell", "write_tables"]
+__all__ = ["PAPER_RANK1", "run_ablation", "summarize", "seed_spread", "separated", "format_cell", "write_tables"]
 
 # Zhou et al. (CVPR 2017), Table 2: rank-1 on MARS; the method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
@@ -75,13 +75,21 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def separated(a: dict, b: dict, metric: str = "rank1") -> bool:
-    """Whether two :func:`summarize` rows differ by more than their seed-to-seed spread: their
-    [min, max] ranges over seeds do not overlap. Always False with a single seed (no spread
-    measured, so no difference can be called real)."""
+def seed_spread(summary: list[dict], metric: str = "rank1") -> float:
+    """The widest seed range (max − min) of any trained method: the table's measured run-to-run
+    noise (0 with one seed)."""
+    return max((r[f"{metric}_max"] - r[f"{metric}_min"] for r in summary if r["trained"]), default=0.0)
+
+
+def separated(a: dict, b: dict, metric: str = "rank1", spread: float = 0.0) -> bool:
+    """Whether two :func:`summarize` rows differ by more than the seed-to-seed spread: their
+    [min, max] ranges over seeds do not overlap *and* their means differ by more than
+    ``spread`` (pass :func:`seed_spread`: with few seeds one method's range underestimates the
+    noise). Always False with a single seed (no spread measured, no difference called real)."""
     if len(a["seeds"]) < 2 or len(b["seeds"]) < 2:
         return False
-    return a[f"{metric}_min"] > b[f"{metric}_max"] or b[f"{metric}_min"] > a[f"{metric}_max"]
+    apart = a[f"{metric}_min"] > b[f"{metric}_max"] or b[f"{metric}_min"] > a[f"{metric}_max"]
+    return apart and abs(a[f"{metric}_mean"] - b[f"{metric}_mean"]) > spread
 
 
 def _finished_run(run_dir: Path, config: Config) -> dict | None:
@@ -217,8 +225,10 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
                   "called real from this table alone.")
     else:
         spread = (f"- {len(seeds)} seeds per trained variant ({', '.join(map(str, seeds))}): each cell is the mean over "
-                  f"seeds{' ± the standard deviation' if len(seeds) > 2 else ''}, with the min–max range in brackets; "
-                  f"a difference is real only where two ranges do not overlap.")
+                  f"seeds{' ± the standard deviation' if len(seeds) > 2 else ''}, with the min–max range in brackets. "
+                  f"The widest range of any variant is {seed_spread(summary):.1f} rank-1 points: a difference "
+                  f"between two rows is real only where their ranges do not overlap and their means differ by more "
+                  f"than that.")
     lines = [
         f"# Ablation (Table 2 style) on {dataset or config.data.dataset}",
         "",

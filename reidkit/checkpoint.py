@@ -10,6 +10,7 @@ config as a dict, RNG states as tensors/lists, and the history as lists of dicts
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -23,8 +24,37 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not a reidkit checkpoint; names the file."""
 
 
+CHECKSUM_KEY = "sha256"
+
+
+def state_checksum(state: dict) -> str:
+    """SHA-256 over everything in a checkpoint but its own checksum: every tensor's name, dtype,
+    shape and bytes, every other value's text, in sorted key order."""
+    h = hashlib.sha256()
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k in sorted(value, key=str):
+                if not (prefix == "" and k == CHECKSUM_KEY):
+                    walk(f"{prefix}/{k}", value[k])
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        elif isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{prefix}:{t.dtype}:{tuple(value.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(f"{prefix}={value!r}".encode())
+
+    walk("", state)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Atomically and durably write ``state`` to ``path`` (``files.atomic_write``)."""
+    """Atomically and durably write ``state`` to ``path`` (``files.atomic_write``), with a
+    checksum of its contents that ``load_checkpoint`` verifies."""
+    state = {**state, CHECKSUM_KEY: state_checksum(state)}
     with atomic_write(path, durable=True) as tmp:
         torch.save(state, tmp)
     return Path(path)
@@ -41,6 +71,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a reidkit checkpoint (expected a dict, got {type(state).__name__})")
+    saved = state.pop(CHECKSUM_KEY, None)  # checkpoints written before checksums have none
+    if saved is not None and saved != state_checksum(state):
+        raise CheckpointError(f"{path} is damaged: its contents do not match the checksum written with it "
+                              f"(use another epoch_XXX.pt of the run, or train again)")
     return state
 
 
@@ -52,5 +86,10 @@ def load_model(path: str | Path, device="cpu") -> tuple[JSTRNN, Config]:
         raise CheckpointError(f"{path} is not a reidkit training checkpoint (no model/config)")
     config = Config.from_dict(state["config"], source=str(path))
     model = build_model(config=config.model)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # weights of another variant or size than the config says
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise CheckpointError(f"{path}: the weights do not fit its own config (model.variant="
+                              f"{config.model.variant}): {first}") from None
     return model.to(device).eval(), config

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,7 +126,10 @@ class Config:
                               f"tracklets per identity; got {t.K}")
         if t.steps_per_epoch is not None and t.steps_per_epoch < 1:
             raise ConfigError(f"train.steps_per_epoch: expected a positive integer or null, got {t.steps_per_epoch}")
-        if t.lr <= 0:
+        for key, value in dataclasses.asdict(t).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{key}: expected a finite number, got {value}")
+        if not t.lr > 0:
             raise ConfigError(f"train.lr: expected a positive float, got {t.lr}")
         if not 0.0 <= t.hard_negative_fraction <= 1.0:
             raise ConfigError(f"train.hard_negative_fraction: expected a value in [0, 1], got {t.hard_negative_fraction}")
@@ -203,7 +207,10 @@ class Config:
         try:
             d = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
         return cls.from_dict(d, overrides, source=str(path), settings=settings)
 
     def to_yaml(self, path: str | Path | None = None) -> str:

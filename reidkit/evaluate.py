@@ -71,7 +71,7 @@ from .models import eval_mode, feature_distance_matrix, model_device
 __all__ = [
     "TrackletFeatures", "extract_features", "Ranking", "rank_gallery",
     "PerQuery", "EvalResult", "evaluate", "evaluate_features", "evaluation_positions",
-    "describe_convention", "describe_ranking", "EvenClipOutputs", "even_clip_outputs",
+    "describe_convention", "describe_ranking", "EvenClipOutputs", "even_clip_outputs", "eq2_breakdown",
 ]
 
 FEATURE_CACHE_VERSION = 1
@@ -582,6 +582,57 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalCo
         seconds={"features": feats.seconds, "features_from_cache": float(feats.from_cache),
                  "ranking": sum(r.seconds["ranking"] for r in results),
                  "metrics": sum(r.seconds["metrics"] for r in results)})
+
+
+def eq2_breakdown(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig | None = None, *,
+                  split: int | None = None, lambdas: Sequence[float] = (0.25, 1.0, 4.0), device=None,
+                  pair_batch: int = 4096, max_rank: int = 20) -> list[dict]:
+    """Eq. 2 taken apart on one model with both branches: rank the gallery by F only, by M only
+    and by S at each λ of ``lambdas``, each scored exactly (every pair) and on the top-K of the
+    feature ranking (``eval_cfg.rerank_top_k``). M's logits are computed once for every query ×
+    gallery pair and looked up, so the table costs one exact evaluation; each row equals what
+    ``evaluate_features(..., score=..., lam=...)`` gives. One split (``split``, default the
+    protocol's first). Returns rows ``{"ranking", "score", "lam", "mode", "rank1", "mAP"}``.
+    """
+    if not (model.has_feature_branch and model.has_metric_branch):
+        raise ValueError(f"variant {model.variant!r} has a single branch: Eq. 2 has nothing to take apart")
+    e = eval_cfg if eval_cfg is not None else EvalConfig()
+    device = torch.device(device) if device is not None else feats.features.device
+    query_ids, gallery_ids = _split_sets(manifest, _resolve_splits(manifest, split)[:1], e.convention)[0]
+    q_pos, g_pos = manifest.positions(query_ids), manifest.positions(gallery_ids)
+    q_rows, g_rows = feats.rows(q_pos), feats.rows(g_pos)
+    dev = feats.features.device
+    dist = feature_distance_matrix(feats.features[torch.from_numpy(q_rows).to(dev)],
+                                   feats.features[torch.from_numpy(g_rows).to(dev)])
+    num_q, num_g = dist.shape
+    logit_of = _pair_scorer(model, feats, q_rows, g_rows, device, "logit")
+    qi, gi = torch.arange(num_q).repeat_interleave(num_g), torch.arange(num_g).repeat(num_q)
+    with eval_mode(model):
+        logits = torch.cat([logit_of(qi[a:a + pair_batch], gi[a:a + pair_batch]).float().cpu()
+                            for a in range(0, len(qi), pair_batch)]).view(num_q, num_g)
+    fq = feats.features[torch.from_numpy(q_rows).to(dev)]
+    fg = feats.features[torch.from_numpy(g_rows).to(dev)]
+
+    def lookup(kind, lam):
+        def score(q, g):
+            q, g = q.cpu(), g.cpu()
+            return model.pair_score(fq[q.to(dev)], fg[g.to(dev)], logits[q, g].to(dev), kind=kind, lam=lam)
+        return score
+
+    q_pids, g_pids = manifest.pids[q_pos], manifest.pids[g_pos]
+    q_cams, g_cams = manifest.camids[q_pos], manifest.camids[g_pos]
+    rows = []
+    plans = [("F only", "distance", None), ("M only", "metric", None)] + [
+        (f"S, λ = {lam:g}", "similarity", float(lam)) for lam in lambdas]
+    for label, kind, lam in plans:
+        modes = [("exact", None)] if kind == "distance" else [("exact", True), (f"top-{e.rerank_top_k}", False)]
+        for mode, exact in modes:
+            scorer = None if kind == "distance" else lookup(kind, lam)
+            ranking = rank_gallery(dist, scorer, e.rerank_top_k, bool(exact), pair_batch)
+            m = evaluate_order(ranking.order, q_pids, g_pids, q_cams, g_cams, e.convention, max_rank)
+            rows.append({"ranking": label, "score": kind, "lam": lam, "mode": mode,
+                         "rank1": 100.0 * float(m.cmc[0]), "mAP": 100.0 * float(m.mAP)})
+    return rows
 
 
 def evaluate(model, manifest, cache, eval_cfg: EvalConfig | None = None, *,

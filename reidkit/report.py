@@ -73,7 +73,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
         "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=50"]},
         # two seeds per variant: a shorter equal budget per run than lesson 2's model (lesson 3 says so)
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=2", "train.steps_per_epoch=50"],
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=2", "train.steps_per_epoch=40"],
                          "seeds": [0, 1], "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 300, "probe_clips": 120, "dose_response": "show"},
         "05_srm_difference_maps": {"ig_steps": 16},

@@ -51,6 +51,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but torch sees no CUDA device (use device=auto or cpu)")
+            raise ConfigError("train.device=cuda but torch sees no CUDA device (use --device auto or cpu)")
         return torch.device("cuda", local_rank)
     return torch.device(name)
 
@@ -273,6 +274,12 @@ class Trainer:
             rank=self.rank, world_size=self.world_size, resident=resident, frame_erasing=t.frame_erasing,
             dtype=torch.bfloat16 if self.amp and cuda else torch.float32)
         self.steps_per_epoch = len(self.loader)
+        lengths = manifest.lengths[manifest.positions(manifest.split(config.data.split).train)]
+        short = lengths < config.model.seq_len
+        if short.any() and self.is_main:  # padded clips repeat frames: say so, never silently
+            warnings.warn(f"{int(short.sum())} of {len(lengths)} training tracklets are shorter than model.seq_len = "
+                          f"{config.model.seq_len} frames (shortest {int(lengths.min())}): their clips repeat frames "
+                          f"to fill T", stacklevel=2)
 
         # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
         seed_everything(t.seed)

@@ -113,7 +113,7 @@ def test_ablate_writes_tables(tiny, tmp_path):
 
 
 def test_summary_and_separation_of_seed_ranges():
-    from reidkit.ablate import separated, summarize
+    from reidkit.ablate import seed_spread, separated, summarize
 
     def row(method, seed, rank1):
         return {"method": method, "variant": "cnn", "trained": True, "seed": seed, "rank1": rank1, "rank5": 0.0,
@@ -124,5 +124,7 @@ def test_summary_and_separation_of_seed_ranges():
     assert s["A"]["rank1_mean"] == 52.0 and s["A"]["rank1_min"] == 50.0 and s["A"]["rank1_max"] == 54.0
     assert s["A"]["rank1_std"] == round(float(np.std([50.0, 54.0], ddof=1)), 2)
     assert separated(s["A"], s["B"]) and not separated(s["A"], s["C"])  # 54 < 55, but 54 > 53
+    assert seed_spread(list(s.values())) == 5.0  # B's range, the widest
+    assert separated(s["A"], s["B"], spread=5.0) and not separated(s["A"], s["B"], spread=5.5)  # means 52 vs 57.5
     one = summarize([row("A", 0, 50.0), row("B", 0, 90.0)])
     assert not separated(one[0], one[1])  # one seed: no spread measured, nothing called real

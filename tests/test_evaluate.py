@@ -1,5 +1,6 @@
 """reidkit.evaluate with fake models (the JSTRNN interface, trivial insides) on tiny manifests."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -317,3 +318,25 @@ def test_eq2_parts_isolated_on_a_real_all_model(make_manifest):
     assert "metric M" in m_only.ranking
     s_big = run_(score="similarity", lam=1e6)  # λ → ∞: M decides
     np.testing.assert_array_equal(m_only.per_query.gallery_ids[:, :3], s_big.per_query.gallery_ids[:, :3])
+
+
+def test_eq2_breakdown_equals_separate_evaluations(make_manifest):
+    from reidkit.evaluate import eq2_breakdown
+    from reidkit.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    manifest = Manifest.load(make_manifest(num_ids=6, length_range=(3, 7)))
+    config = ModelConfig.cpu()
+    cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+    model = build_model("all", config=config).eval()
+    feats = extract_features(model, manifest, cache, evaluation_positions(manifest), batch_size=8, progress=False,
+                             with_pool5=True)
+    cfg = EvalConfig(rerank_top_k=2)
+    rows = eq2_breakdown(model, manifest, feats, cfg, lambdas=(0.5, 2.0))
+    assert [(r["ranking"], r["mode"]) for r in rows] == [
+        ("F only", "exact"), ("M only", "exact"), ("M only", "top-2"), ("S, λ = 0.5", "exact"), ("S, λ = 0.5", "top-2"),
+        ("S, λ = 2", "exact"), ("S, λ = 2", "top-2")]
+    for r in rows:
+        one = evaluate_features(model, manifest, feats, dataclasses.replace(cfg, exact=r["mode"] == "exact"),
+                                progress=False, score=r["score"], lam=r["lam"])
+        assert r["rank1"] == pytest.approx(one.rank1) and r["mAP"] == pytest.approx(one.mAP), r

@@ -73,6 +73,31 @@ class Mistake:
     exit_code: int = 2
 
 
+def _damaged_checkpoint(ctx: Ctx) -> Path:
+    """last.pt with one weight changed after it was written (bit rot, a bad copy): the checksum
+    written with it no longer matches."""
+    import torch
+
+    state = torch.load(ctx.run / "last.pt", weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name].view(-1)[0] += 1.0
+    damaged = ctx.tmp / "damaged.pt"
+    torch.save(state, damaged)
+    return damaged
+
+
+def _bad_yaml(ctx: Ctx) -> Path:
+    path = ctx.tmp / "bad.yaml"
+    path.write_text("train:\n  lr: [0.1\n  epochs: 2\n")
+    return path
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _last_unchanged(ctx: Ctx) -> bool:
     return _digest(ctx.run / "last.pt") == ctx.before["last.pt"]
 
@@ -94,6 +119,17 @@ MISTAKES = [
             lambda c: ["evaluate", "--checkpoint", str(c.run / "last.pt"), "--quiet", "--out", str(c.run / "history.csv")],
             "is not a result of `reidkit evaluate`",
             lambda c: _digest(c.run / "history.csv") == c.before["history.csv"]),
+    Mistake("evaluate a checkpoint whose weights were damaged after writing",
+            lambda c: ["evaluate", "--checkpoint", str(_damaged_checkpoint(c)), "--quiet"],
+            "is damaged: its contents do not match the checksum", _last_unchanged),
+    Mistake("train.lr=nan", lambda c: c.train("--force", "train.lr=nan"), "train.lr: expected a finite number",
+            _last_unchanged),
+    Mistake("a YAML syntax error in the config",
+            lambda c: ["train", "--config", str(_bad_yaml(c)), "--dataset", str(c.dataset)],
+            "line 2, column", _last_unchanged),
+    Mistake("--device cuda on a machine without a GPU",
+            lambda c: [*c.train("--force"), "--device", "cuda"], "sees no CUDA device", _last_unchanged)
+    if not _has_cuda() else None,
     Mistake("eval.batch_size=0", lambda c: c.train("--force", "eval.batch_size=0"),
             "eval.batch_size: expected a positive integer", _last_unchanged),
     Mistake("eval.rerank_top_k=-3", lambda c: c.train("--force", "eval.rerank_top_k=-3"),
@@ -108,6 +144,9 @@ MISTAKES = [
             lambda c: ["report", "--profile", "smoke", "--dataset", str(c.tmp / "typo"), "--out", str(c.tmp / "rep")],
             "no manifest there", lambda c: not (c.tmp / "typo").exists() and not (c.tmp / "rep").exists(), exit_code=1),
 ]
+
+
+MISTAKES = [m for m in MISTAKES if m is not None]
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.name for m in MISTAKES])
@@ -167,3 +206,10 @@ def test_overrides_may_come_before_options(trained, tmp_path):
     argv = ctx.train()
     assert main([argv[0], "train.epochs=1", *argv[1:]]) == 0  # later wins: train.epochs=2 from ctx.train
     assert json.loads((ctx.run / "history.json").read_text())["epochs"][-1]["epoch"] == 2
+
+
+def test_clips_longer_than_the_tracklets_are_announced(trained, tmp_path):
+    dataset, _, cache = trained
+    ctx = Ctx(dataset, tmp_path / "run", cache, tmp_path)
+    with pytest.warns(UserWarning, match=r"training tracklets are shorter than model.seq_len = 12 frames"):
+        assert main(ctx.train("model.seq_len=12", "train.epochs=1")) == 0
