@@ -126,7 +126,7 @@ MISTAKES = [
             _last_unchanged),
     Mistake("a YAML syntax error in the config",
             lambda c: ["train", "--config", str(_bad_yaml(c)), "--dataset", str(c.dataset)],
-            "line 2, column", _last_unchanged),
+            "bad.yaml, line 3, column 9: not valid YAML", _last_unchanged),
     Mistake("--device cuda on a machine without a GPU",
             lambda c: [*c.train("--force"), "--device", "cuda"], "sees no CUDA device", _last_unchanged)
     if not _has_cuda() else None,
