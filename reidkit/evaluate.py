@@ -163,8 +163,11 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
         key = feature_cache_key(model, manifest, cache, positions, T, with_pool5, device)
         path = Path(feature_cache_dir) / f"features_{key[:24]}.pt"
         if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("key") == key:
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # truncated or damaged: extract again (and overwrite it) below
+                saved = {}
+            if isinstance(saved, dict) and saved.get("key") == key:
                 pool5 = saved["pool5"].to(device) if saved["pool5"] is not None else None
                 return TrackletFeatures(positions, saved["features"].to(device), pool5, T, key, True,
                                     time.perf_counter() - start)

@@ -173,8 +173,11 @@ def main(argv=None) -> int:
     parser.add_argument("dataset", type=Path, help="dataset folder holding tracklets.csv")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--sample", type=int, default=200, help="frames read for the resolution")
-    parser.add_argument("--bins", type=int, default=20, help="histogram bins")
+    parser.add_argument("--bins", type=int, default=20, help="histogram bins (>= 1)")
     args = parser.parse_args(argv)
+    for name in ("bins", "sample"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     manifest = Manifest.load(args.dataset)
     stats = table1(manifest, sample=args.sample)
     dist = length_distribution(manifest, bins=args.bins)

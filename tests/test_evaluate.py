@@ -340,3 +340,20 @@ def test_eq2_breakdown_equals_separate_evaluations(make_manifest):
         one = evaluate_features(model, manifest, feats, dataclasses.replace(cfg, exact=r["mode"] == "exact"),
                                 progress=False, score=r["score"], lam=r["lam"])
         assert r["rank1"] == pytest.approx(one.rank1) and r["mAP"] == pytest.approx(one.mAP), r
+
+
+def test_a_damaged_feature_cache_file_is_extracted_again(make_manifest, tmp_path):
+    from reidkit.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    manifest = Manifest.load(make_manifest(num_ids=6, length_range=(3, 7)))
+    config = ModelConfig.cpu()
+    cache = FrameCache.build(manifest, config.height, config.width, progress=False)
+    model = build_model("cnn", config=config).eval()
+    positions = evaluation_positions(manifest)
+    first = extract_features(model, manifest, cache, positions, progress=False, feature_cache_dir=tmp_path)
+    (saved,) = tmp_path.glob("features_*.pt")
+    saved.write_bytes(saved.read_bytes()[:100])  # truncated
+    again = extract_features(model, manifest, cache, positions, progress=False, feature_cache_dir=tmp_path)
+    assert not again.from_cache and torch.equal(again.features, first.features)
+    assert extract_features(model, manifest, cache, positions, progress=False, feature_cache_dir=tmp_path).from_cache

@@ -130,6 +130,9 @@ MISTAKES = [
     Mistake("--device cuda on a machine without a GPU",
             lambda c: [*c.train("--force"), "--device", "cuda"], "sees no CUDA device", _last_unchanged)
     if not _has_cuda() else None,
+    Mistake("data.cache_dir naming a file, so the cache folder cannot be created",
+            lambda c: c.train("--force", f"data.cache_dir={c.run / 'history.csv'}"),
+            "set data.cache_dir (or --cache-dir) to a writable folder", _last_unchanged),
     Mistake("eval.batch_size=0", lambda c: c.train("--force", "eval.batch_size=0"),
             "eval.batch_size: expected a positive integer", _last_unchanged),
     Mistake("eval.rerank_top_k=-3", lambda c: c.train("--force", "eval.rerank_top_k=-3"),
@@ -213,3 +216,9 @@ def test_clips_longer_than_the_tracklets_are_announced(trained, tmp_path):
     ctx = Ctx(dataset, tmp_path / "run", cache, tmp_path)
     with pytest.warns(UserWarning, match=r"training tracklets are shorter than model.seq_len = 12 frames"):
         assert main(ctx.train("model.seq_len=12", "train.epochs=1")) == 0
+
+
+def test_stats_with_zero_bins_is_a_usage_error(trained, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["stats", str(trained[0]), "--bins", "0"])
+    assert exit_.value.code == 2 and "--bins must be >= 1, got 0" in capsys.readouterr().err

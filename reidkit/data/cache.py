@@ -122,6 +122,11 @@ class FrameCache:
         resizing); default ``min(8, os.cpu_count())``.
         """
         npy_path, json_path = cls.paths_for(manifest, height, width, cache_dir)
+        try:
+            npy_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ManifestError(f"cannot create the frame-cache folder {npy_path.parent} ({e.strerror}); set "
+                                f"data.cache_dir (or --cache-dir) to a writable folder") from None
         fingerprint = cls.fingerprint_of(manifest, height, width)
         lengths = manifest.lengths.copy()
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
