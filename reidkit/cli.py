@@ -61,9 +61,10 @@ def _load_config(args):
 
 # ---------------------------------------------------------------------- subcommands
 def cmd_train(args) -> int:
-    from reidkit.train import Trainer  # noqa: PLC0415
+    from reidkit.train import Trainer, check_out_dir  # noqa: PLC0415
 
     config = _load_config(args)
+    check_out_dir(Path(config.train.out_dir), args.resume, args.force)  # before the frame cache is built
     trainer = Trainer(config)
     if trainer.is_main:
         print(f"[train] {config.model.variant} on {config.data.dataset} → {config.train.out_dir} "

@@ -10,6 +10,7 @@ intact, never a half-written one under the final name.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write", "write_text", "jsonable", "write_json"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "write_text", "jsonable", "write_json"]
 
 
 @contextlib.contextmanager
@@ -33,7 +34,8 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", durable: bool = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -55,6 +57,30 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", durable: bool = 
                 os.close(dfd)
         except OSError:  # some filesystems do not allow fsync on a folder
             pass
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that ``atomic_write`` left for ``path`` in processes that no longer
+    run (a build killed by SIGKILL leaves its full-size temporary behind). A temporary's name holds
+    its writer's pid; those of live processes, this one included, are kept."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _umask() -> int:

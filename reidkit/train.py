@@ -68,7 +68,7 @@ from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import TemporalAttention, build_model
 
-__all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "config_changes", "run_files", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
+__all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "check_out_dir", "config_changes", "run_files", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
            "seed_everything", "use_amp"]
 
 TERMS = ("loss", "triplet", "bce", "grad_norm")  # what a step reports (device tensors until a sync)
@@ -108,6 +108,24 @@ def run_files(out_dir: Path) -> tuple[Path, list[Path], list[Path]]:
             epochs.append((int(number), p))
     return (out_dir / "last.pt", [p for _, p in sorted(epochs)],
             [out_dir / "history.csv", out_dir / "history.json"])
+
+
+def check_out_dir(out_dir: Path, resume: bool, force: bool) -> list[Path]:
+    """Refuse what ``fit`` would refuse about ``out_dir``, cheaply and early (the CLI calls it
+    before the frame cache is built): resuming a run that is not there, or starting a run over
+    one that is, without ``force``. Returns the old run's files that starting over replaces."""
+    last, epochs, history = run_files(out_dir)
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"cannot resume: {last} does not exist (train without --resume to start a run)")
+        return []
+    existing = [p for p in (last, *epochs, *history) if p.exists()]
+    if existing and not force:
+        raise RunExistsError(
+            f"{out_dir} already holds a run ({', '.join(p.name for p in existing[:4])}"
+            f"{', …' if len(existing) > 4 else ''}): pass --resume to continue it, --force to replace it, "
+            f"or choose another --out")
+    return existing
 
 
 class RunExistsError(RuntimeError):
@@ -261,6 +279,7 @@ class Trainer:
             if not config.data.dataset:
                 raise ValueError("data.dataset is not set: pass --dataset DIR or data.dataset=DIR")
             manifest = Manifest.load(config.data.dataset)
+        self._check_data(manifest)  # cheap checks first: decoding every frame may take hours
         if cache is None:
             cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir,
                                      progress=self.is_main and t.progress)
@@ -311,6 +330,15 @@ class Trainer:
         self.should_stop = False
 
     # ------------------------------------------------------------------ setup helpers
+    def _check_data(self, manifest) -> None:
+        """What can be refused from the manifest alone, before any frame is decoded."""
+        c, t = self.config, self.config.train
+        split = manifest.split(c.data.split)  # IndexError naming splits.json and how many it has
+        pids = manifest.pids[manifest.positions(split.train)]
+        identities = len(np.unique(pids[pids >= 1]))
+        if identities < t.P:
+            raise ValueError(f"train.P={t.P} identities per batch, but split {c.data.split} of "
+                             f"{manifest.root / 'splits.json'} has {identities} training identities: lower train.P")
     def _cache_fits(self, cache) -> bool:
         free, _ = torch.cuda.mem_get_info(self.device)
         return cache.nbytes < 0.6 * free
@@ -522,16 +550,7 @@ class Trainer:
             dist.barrier()
 
     def _claim_out_dir(self, force: bool) -> None:
-        last, epochs, history = run_files(self.out_dir)
-        existing = [p for p in (last, *epochs, *history) if p.exists()]
-        if not existing:
-            return
-        if not force:
-            raise RunExistsError(
-                f"{self.out_dir} already holds a run ({', '.join(p.name for p in existing[:4])}"
-                f"{', …' if len(existing) > 4 else ''}): pass --resume to continue it, --force to replace it, "
-                f"or choose another --out")
-        for p in existing:
+        for p in check_out_dir(self.out_dir, resume=False, force=force):
             p.unlink()
 
     def resume(self, path, force: bool = False) -> None:

@@ -222,3 +222,14 @@ def test_stats_with_zero_bins_is_a_usage_error(trained, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["stats", str(trained[0]), "--bins", "0"])
     assert exit_.value.code == 2 and "--bins must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_cheap_refusals_come_before_the_frame_cache_is_built(trained, tmp_path, capsys):
+    dataset, _, _ = trained
+    ctx = Ctx(dataset, tmp_path / "run", tmp_path / "fresh_cache", tmp_path)
+    for extra, message in ((("train.P=50",), "train.P=50 identities per batch"),
+                           (("data.split=3",), "split 3 out of range"),
+                           (("--resume",), "cannot resume")):
+        assert main(ctx.train(*extra)) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "fresh_cache").exists()  # nothing was decoded
