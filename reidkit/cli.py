@@ -127,6 +127,32 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_verify_cache(args) -> int:
+    from reidkit.data import FrameCache  # noqa: PLC0415
+
+    files = []
+    for p in args.paths:
+        p = Path(p)
+        found = sorted(p.glob("frames_*.npy")) if p.is_dir() else [p]
+        if not found or not all(f.is_file() for f in found):
+            raise FileNotFoundError(f"{p}: no frame cache (frames_HxW.npy) there")
+        files += found
+    damaged_any = False
+    for f in files:
+        damaged = FrameCache.verify(f, progress=not args.quiet)
+        if not damaged:
+            print(f"{f}: intact")
+            continue
+        damaged_any = True
+        index = json.loads(f.with_suffix(".json").read_text())
+        offsets, lengths, ids = index["offsets"], index["lengths"], index["tracklet_ids"]
+        hit = sorted({ids[i] for a, b in damaged for i, (o, n) in enumerate(zip(offsets, lengths)) if o < b and o + n > a})
+        ranges = ", ".join(f"{a}–{b - 1}" for a, b in damaged)
+        print(f"{f}: DAMAGED frame rows {ranges} (tracklet ids {hit[:20]}{' …' if len(hit) > 20 else ''}); "
+              f"delete it to have it rebuilt")
+    return 1 if damaged_any else 0
+
+
 def cmd_ablate(args) -> int:
     from reidkit.ablate import run_ablation  # noqa: PLC0415
     from reidkit.models import VARIANTS  # noqa: PLC0415
@@ -237,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-variant lines")
     p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("verify-cache", help="check frame caches against the checksums written when they were built",
+                       description="Re-hash frame caches (DATASET/.cache/frames_HxW.npy, or a folder of them) and "
+                                   "compare with the checksums recorded at build time; exit status 1 if any is damaged.")
+    p.add_argument("paths", nargs="+", help="cache .npy files or folders holding them (e.g. DATASET/.cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify_cache)
 
     for name, (_, text) in PASSTHROUGH.items():
         sub.add_parser(name, help=text, add_help=False, description=text)

@@ -233,3 +233,22 @@ def test_cheap_refusals_come_before_the_frame_cache_is_built(trained, tmp_path, 
         assert main(ctx.train(*extra)) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "fresh_cache").exists()  # nothing was decoded
+
+
+def test_damaged_cache_pixels_are_found_by_verify_cache(trained, tmp_path, capsys):
+    import numpy as np
+
+    from reidkit.data import FrameCache, Manifest
+
+    manifest = Manifest.load(trained[0])
+    cache = FrameCache.build(manifest, 32, 16, tmp_path / "cache", progress=False)
+    npy = cache.path
+    assert main(["verify-cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert "intact" in capsys.readouterr().out
+    frames = np.load(npy, mmap_mode="r+")
+    frames[5, 3, 3, 0] ^= 0xFF  # one damaged pixel, the header untouched
+    frames.flush()
+    del frames
+    assert main(["verify-cache", str(npy), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED frame rows 0–" in out and str(int(manifest.tracklet_ids[0])) in out

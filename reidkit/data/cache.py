@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from reidkit.files import atomic_write, write_text
 
@@ -48,6 +49,17 @@ def decode_frame(path, height: int, width: int) -> np.ndarray:
         raise ManifestError(f"{path}: frame file not found") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ManifestError(f"{path}: cannot decode image ({e})") from None
+
+
+CHUNK_FRAMES = 1024  # frames per checksum: damage is located to about a thousand frames
+
+
+def chunk_checksums(frames: np.ndarray, chunk: int = CHUNK_FRAMES, progress: bool = False) -> list[str]:
+    """SHA-256 of each run of ``chunk`` frame rows of a uint8 frame array (memory-mapped is fine)."""
+    out = []
+    for start in tqdm(range(0, len(frames), chunk), disable=not progress, desc="checksums", unit="chunk"):
+        out.append(hashlib.sha256(np.ascontiguousarray(frames[start:start + chunk]).tobytes()).hexdigest())
+    return out
 
 
 class FrameCache:
@@ -150,18 +162,44 @@ class FrameCache:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
             cls._decode_all(manifest, out, offsets, height, width, progress, workers)
             out.flush()
+            checksums = chunk_checksums(out)
             del out
             json_path.unlink(missing_ok=True)  # the old index must never vouch for the new pixels
         index = {"format_version": CACHE_VERSION, "height": height, "width": width, "total": total,
                  "fingerprint": fingerprint, "tracklet_ids": manifest.tracklet_ids.tolist(),
-                 "offsets": offsets.tolist(), "lengths": lengths.tolist()}
+                 "offsets": offsets.tolist(), "lengths": lengths.tolist(),
+                 "chunk_frames": CHUNK_FRAMES, "chunk_sha256": checksums}
         write_text(json_path, json.dumps(index))
         frames = np.load(npy_path, mmap_mode="c")
         return cls(frames, offsets, lengths, npy_path, fingerprint, built=True)
 
     @staticmethod
+    def verify(npy_path: str | Path, progress: bool = False) -> list[tuple[int, int]]:
+        """Re-hash a built cache and compare with the checksums its index recorded at build time.
+
+        Returns the damaged frame-row ranges ``[(start, stop), ...]`` (empty: intact). Reads the
+        whole file once (about a minute per 50 GB on one core); ``reidkit cache verify`` runs it.
+        Raises ``ManifestError`` when the index is missing or was written without checksums.
+        """
+        npy_path = Path(npy_path)
+        json_path = npy_path.with_suffix(".json")
+        try:
+            index = json.loads(json_path.read_text())
+        except (OSError, ValueError):
+            raise ManifestError(f"{json_path}: no readable cache index beside {npy_path.name}") from None
+        if "chunk_sha256" not in index:
+            raise ManifestError(f"{json_path}: the cache was built without checksums (an older reidkit); "
+                                f"delete it to have it rebuilt")
+        frames = np.load(npy_path, mmap_mode="r")
+        size = int(index["chunk_frames"])
+        now = chunk_checksums(frames, size, progress)
+        if len(now) != len(index["chunk_sha256"]):
+            return [(0, len(frames))]
+        return [(i * size, min((i + 1) * size, len(frames)))
+                for i, (a, b) in enumerate(zip(now, index["chunk_sha256"])) if a != b]
+
+    @staticmethod
     def _decode_all(manifest, out, offsets, height, width, progress, workers):
-        from tqdm.auto import tqdm
 
         workers = workers or min(8, os.cpu_count() or 1)
 
