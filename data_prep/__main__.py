@@ -20,9 +20,9 @@ CHECK_HELP = ("which frames to decode with PIL to catch unreadable files: 'ends'
               "and last frame of every tracklet, 'all' every frame (slow on MARS), 'none'")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m data_prep") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m data_prep",
+        prog=prog,
         description="Turn a raw re-id dataset folder into a reidkit manifest "
                     "(tracklets.csv, splits.json, meta.json). Real datasets are not copied: the "
                     "manifest's frame paths point into --src relative to --out.")
@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m data_prep") -> int:
+    args = _parser(prog).parse_args(argv)
     try:
         if args.dataset == "synthetic":
             from .synthetic import generate  # lazy: the renderer is not needed for real datasets

@@ -177,11 +177,13 @@ def _draw_cmc(curves: dict, out_dir: Path) -> None:
     cmc_curves(curves, title="CMC (ablation)").savefig(out_dir / "cmc.png", dpi=120)
 
 
-def _passthrough(module: str, func: str = "main"):
+def _passthrough(module: str, name: str):
+    """Hand ``argv`` to the module's own ``main``, which names itself ``reidkit NAME`` in usage lines."""
     def run(argv: list[str]) -> int:
         import importlib  # noqa: PLC0415
 
-        return getattr(importlib.import_module(module), func)(argv) or 0
+        main_ = importlib.import_module(module).main
+        return (main_(argv, prog=f"reidkit {name}") if name != "report" else main_(argv)) or 0
 
     return run
 
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in PASSTHROUGH:
             module, _ = PASSTHROUGH[argv[0]]
-            return int(_passthrough(module)(argv[1:]) or 0)
+            return int(_passthrough(module, argv[0])(argv[1:]) or 0)
         args = build_parser().parse_args(_overrides_last(argv))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -563,8 +563,13 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalCo
     device = torch.device(device) if device is not None else feats.features.device
     sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
     protocol = manifest.protocol
-    results = [_evaluate_split(model, manifest, feats, q, g, convention, protocol, rerank_top_k, exact,
-                               pair_batch, keep_top, max_rank, progress, device, score, lam) for q, g in sets]
+    results = []
+    for index, (q, g) in zip(_resolve_splits(manifest, split), sets):
+        try:
+            results.append(_evaluate_split(model, manifest, feats, q, g, convention, protocol, rerank_top_k, exact,
+                                           pair_batch, keep_top, max_rank, progress, device, score, lam))
+        except ValueError as e:  # e.g. no query with a correct match: name the split it comes from
+            raise ValueError(f"{Path(manifest.root) / 'splits.json'}, split {index}: {e}") from None
     for r in results:
         r.seconds["features"] = feats.seconds
         r.seconds["features_from_cache"] = float(feats.from_cache)

@@ -167,8 +167,8 @@ def format_length_distribution(dist: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reidkit.stats",
+def main(argv=None, prog: str = "python -m reidkit.stats") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Table 1 statistics and tracklet lengths of a manifest.")
     parser.add_argument("dataset", type=Path, help="dataset folder holding tracklets.csv")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
