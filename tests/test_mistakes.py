@@ -98,6 +98,15 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _mislabelled_checkpoint(ctx: Ctx) -> Path:
+    """A checkpoint (valid checksum) whose config names another variant than its weights are."""
+    from reidkit.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(ctx.run / "last.pt")
+    state["config"]["model"]["variant"] = "all"
+    return save_checkpoint(ctx.tmp / "mislabelled.pt", state)
+
+
 def _last_unchanged(ctx: Ctx) -> bool:
     return _digest(ctx.run / "last.pt") == ctx.before["last.pt"]
 
@@ -133,6 +142,11 @@ MISTAKES = [
     Mistake("data.cache_dir naming a file, so the cache folder cannot be created",
             lambda c: c.train("--force", f"data.cache_dir={c.run / 'history.csv'}"),
             "set data.cache_dir (or --cache-dir) to a writable folder", _last_unchanged),
+    Mistake("resume a run as another variant",
+            lambda c: [*c.train("--resume"), "--variant", "all"], "model.variant: 'cnn' → 'all'", _last_unchanged),
+    Mistake("evaluate a checkpoint whose config names another variant than its weights",
+            lambda c: ["evaluate", "--checkpoint", str(_mislabelled_checkpoint(c)), "--quiet"],
+            "the weights do not fit its own config (model.variant=all)", _last_unchanged),
     Mistake("eval.batch_size=0", lambda c: c.train("--force", "eval.batch_size=0"),
             "eval.batch_size: expected a positive integer", _last_unchanged),
     Mistake("eval.rerank_top_k=-3", lambda c: c.train("--force", "eval.rerank_top_k=-3"),
@@ -252,3 +266,39 @@ def test_damaged_cache_pixels_are_found_by_verify_cache(trained, tmp_path, capsy
     assert main(["verify-cache", str(npy), "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "DAMAGED frame rows 0–" in out and str(int(manifest.tracklet_ids[0])) in out
+
+
+def test_the_epoch_is_saved_before_a_failing_evaluation(trained, tmp_path, monkeypatch):
+    from reidkit.train import Trainer
+
+    def broken(self):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(Trainer, "evaluate", broken)
+    dataset, _, cache = trained
+    ctx = Ctx(dataset, tmp_path / "run", cache, tmp_path)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        main(ctx.train("train.eval_every=1", "train.epochs=1"))
+    from reidkit.checkpoint import load_checkpoint
+
+    assert load_checkpoint(ctx.run / "last.pt")["epoch"] == 1  # the epoch's work is on disk
+
+
+def test_an_interrupted_ablation_keeps_finished_runs(trained, tmp_path, capsys):
+    dataset, _, cache = trained
+    argv = ["ablate", "--config", SMOKE, "--dataset", str(dataset), "--out", str(tmp_path / "abl"), "--variants", "cnn",
+            "--seeds", "0", "--no-baselines", "train.P=2", "train.progress=false", f"data.cache_dir={cache}"]
+    assert main(argv) == 0
+    last = tmp_path / "abl" / "cnn" / "seed_0" / "last.pt"
+    first = (_digest(last), last.stat().st_mtime_ns)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "kept from an earlier run" in capsys.readouterr().out
+    assert (_digest(last), last.stat().st_mtime_ns) == first  # not trained again
+
+
+@pytest.mark.parametrize("command", ["stats", "prepare"])
+def test_passthrough_commands_name_themselves(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert capsys.readouterr().out.startswith(f"usage: reidkit {command}")
