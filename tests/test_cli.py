@@ -128,3 +128,12 @@ def test_summary_and_separation_of_seed_ranges():
     assert separated(s["A"], s["B"], spread=5.0) and not separated(s["A"], s["B"], spread=5.5)  # means 52 vs 57.5
     one = summarize([row("A", 0, 50.0), row("B", 0, 90.0)])
     assert not separated(one[0], one[1])  # one seed: no spread measured, nothing called real
+
+
+def test_table_cells_show_the_spread_the_seeds_allow():
+    from reidkit.ablate import format_cell
+
+    row = {"seeds": [0, 1, 2], "rank1_mean": 50.0, "rank1_std": 2.0, "rank1_min": 48.0, "rank1_max": 52.0}
+    assert format_cell(row, "rank1") == "50.0 ± 2.0 (48.0–52.0)"                     # three seeds: mean ± std
+    assert format_cell({**row, "seeds": [0, 1]}, "rank1") == "50.0 (48.0–52.0)"      # two: the range
+    assert format_cell({**row, "seeds": [0]}, "rank1") == "50.0"                     # one: the value
