@@ -124,9 +124,10 @@ else:
     print(f"the {model.variant} model has no spatial recurrent model")
 
 # %% [markdown]
-# So in the contextual feature every location has heard from its whole row, column and
-# time line, in both directions: that is what lets the metric judge a difference by its
-# surroundings, not only by its own value.
+# Where all six sweeps reach as expected (the cell above counts them), every location of the
+# contextual feature has heard from its whole row, column and time line, in both directions:
+# that is what lets the metric judge a difference by its surroundings, not only by its own
+# value.
 #
 # ## CNN+DIFF beside CNN+SRM, same pair
 #

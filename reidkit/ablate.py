@@ -92,24 +92,20 @@ def separated(a: dict, b: dict, metric: str = "rank1", spread: float = 0.0) -> b
     return apart and abs(a[f"{metric}_mean"] - b[f"{metric}_mean"]) > spread
 
 
-def _finished_run(run_dir: Path, config: Config) -> dict | None:
-    """The checkpoint state of a run in ``run_dir`` that already did exactly what ``config`` asks
-    (same settings, all ``train.epochs``), else None."""
+def _earlier_run(run_dir: Path, config: Config) -> tuple[str, dict | None]:
+    """What an earlier ablation left in ``run_dir`` for ``config``: ``("finished", state)`` when it
+    did exactly what ``config`` asks (same settings, all ``train.epochs``), ``("unfinished", None)``
+    when a run of the same settings stopped early (resume it), else ``("none", None)``."""
     last = run_dir / "last.pt"
     if not last.is_file():
-        return None
-    state = load_checkpoint(last)
-    same = not config_changes(state.get("config", {}), config.to_dict())
-    return state if same and int(state.get("epoch", -1)) == config.train.epochs else None
-
-
-def _resumable(run_dir: Path, config: Config) -> bool:
-    """An unfinished run of the same settings is in ``run_dir``: continue it instead of starting over."""
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        return False
-    state = load_checkpoint(last)
-    return not config_changes(state.get("config", {}), config.to_dict()) and int(state.get("epoch", 0)) < config.train.epochs
+        return "none", None
+    state = load_checkpoint(last)  # one read (and checksum) per run
+    if config_changes(state.get("config", {}), config.to_dict()):
+        return "none", None
+    epoch = int(state.get("epoch", 0))
+    if epoch == config.train.epochs:
+        return "finished", state
+    return ("unfinished", None) if epoch < config.train.epochs else ("none", None)
 
 
 def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "all"), seeds=None,
@@ -161,13 +157,13 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
             run_config = Config.from_dict(config.to_dict(), settings={
                 "model.variant": variant, "train.seed": seed, "train.out_dir": str(run_dir)})
             tick = time.perf_counter()
-            state = _finished_run(run_dir, run_config)
-            if state is not None:  # an earlier, interrupted ablation finished this run: keep it
+            earlier, state = _earlier_run(run_dir, run_config)
+            if earlier == "finished":  # an earlier, interrupted ablation finished this run: keep it
                 model, _ = load_model(run_dir / "last.pt", device=device)
                 steps, how = int(state["step"]), "kept from an earlier run"
             else:  # a fresh run, or resume an unfinished one of this config
                 trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
-                trainer.fit(resume=_resumable(run_dir, run_config), force=True)
+                trainer.fit(resume=earlier == "unfinished", force=True)
                 model, steps, how = trainer.model, trainer.step, "trained"
                 del trainer
             train_s = time.perf_counter() - tick

@@ -291,9 +291,9 @@ def test_real_model_all_variant_runs(make_manifest):
     assert "similarity S" in result.ranking and "top-2" in result.ranking
 
 
-def test_eq2_parts_isolated_on_a_real_all_model(make_manifest):
-    """score/lam rank an `all` model by F only, M only or S at another λ (lesson 6)."""
-    from reidkit.evaluate import extract_features, evaluate_features
+@pytest.fixture
+def all_model(make_manifest):
+    """(model, manifest, features with pool5) of an untrained `all` model on a tiny manifest."""
     from reidkit.models import ModelConfig, build_model
 
     torch.manual_seed(0)
@@ -301,8 +301,15 @@ def test_eq2_parts_isolated_on_a_real_all_model(make_manifest):
     config = ModelConfig.cpu()
     cache = FrameCache.build(manifest, config.height, config.width, progress=False)
     model = build_model("all", config=config).eval()
-    positions = evaluation_positions(manifest)
-    feats = extract_features(model, manifest, cache, positions, batch_size=8, progress=False, with_pool5=True)
+    feats = extract_features(model, manifest, cache, evaluation_positions(manifest), batch_size=8, progress=False,
+                             with_pool5=True)
+    return model, manifest, feats
+
+
+def test_eq2_parts_isolated_on_a_real_all_model(all_model):
+    """score/lam rank an `all` model by F only, M only or S at another λ (lesson 6)."""
+    model, manifest, feats = all_model
+    config = model.config
     exact = EvalConfig(exact=True)
 
     def run_(**kw):
@@ -320,17 +327,10 @@ def test_eq2_parts_isolated_on_a_real_all_model(make_manifest):
     np.testing.assert_array_equal(m_only.per_query.gallery_ids[:, :3], s_big.per_query.gallery_ids[:, :3])
 
 
-def test_eq2_breakdown_equals_separate_evaluations(make_manifest):
+def test_eq2_breakdown_equals_separate_evaluations(all_model):
     from reidkit.evaluate import eq2_breakdown
-    from reidkit.models import ModelConfig, build_model
 
-    torch.manual_seed(0)
-    manifest = Manifest.load(make_manifest(num_ids=6, length_range=(3, 7)))
-    config = ModelConfig.cpu()
-    cache = FrameCache.build(manifest, config.height, config.width, progress=False)
-    model = build_model("all", config=config).eval()
-    feats = extract_features(model, manifest, cache, evaluation_positions(manifest), batch_size=8, progress=False,
-                             with_pool5=True)
+    model, manifest, feats = all_model
     cfg = EvalConfig(rerank_top_k=2)
     rows = eq2_breakdown(model, manifest, feats, cfg, lambdas=(0.5, 2.0))
     assert [(r["ranking"], r["mode"]) for r in rows] == [
