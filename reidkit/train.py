@@ -200,7 +200,10 @@ class TrainingObjective(nn.Module):
         if self.model.has_metric_branch:
             idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids, self.generator,
                                                camids if self.camera_balanced else None, self.hard_fraction)
-            logits = self.model.metric(out.pool5[idx_a], out.pool5[idx_b])
+            # index_select, not pool5[idx]: the backward of advanced indexing accumulates with
+            # parallel float atomics on a multi-threaded CPU (order-dependent sums, so two runs
+            # differ in the last bits); index_select's backward (index_add_) adds in index order
+            logits = self.model.metric(out.pool5.index_select(0, idx_a), out.pool5.index_select(0, idx_b))
             bce = pair_bce(logits, labels)
         loss = self.triplet_weight * triplet + self.bce_weight * bce
         terms = [loss, triplet.float(), bce.float()]
