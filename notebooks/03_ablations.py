@@ -158,5 +158,5 @@ write_metrics(metrics_path, {
     "key": {"best": best, "rank1_ALL": r1.get("ALL"), "rank1_CNN": r1.get("CNN"), "untrained_floor": floor,
             "seeds": len(seeds), "ablation_s": round(ablation_s, 1)},
     "rows": rows, "summary": list(summary.values()), "cmc": curves, "conclusions": lines,
-    "lesson2": k2, "ablation_dir": str(ablation_dir),
+    "lesson2": k2, "ablation_dir": str(ablation_dir), "seed_spread": spreads,
 })

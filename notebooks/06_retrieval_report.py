@@ -57,7 +57,7 @@ from IPython.display import Markdown, display
 from reidkit import viz
 from reidkit.data import even_frame_indices
 from reidkit.evaluate import EvalResult, eq2_breakdown, evaluate, evaluation_positions, extract_features
-from reidkit.lessons import REPO_ROOT, environment_info, git_info, key_metrics, open_run, write_metrics
+from reidkit.lessons import REPO_ROOT, determinism_info, environment_info, git_info, key_metrics, open_run, write_metrics
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, work_dir, run_dir, report_dir = (ROOT / p for p in (dataset_dir, work_dir, run_dir, report_dir))
@@ -215,13 +215,45 @@ for name, m in metrics.items():
 display(Markdown("\n".join(rows)))
 print("packages:", ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v))
 
+# %% [markdown]
+# ### What a rerun reproduces
+#
+# **Bit for bit:** the same seed, code, package versions, machine and thread count give the
+# same report, every figure of it: training, evaluation, attention, attributions. The one step
+# that used to break this on a multi-threaded CPU was the metric branch's backward pass: it
+# gathered the mined pairs' pool5 maps with advanced indexing, whose gradient PyTorch sums with
+# parallel float atomics, in whatever order the threads arrive (floating-point addition is not
+# associative, so the last bits differed and training drifted apart). It now gathers with
+# `index_select`, whose gradient adds in index order; `tests/test_determinism.py` trains twice
+# with 2 threads and compares every weight.
+#
+# **Only statistically:** another thread count, another CPU (oneDNN picks its kernels by
+# instruction set, e.g. native bf16 or not), other package versions or a GPU sum in other
+# orders, and the runs drift apart from the first step. There the honest error bar is the
+# spread across training seeds that lesson 3 measures, printed below when lesson 3 ran.
+# The settings that decide which case applies are recorded in `reproducibility.json`.
+
+# %%
+determinism = determinism_info()
+print("threads: torch", determinism["torch_threads"], "/ inter-op", determinism["torch_interop_threads"],
+      "| env", {k: v for k, v in determinism["env"].items() if v} or "(unset)",
+      "| deterministic algorithms:", determinism["deterministic_algorithms"],
+      "| native bf16:", determinism["cpu_native_bf16"], "| CPU:", determinism["cpu_model"])
+spread = metrics.get("03_ablations", {}).get("seed_spread") or {}
+if spread:
+    widest = max(spread, key=spread.get)
+    print(f"lesson 3's seed spread (rank-1 max − min across seeds, this run): widest {spread[widest]:.1f} points "
+          f"({widest}), median {sorted(spread.values())[len(spread) // 2]:.1f}")
+else:
+    print("lesson 3's seed spread: not available (lesson 3 not run, or with one seed)")
+
 # %%
 summary = {n: {k: getattr(r, k) for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "num_queries",
                                           "num_skipped", "num_gallery", "ranking", "convention")}
            for n, r in results.items()}
 reproducibility = {"profile": profile, "seed": seed, "environment": env, "git": git, "config": config.to_dict(),
                    "dataset": {"name": manifest.name, "path": str(dataset_dir), "meta": manifest.meta},
-                   "checkpoint": str(run_dir / "last.pt"), "evaluation": summary,
+                   "determinism": determinism, "checkpoint": str(run_dir / "last.pt"), "evaluation": summary,
                    "notebook_metrics": {k: key_metrics(v) for k, v in metrics.items()},
                    "notebook_seconds": timings}
 write_metrics(report_dir / "reproducibility.json", reproducibility)

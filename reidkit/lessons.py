@@ -22,9 +22,9 @@ from reidkit.config import Config
 from reidkit.data import FrameCache, Manifest
 from reidkit.files import write_json
 from reidkit.models import JSTRNN
-from reidkit.train import resolve_device
+from reidkit.train import cpu_has_native_bf16, resolve_device
 
-__all__ = ["REPO_ROOT", "Run", "open_run", "write_metrics", "key_metrics", "environment_info", "git_info"]
+__all__ = ["REPO_ROOT", "Run", "open_run", "write_metrics", "key_metrics", "environment_info", "determinism_info", "git_info"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # lessons' paths are relative to the repository root
 
@@ -79,6 +79,29 @@ def environment_info(packages: Sequence[str] = PACKAGES) -> dict:
     info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def determinism_info() -> dict:
+    """What decides whether a rerun is bit-identical: torch's intra-/inter-op thread counts, the
+    thread variables of the environment, the deterministic-algorithm and cuDNN switches, bf16
+    autocast on this CPU, and the CPU model (oneDNN picks its kernels by instruction set).
+
+    Training is bit-reproducible for the same seed, code, versions, machine and thread count
+    (``tests/test_determinism.py`` trains twice with 2 threads and compares every weight); with
+    another thread count, CPU or a GPU the float sums run in another order, so runs agree only
+    statistically (see docs/reproducibility.md).
+    """
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu_model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")},
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn": {"deterministic": torch.backends.cudnn.deterministic, "benchmark": torch.backends.cudnn.benchmark},
+            "cpu_native_bf16": cpu_has_native_bf16(), "cpu_model": cpu_model}
 
 
 def git_info(root: str | Path = REPO_ROOT) -> dict:

@@ -62,7 +62,10 @@ def test_index_lists_every_notebook(smoke):
         assert f'src="thumbs/{name}.png"' in index and (smoke / "thumbs" / f"{name}.png").is_file()
         page = (smoke / f"{name}.html").read_text()
         assert "mathjax/MathJax.js" in page and "cdnjs" not in page  # equations render offline
-    assert (smoke / "reproducibility.json").exists()
+    repro = json.loads((smoke / "reproducibility.json").read_text())
+    det = repro["determinism"]  # what decides whether a rerun is bit-identical
+    assert det["torch_threads"] >= 1 and isinstance(det["deterministic_algorithms"], bool)
+    assert "OMP_NUM_THREADS" in det["env"] and "cpu_native_bf16" in det
 
 
 @pytest.mark.slow
