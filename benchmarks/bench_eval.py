@@ -19,18 +19,21 @@ Figures only: nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 
-from reidkit.data import Manifest, Split, Tracklet
-from reidkit.evaluate import TrackletFeatures, evaluate_features
-from reidkit.metrics import cmc_map, cmc_map_official
-from reidkit.config import EvalConfig
-from reidkit.models import SpatialRecurrentModel, build_model, pair_score
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a bare checkout: no pip install needed
+from reidkit.data import Manifest, Split, Tracklet  # noqa: E402
+from reidkit.evaluate import TrackletFeatures, evaluate_features  # noqa: E402
+from reidkit.metrics import cmc_map, cmc_map_official  # noqa: E402
+from reidkit.config import EvalConfig  # noqa: E402
+from reidkit.models import SpatialRecurrentModel, build_model, pair_score  # noqa: E402
 
 MARS = dict(tracklets=12_180, queries=1_980, identities=626, junk=870, distractors=1_500)
 

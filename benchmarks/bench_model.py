@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
-from reidkit.models import VARIANTS, ModelConfig, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a bare checkout: no pip install needed
+from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce  # noqa: E402
+from reidkit.models import VARIANTS, ModelConfig, build_model  # noqa: E402
 
 
 def step(model, clips, pids):

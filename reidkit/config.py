@@ -83,7 +83,8 @@ class TrainConfig:
     # true/false are read as auto/off (older configs and checkpoints).
     amp: str = field(default="auto", metadata=_choices("auto", "bf16", "off"))
     channels_last: bool = True           # NHWC layout for the CNN (CUDA; on CPU 1.4x fp32, 2.2x with bf16)
-    compile: bool = False                # torch.compile the training step (CUDA only)
+    compile: bool = False                # torch.compile the frame CNN (CUDA only; the rest breaks graphs)
+    cudnn_benchmark: bool = True         # let cuDNN time its kernels for the fixed training shapes (CUDA)
     gpu_cache: str = field(default="auto", metadata=_choices("auto", "always", "never"))
     out_dir: str = "runs/default"
     keep_last: int | None = 3            # keep only the newest n epoch_XXX.pt (None: keep all)

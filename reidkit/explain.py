@@ -114,12 +114,18 @@ class PairScore(nn.Module):
 
 @contextlib.contextmanager
 def _attribution_mode(model: nn.Module):
-    """Eval mode (dropout off) for the duration, previous state restored; cuDNN off on CUDA,
-    where cuDNN's LSTM backward refuses to run in eval mode."""
-    use_cuda = model_device(model).type == "cuda"
+    """Eval mode (dropout off, BatchNorm's running statistics) with autograd on, the previous
+    state restored; only the ``nn.LSTM`` modules are put in train mode, because cuDNN's RNN
+    backward refuses to run in eval mode. Their dropout applies between stacked layers only and
+    every LSTM here has one layer, so the results are those of eval mode, and cuDNN stays on for
+    the convolutions (switching it off would move CaffeNet to slow kernels)."""
+    lstms = [m for m in model.modules() if isinstance(m, nn.LSTM)]
+    if any(m.num_layers > 1 and m.dropout > 0 for m in lstms):
+        raise ValueError("a stacked LSTM with dropout would differ in train mode: attributions need eval mode")
     with eval_mode(model, grad=True):
-        with torch.backends.cudnn.flags(enabled=False) if use_cuda else contextlib.nullcontext():
-            yield
+        for m in lstms:
+            m.train()
+        yield
 
 
 def _baseline(clip: torch.Tensor, baseline) -> torch.Tensor:

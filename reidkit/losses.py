@@ -4,12 +4,20 @@ The paper trains F with a triplet loss [24] with hard negative mining and M as a
 "same person / different people" classifier. Inside a P identities × K tracklets batch we use
 the batch-hard form (hardest positive and hardest negative per anchor) and draw M's pairs from
 the same batch: every positive pair plus as many of the hardest negative pairs.
+
+Both run in float32 with autocast off (under bf16 autocast ``x @ x.T`` would be recast to bf16,
+a resolution of ~0.09 near 0 against a margin of 0.3, and ties in the hardness order would
+favour low batch indices), and without host syncs: nothing reads a device value to decide a
+shape or a branch. The pair counts follow from the batch's pids and cameras, which the loader
+knows on the host (``mine_pairs`` takes them there), so a training step never waits for the GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,35 +36,54 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
     pulling its positive in and pushing its negative away, with a weight that decays smoothly.
 
     p ranges over the other samples with the anchor's pid, n over samples with another pid.
-    Anchors with no positive or no negative in the batch are left out; if none is left the loss
-    is 0 (still connected to the graph, so ``backward`` works).
+    Anchors with no positive or no negative in the batch are left out (weight 0); if none is
+    left the loss is 0, still connected to the graph. float32, autocast off, no host sync.
     """
-    dist = feature_distance_matrix(features, min_square=_MIN_SQUARE)
-    pids = pids.to(features.device)
-    same = pids[:, None] == pids[None, :]
-    eye = torch.eye(len(pids), dtype=torch.bool, device=features.device)
-    pos, neg = same & ~eye, ~same
-    valid = pos.any(1) & neg.any(1)
-    if not valid.any():
-        return features.sum() * 0.0
-    hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(1)
-    hardest_neg = dist.masked_fill(~neg, float("inf")).amin(1)
-    gap = hardest_pos - hardest_neg
-    per_anchor = F.softplus(gap) if margin is None else F.relu(margin + gap)
-    return per_anchor[valid].mean()
+    with _fp32(features.device):
+        dist = feature_distance_matrix(features.float(), min_square=_MIN_SQUARE)
+        pids = pids.to(features.device)
+        same = pids[:, None] == pids[None, :]
+        eye = torch.eye(len(pids), dtype=torch.bool, device=features.device)
+        pos, neg = same & ~eye, ~same
+        valid = pos.any(1) & neg.any(1)
+        hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(1)
+        hardest_neg = dist.masked_fill(~neg, float("inf")).amin(1)
+        gap = torch.where(valid, hardest_pos - hardest_neg, 0.0)  # ±inf of invalid anchors never enter
+        per_anchor = F.softplus(gap) if margin is None else F.relu(margin + gap)
+        weight = valid.float()
+        return (per_anchor * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def _fp32(device: torch.device):
+    """Autocast off on ``device`` (a no-op where autocast does not exist, e.g. the meta device)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _host(values) -> np.ndarray:
+    """pids/camids as a host array (a CUDA tensor is copied, which waits for the GPU: pass host ones)."""
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
+def _true_first(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of ``mask``'s True entries in order, then of its False ones: a stable sort, so
+    the caller slices a count it knows on the host instead of asking the device (``nonzero``)."""
+    return torch.sort((~mask).to(torch.uint8), stable=True).indices
 
 
 @torch.no_grad()
 def mine_pairs(
-    features: torch.Tensor, pids: torch.Tensor, generator: torch.Generator | None = None,
-    camids: torch.Tensor | None = None, hard_fraction: float = 1.0,
+    features: torch.Tensor, pids, generator: torch.Generator | None = None,
+    camids=None, hard_fraction: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs for training M: all positive pairs (i < j) and as many hardest negative pairs.
 
     Hardest negatives are the pairs of different pids with the smallest feature distance (on
-    normalised features; ties broken by index). If the batch has fewer negative pairs than
-    positive ones, the positives are subsampled at random (``generator``) so the two classes are
-    always balanced. Returns ``(idx_a, idx_b, labels)``: long, long, float (1 = same person).
+    normalised features, float32; ties broken by index). If the batch has fewer negative pairs
+    than positive ones, the positives are subsampled at random (``generator``) so the two
+    classes are always balanced. Returns ``(idx_a, idx_b, labels)`` on the features' device:
+    long, long, float (1 = same person).
 
     With ``camids`` the negatives are *camera-balanced*: as many cross-camera negatives as there
     are cross-camera positives (the hardest of each kind), topped up from the other kind when one
@@ -69,49 +96,59 @@ def mine_pairs(
     ``hard_fraction`` < 1 keeps only that share of the negatives hard (rounded up) and draws the
     rest uniformly at random (``generator``) from the other negative pairs. M trained on hard
     negatives alone never sees an easy one and may score large differences as "same person".
+
+    ``pids``/``camids`` may be host arrays or tensors; every count (pairs of each kind, quotas)
+    is computed from them on the host, and the device only ranks distances, so the training step
+    never waits for the GPU. ``generator`` lives on the features' device (the CPU generator on
+    CPU); None uses the global one.
     """
     if not 0.0 <= hard_fraction <= 1.0:
         raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
     device = features.device
-    pids = pids.to(device)
-    n = len(pids)
-    i, j = torch.triu_indices(n, n, offset=1, device=device)
+    pids = _host(pids)
+    i, j = np.triu_indices(len(pids), k=1)
     same = pids[i] == pids[j]
-    pos_i, pos_j = i[same], j[same]
-    neg_i, neg_j = i[~same], j[~same]
+    pos_i, pos_j, neg_i, neg_j = i[same], j[same], i[~same], j[~same]
     k = min(len(pos_i), len(neg_i))
-    if k < len(pos_i):
-        keep = torch.randperm(len(pos_i), generator=generator, device="cpu")[:k].to(device)
-        pos_i, pos_j = pos_i[keep], pos_j[keep]
+
+    def dev(a):  # a host array to the device without waiting (pageable copies are staged)
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device, non_blocking=True)
+
+    a_pos, b_pos = dev(pos_i), dev(pos_j)
+    if k < len(pos_i):  # fewer negatives than positives: never in a P×K batch with P ≥ 2
+        keep = torch.randperm(len(pos_i), generator=generator, device=device)[:k]
+        a_pos, b_pos = a_pos[keep], b_pos[keep]
+        kept = keep.cpu().numpy()  # the one host read, in this degenerate case only
+        pos_i, pos_j = pos_i[kept], pos_j[kept]
+    a_neg, b_neg = dev(neg_i), dev(neg_j)
     if k < len(neg_i):
-        dist = feature_distance_matrix(features, min_square=_MIN_SQUARE)[neg_i, neg_j]
+        with _fp32(device):
+            dist = feature_distance_matrix(features.float(), min_square=_MIN_SQUARE)[a_neg, b_neg]
         order = torch.sort(dist, stable=True).indices  # hardest first
         n_hard = math.ceil(k * hard_fraction)
         if camids is None:
             chosen = order[:n_hard]
         else:
-            cams = camids.to(device)
-            cross = (cams[neg_i] != cams[neg_j])[order]
+            cams = _host(camids)
+            cross_neg = cams[neg_i] != cams[neg_j]
+            n_cross = int(cross_neg.sum())
             quota_cross = math.ceil(int((cams[pos_i] != cams[pos_j]).sum()) * n_hard / k) if k else 0
+            short = n_hard - min(quota_cross, n_cross) - min(n_hard - quota_cross, len(neg_i) - n_cross)
+            cross = torch.from_numpy(cross_neg).to(device, non_blocking=True)[order]
             # rank of each negative among those of its kind, in hardness order
             rank = torch.where(cross, torch.cumsum(cross, 0), torch.cumsum(~cross, 0)) - 1
             take = torch.where(cross, rank < quota_cross, rank < n_hard - quota_cross)
-            short = n_hard - int(take.sum())  # one kind ran out: top up with the hardest of the rest
-            if short > 0:
-                rest = (~take).nonzero().squeeze(1)[:short]
-                take[rest] = True
-            chosen = order[take]
-        if n_hard < k:  # the rest at random among the negatives not chosen
-            left = torch.ones(len(order), dtype=torch.bool, device=device)
-            left[chosen] = False
-            left = left.nonzero().squeeze(1)
-            pick = torch.randperm(len(left), generator=generator, device="cpu")[: k - n_hard].to(device)
+            if short > 0:  # one kind ran out: top up with the hardest of the rest
+                take |= ~take & (torch.cumsum(~take, 0) <= short)
+            chosen = order[_true_first(take)[:n_hard]]
+        if n_hard < k:  # the rest at random among the negatives not chosen (in index order)
+            picked = torch.zeros(len(neg_i), dtype=torch.bool, device=device).index_fill_(0, chosen, True)
+            left = _true_first(~picked)[: len(neg_i) - n_hard]
+            pick = torch.randperm(len(left), generator=generator, device=device)[: k - n_hard]
             chosen = torch.cat([chosen, left[pick]])
-        neg_i, neg_j = neg_i[chosen], neg_j[chosen]
-    idx_a = torch.cat([pos_i, neg_i])
-    idx_b = torch.cat([pos_j, neg_j])
+        a_neg, b_neg = a_neg[chosen], b_neg[chosen]
     labels = torch.cat([torch.ones(k, device=device), torch.zeros(k, device=device)])
-    return idx_a, idx_b, labels
+    return torch.cat([a_pos, a_neg]), torch.cat([b_pos, b_neg]), labels
 
 
 def pair_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -182,24 +182,31 @@ class TrainingObjective(nn.Module):
     """The loss of one batch as a module, so DistributedDataParallel wraps the whole step."""
 
     def __init__(self, model, margin: float, triplet_weight: float = 1.0, bce_weight: float = 1.0,
-                 camera_balanced: bool = True, hard_fraction: float = 0.5):
+                 camera_balanced: bool = True, hard_fraction: float = 0.5, device=None):
         super().__init__()
         self.model = model
         self.margin, self.triplet_weight, self.bce_weight = margin, triplet_weight, bce_weight
         self.camera_balanced, self.hard_fraction = camera_balanced, hard_fraction
-        self.generator = torch.Generator()  # pair subsampling in mine_pairs (CPU generator)
+        # the random pairs of mine_pairs, drawn on the model's device (no host round trip)
+        self.generator = torch.Generator(device=device or "cpu")
 
-    def forward(self, clips: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, clips: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None = None,
+                host_pids=None, host_camids=None) -> torch.Tensor:
         """Returns a (3,) tensor: total loss, triplet term, BCE term (0 for an absent branch),
-        and a 4th element, the normalised entropy of ω (detached), for models with the TAM."""
+        and a 4th element, the normalised entropy of ω (detached), for models with the TAM.
+
+        ``host_pids``/``host_camids``: the same labels as host arrays (the loader's), from which
+        the pair mining counts its pairs without waiting for the GPU; else read from the tensors.
+        """
         out = self.model(clips)
         zero = out.features.new_zeros((), dtype=torch.float32)
         triplet = bce = zero
         if self.model.has_feature_branch:
-            triplet = batch_hard_triplet(out.features.float(), pids, self.margin)
+            triplet = batch_hard_triplet(out.features, pids, self.margin)
         if self.model.has_metric_branch:
-            idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids, self.generator,
-                                               camids if self.camera_balanced else None, self.hard_fraction)
+            cams = (camids if host_camids is None else host_camids) if self.camera_balanced else None
+            idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids if host_pids is None else host_pids,
+                                               self.generator, cams, self.hard_fraction)
             # index_select, not pool5[idx]: the backward of advanced indexing accumulates with
             # parallel float atomics on a multi-threaded CPU (order-dependent sums, so two runs
             # differ in the last bits); index_select's backward (index_add_) adds in index order
@@ -245,7 +252,12 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    generator.set_state(state["mining"].cpu())
+    mining = state["mining"].cpu()
+    if mining.numel() == generator.get_state().numel():
+        generator.set_state(mining)
+    else:  # written on another device type (CPU ↔ CUDA generators): reseeded, said so
+        warnings.warn("the checkpoint's pair-mining generator state is for another device: reseeded", stacklevel=3)
+        generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
 
 
 class Trainer:
@@ -288,6 +300,8 @@ class Trainer:
                                      progress=self.is_main and t.progress)
         self.manifest, self.cache = manifest, cache
         cuda = self.device.type == "cuda"
+        if cuda:  # every training step has the same shapes: cuDNN's timed choice pays off
+            torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.amp = use_amp(self.device, t.amp)  # bf16 autocast (CUDA, or a CPU with native bf16)
         resident = cuda and (t.gpu_cache == "always" or (t.gpu_cache == "auto" and self._cache_fits(cache)))
         self.loader = TrainClipLoader(
@@ -313,7 +327,7 @@ class Trainer:
         if t.channels_last:  # NHWC convolutions and pooling: faster on CUDA and in oneDNN on CPU
             self.model.to(memory_format=torch.channels_last)
         self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight,
-                                           t.camera_balanced_pairs, t.hard_negative_fraction)
+                                           t.camera_balanced_pairs, t.hard_negative_fraction, self.device)
         self.optimizer = self._make_optimizer()
         self.step_fn = self.objective
         if self.distributed:
@@ -321,8 +335,8 @@ class Trainer:
             # parameters on some batches; a dry run decides whether DDP must look for them
             self.step_fn = DDP(self.objective, device_ids=[self.device.index] if cuda else None,
                                find_unused_parameters=self._has_unused_parameters())
-        if cuda and t.compile:
-            self.step_fn = torch.compile(self.step_fn)
+        if cuda and t.compile:  # the frame CNN only: the mining, the LSTMs and the generator break
+            self.model.cnn.compile()  # graphs; in place, so the state-dict keys stay the same
         # per-rank seeds for dropout and pair subsampling (the data are sharded separately)
         seed_everything(t.seed + 1000 * self.rank)
         self.objective.generator.manual_seed(t.seed + 7919 * self.rank)
@@ -446,7 +460,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            terms = self.step_fn(batch.clips, batch.pids, batch.camids)
+            terms = self.step_fn(batch.clips, batch.pids, batch.camids, batch.host_pids, batch.host_camids)
         self.optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
         extra = []

@@ -155,3 +155,23 @@ def test_core_does_not_import_notebook_packages():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"core imported {out.stdout.strip()}"
+
+
+def test_attribution_mode_keeps_cudnn_on_and_only_the_lstms_in_train_mode():
+    from reidkit.models import ModelConfig, build_model
+
+    model = build_model("all", config=ModelConfig.cpu()).train()
+    cudnn_before = torch.backends.cudnn.enabled
+    clips = torch.randn(1, model.config.seq_len, 3, model.config.height, model.config.width)
+    with torch.no_grad():
+        model.eval()
+        expected = model.metric(clips, clips.flip(1))
+        model.train()
+    with explain._attribution_mode(model):
+        assert torch.backends.cudnn.enabled == cudnn_before and torch.is_grad_enabled()
+        lstms = [m for m in model.modules() if isinstance(m, nn.LSTM)]
+        assert lstms and all(m.training for m in lstms)
+        assert not any(m.training for m in model.modules() if not isinstance(m, nn.LSTM) and not any(
+            isinstance(c, nn.LSTM) for c in m.modules()))  # dropout and BatchNorm in eval mode
+        assert torch.equal(model.metric(clips, clips.flip(1)), expected)  # eval-mode results
+    assert all(m.training for m in model.modules())  # the previous state is back

@@ -168,3 +168,52 @@ def test_pair_bce():
     labels = torch.tensor([1.0, 1.0, 0.0])
     ref = -(math.log(0.5) + math.log(1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1)))) / 3
     assert math.isclose(pair_bce(logits, labels).item(), ref, rel_tol=1e-6)
+
+
+def _pk_batch(P=8, K=4, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.arange(P).repeat_interleave(K) + 1
+    return torch.randn(P * K, dim, generator=g), pids, torch.randint(1, 4, (P * K,), generator=g)
+
+
+def test_losses_never_read_a_device_value():
+    """On the meta device any read of a value (``int(t)``, ``if t.any()``, ``nonzero``) raises; both
+    losses run there, so no host sync can hide in them (on a GPU each would drain the queue)."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        bool(torch.ones(2, device="meta").any())  # the trap works
+    feats, pids, cams = _pk_batch()
+    meta = torch.empty_like(feats, device="meta").requires_grad_()
+    for margin in (0.3, None):
+        batch_hard_triplet(meta, pids.to("meta"), margin).backward()
+    for camids in (None, cams.numpy()):
+        for fraction in (1.0, 0.5, 0.0):
+            idx_a, idx_b, labels = mine_pairs(meta.detach(), pids.numpy(), None, camids, fraction)
+            assert idx_a.device.type == "meta" and len(idx_a) == len(labels) == 2 * 8 * 6
+
+
+def test_losses_run_in_float32_under_bf16_autocast():
+    # features 1e-3 apart: bf16 would round their distances together and reorder the hardest ones
+    feats, pids, cams = _pk_batch(seed=4)
+    feats = torch.nn.functional.normalize(feats, dim=1) + 1e-3 * torch.randn(feats.shape, generator=torch.Generator().manual_seed(5))
+    plain_loss = batch_hard_triplet(feats, pids, None)
+    plain_pairs = mine_pairs(feats, pids, torch.Generator().manual_seed(0), cams, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = batch_hard_triplet(feats, pids, None)
+        pairs = mine_pairs(feats, pids, torch.Generator().manual_seed(0), cams, 0.5)
+    assert loss.dtype == torch.float32 and torch.equal(loss, plain_loss)
+    assert all(torch.equal(a, b) for a, b in zip(pairs, plain_pairs))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check)")
+def test_losses_do_not_sync_on_cuda():
+    feats, pids, cams = _pk_batch()
+    feats = feats.cuda().requires_grad_()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    pids_cuda = pids.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batch_hard_triplet(feats, pids_cuda, None).backward()
+        mine_pairs(feats.detach(), pids.numpy(), gen, cams.numpy(), 0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -448,3 +448,35 @@ def test_srm_impulse_reaches_only_where_each_sweep_has_passed():
         mask = np.zeros((T, h, w), bool)
         mask[where] = True
         np.testing.assert_array_equal(r[name], mask, err_msg=name)
+
+
+def test_every_lstm_runs_in_float32_under_bf16_autocast():
+    """torch's CUDA autocast would run cuDNN RNNs in fp16 (no GradScaler here: silent underflow),
+    so the SRM sweeps, the CNN+RNN pooling and the TAM's cell run with autocast off."""
+    cfg = ModelConfig.cpu()
+    for variant in ("all", "cnn_rnn"):
+        model = build_model(variant, config=cfg)
+        seen = []
+        hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append((type(mod).__name__, inp[0].dtype,
+                                                                             (out[0] if isinstance(out, tuple) else out).dtype)))
+                 for m in model.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.LSTMCell))]
+        clips = torch.randn(2, cfg.seq_len, 3, cfg.height, cfg.width)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(clips)
+            if model.has_metric_branch:
+                model.metric(out.pool5, out.pool5.flip(0))
+        for h in hooks:
+            h.remove()
+        assert seen and all(i == o == torch.float32 for _, i, o in seen), seen
+        assert {name for name, _, _ in seen} == ({"LSTM", "LSTMCell"} if variant == "all" else {"LSTM"})
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig.cpu(), ModelConfig(norm="lrn", fc_dropout=0.5)], ids=["cpu", "paper_lrn"])
+def test_compiled_frame_cnn_has_no_graph_break(cfg):
+    """train.compile compiles the frame CNN only (the pair mining and nn.LSTM calls break graphs);
+    dynamo must capture the whole CNN as one graph, channels_last and bf16 autocast included."""
+    cnn = build_model("all", config=cfg).cnn.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, cfg.height, cfg.width).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(cnn)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons

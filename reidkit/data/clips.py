@@ -137,6 +137,8 @@ class ClipBatch:
     frame_idx: torch.Tensor
     visibility: torch.Tensor | None = None
     mirrored: torch.Tensor | None = None
+    host_pids: np.ndarray | None = None  # pids and camids as host arrays: pair mining counts
+    host_camids: np.ndarray | None = None  # its pairs from them without waiting for the GPU
 
     def to(self, device, non_blocking: bool = False) -> "ClipBatch":
         moved = {f.name: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v)
@@ -233,6 +235,8 @@ class TrainClipLoader:
                 frame_idx=to_dev(frame_idx),
                 visibility=to_dev(vis) if vis is not None else None,
                 mirrored=to_dev(flips),
+                host_pids=m.pids[positions],
+                host_camids=m.camids[positions],
             )
         self.epoch = epoch + 1
 
