@@ -55,7 +55,7 @@ def _load_config(args):
 
     settings = {"data.dataset": getattr(args, "dataset", None), "model.variant": getattr(args, "variant", None),
                 "train.out_dir": args.out if args.command == "train" else None,
-                "train.device": getattr(args, "device", None)}
+                "train.device": getattr(args, "device", None), "train.init": getattr(args, "init", None)}
     return Config.from_yaml(args.config, list(args.overrides), settings=settings)
 
 
@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder for checkpoints and history (train.out_dir)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (exact at epoch boundaries)")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from another run's weights (train.init): a fresh optimiser and schedule, not a "
+                        "resume; e.g. a MARS model fine-tuned on iLIDS-VID (Table 3)")
     p.add_argument("--force", action="store_true",
                    help="replace the run already in OUT (without --resume), or resume although the config changed")
     p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)

@@ -85,6 +85,8 @@ class TrainConfig:
     channels_last: bool = True           # NHWC layout for the CNN (CUDA; on CPU 1.4x fp32, 2.2x with bf16)
     compile: bool = False                # torch.compile the frame CNN (CUDA only; the rest breaks graphs)
     cudnn_benchmark: bool = True         # let cuDNN time its kernels for the fixed training shapes (CUDA)
+    init: str | None = None              # start from another run's checkpoint (weights only: fresh optimiser
+                                         # and schedule), e.g. Table 3's MARS model fine-tuned on iLIDS-VID
     gpu_cache: str = field(default="auto", metadata=_choices("auto", "always", "never"))
     out_dir: str = "runs/default"
     keep_last: int | None = 3            # keep only the newest n epoch_XXX.pt (None: keep all)

@@ -321,6 +321,8 @@ class Trainer:
         seed_everything(t.seed)
         self.model = build_model(config=config.model)
         self.model.to(self.device)
+        if t.init:
+            self._load_init(Path(t.init))
         tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
         self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
         self.terms = TERMS + (ATTENTION_TERMS if tam is not None else ())
@@ -356,6 +358,27 @@ class Trainer:
         if identities < t.P:
             raise ValueError(f"train.P={t.P} identities per batch, but split {c.data.split} of "
                              f"{manifest.root / 'splits.json'} has {identities} training identities: lower train.P")
+    def _load_init(self, path: Path) -> None:
+        """``train.init``: another run's model weights (and BatchNorm statistics), nothing else —
+        the optimiser, schedule, step counters and history start fresh (fine-tuning, Table 3)."""
+        state = load_checkpoint(path, map_location="cpu")
+        if "model" not in state:
+            raise CheckpointError(f"train.init={path}: not a checkpoint written by `reidkit train` (no model weights)")
+        own, theirs = self.model.state_dict(), state["model"]
+        problems = [f"missing {k}" for k in sorted(set(own) - set(theirs))]
+        problems += [f"unexpected {k}" for k in sorted(set(theirs) - set(own))]
+        problems += [f"{k}: {tuple(theirs[k].shape)} here {tuple(own[k].shape)}"
+                     for k in sorted(set(own) & set(theirs)) if own[k].shape != theirs[k].shape]
+        if problems:
+            saved = (state.get("config") or {}).get("model", {})
+            raise ConfigError(
+                f"train.init={path}: its model ({saved.get('variant', '?')}, {saved.get('cnn', '?')}, "
+                f"{saved.get('height', '?')}×{saved.get('width', '?')}) does not fit this one "
+                f"({self.config.model.variant}, {self.config.model.cnn}, {self.config.model.height}×"
+                f"{self.config.model.width}): {'; '.join(problems[:6])}{' …' if len(problems) > 6 else ''}. "
+                f"Use the checkpoint's model settings.")
+        self.model.load_state_dict(theirs)
+
     def _cache_fits(self, cache) -> bool:
         free, _ = torch.cuda.mem_get_info(self.device)
         return cache.nbytes < 0.6 * free

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from reidkit.checkpoint import load_checkpoint, load_model
-from reidkit.config import Config
+from reidkit.config import Config, ConfigError
 from reidkit.data import write_manifest
 from reidkit.train import Trainer, TrainingDiverged
 
@@ -270,3 +270,24 @@ def test_training_never_reads_the_ground_truth_columns(tmp_path):
     assert states[0].keys() == states[1].keys()
     differing = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
     assert not differing, f"weights depend on the ground-truth columns: {differing[:5]}"
+
+
+def test_init_starts_from_another_runs_weights_with_a_fresh_optimiser(tiny, tmp_path):
+    source = tiny_config(tiny, tmp_path / "source", "model.variant=all", "train.epochs=1")
+    Trainer(source).fit()
+    trained = load_checkpoint(tmp_path / "source" / "last.pt")["model"]
+    tuned = Trainer(tiny_config(tiny, tmp_path / "tuned", "model.variant=all", "train.epochs=1",
+                                f"train.init={tmp_path / 'source' / 'last.pt'}"))
+    assert all(torch.equal(v, trained[k]) for k, v in tuned.model.state_dict().items())  # the weights
+    assert tuned.step == 0 and tuned.epoch == 0 and not tuned.optimizer.state  # nothing else
+    history = tuned.fit()
+    assert [row["epoch"] for row in history] == [1] and tuned.step == 2
+    assert load_checkpoint(tmp_path / "tuned" / "last.pt")["config"]["train"]["init"].endswith("last.pt")
+
+
+def test_init_from_another_architecture_is_refused_clearly(tiny, tmp_path):
+    Trainer(tiny_config(tiny, tmp_path / "cnn", "model.variant=cnn", "train.epochs=1")).fit()
+    with pytest.raises(ConfigError, match=r"train.init=.*its model \(cnn.*does not fit this one \(all.*missing"):
+        Trainer(tiny_config(tiny, tmp_path / "all", "model.variant=all", f"train.init={tmp_path / 'cnn' / 'last.pt'}"))
+    with pytest.raises(CheckpointError, match="not found"):
+        Trainer(tiny_config(tiny, tmp_path / "x", f"train.init={tmp_path / 'nowhere.pt'}"))
