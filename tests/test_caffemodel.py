@@ -7,7 +7,6 @@ Caffe's caffe.proto); conv shapes are CaffeNet's own, fc6/fc7 are 16 wide to sta
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np
