@@ -1,4 +1,4 @@
-"""The ``reidkit`` command line: train, evaluate, ablate, stats, prepare, report.
+"""The ``reidkit`` command line: train, evaluate, ablate, stats, prepare, report, convert-caffemodel.
 
     reidkit train --config configs/cpu.yaml --dataset data/synthetic_small [train.lr=3e-4 ...]
     reidkit evaluate --checkpoint runs/cpu/last.pt --dataset data/synthetic_small
@@ -6,6 +6,7 @@
     reidkit stats data/synthetic_small
     reidkit prepare synthetic --out data/synthetic_small --preset small     (= python -m data_prep)
     reidkit report --profile smoke                                          (executed notebooks)
+    reidkit convert-caffemodel bvlc_reference_caffenet.caffemodel weights/caffenet_imagenet.pt
 
 Every option is in ``reidkit CMD --help``. A user error (a bad config value, a missing file, an
 unreadable manifest) prints one line ``reidkit: error: ...`` and exits with status 2; set
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -54,6 +56,7 @@ def _load_config(args):
     from reidkit.config import Config  # noqa: PLC0415
 
     settings = {"data.dataset": getattr(args, "dataset", None), "model.variant": getattr(args, "variant", None),
+                "model.pretrained": getattr(args, "pretrained", None),
                 "train.out_dir": args.out if args.command == "train" else None,
                 "train.device": getattr(args, "device", None), "train.init": getattr(args, "init", None)}
     return Config.from_yaml(args.config, list(args.overrides), settings=settings)
@@ -61,10 +64,13 @@ def _load_config(args):
 
 # ---------------------------------------------------------------------- subcommands
 def cmd_train(args) -> int:
+    from reidkit.models.caffenet import check_weights_file  # noqa: PLC0415
     from reidkit.train import Trainer, check_out_dir  # noqa: PLC0415
 
     config = _load_config(args)
     check_out_dir(Path(config.train.out_dir), args.resume, args.force)  # before the frame cache is built
+    if config.model.pretrained:  # likewise
+        check_weights_file(config.model.pretrained)
     trainer = Trainer(config)
     if trainer.is_main:
         print(f"[train] {config.model.variant} on {config.data.dataset} → {config.train.out_dir} "
@@ -177,6 +183,27 @@ def _draw_cmc(curves: dict, out_dir: Path) -> None:
     cmc_curves(curves, title="CMC (ablation)").savefig(out_dir / "cmc.png", dpi=120)
 
 
+def _mean_bgr(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected three numbers B,G,R, e.g. 104,117,123; got {text!r}")
+    return values
+
+
+def cmd_convert_caffemodel(args) -> int:
+    from reidkit.caffemodel import convert_caffemodel  # noqa: PLC0415
+
+    meta = convert_caffemodel(args.src, args.out, mean_bgr=args.mean)
+    mean = ",".join(f"{m:g}" for m in meta["mean_bgr"])
+    print(f"[convert-caffemodel] {args.src} ({meta['format']}, sha256 {meta['sha256'][:12]}…) → {args.out}: "
+          f"conv1-conv5, fc6, fc7 (fc_dim {meta['fc_dim']}); dropped {', '.join(meta['dropped']) or 'nothing'}; "
+          f"conv1 now takes ImageNet-normalised RGB (folded from BGR 0-255 minus mean {mean})")
+    return 0
+
+
 def _passthrough(module: str, name: str):
     """Hand ``argv`` to the module's own ``main``, which names itself ``reidkit NAME`` in usage lines."""
     def run(argv: list[str]) -> int:
@@ -201,6 +228,7 @@ PASSTHROUGH = {
 
 def build_parser() -> argparse.ArgumentParser:
     from reidkit import __version__  # noqa: PLC0415
+    from reidkit.caffemodel import CAFFE_MEAN_BGR  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="reidkit",
@@ -223,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=VARIANTS, help="model.variant (Table 2 row)")
     p.add_argument("--out", help="output folder for checkpoints and history (train.out_dir)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    p.add_argument("--pretrained", metavar="PATH",
+                   help="model.pretrained: ImageNet CaffeNet weights made by `reidkit convert-caffemodel` "
+                        "(needs model.norm=lrn; fc6/fc7 of another width start fresh)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (exact at epoch boundaries)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from another run's weights (train.init): a fresh optimiser and schedule, not a "
@@ -275,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="cache .npy files or folders holding them (e.g. DATASET/.cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify_cache)
+
+    p = sub.add_parser("convert-caffemodel", help="convert BVLC's ImageNet CaffeNet weights for model.pretrained",
+                       description="Read bvlc_reference_caffenet.caffemodel (Caffe's binary NetParameter, old or "
+                                   "current layout), check it is CaffeNet, and write conv1-conv5, fc6, fc7 (fc8 "
+                                   "dropped) for CaffeNet.load_pretrained. Caffe's input convention (BGR, 0-255, "
+                                   "minus a per-channel mean) is folded into conv1, so the weights take reidkit's "
+                                   "ImageNet-normalised RGB frames.")
+    p.add_argument("src", type=Path, help="the .caffemodel file")
+    p.add_argument("out", type=Path, help="the .pt file to write (e.g. weights/caffenet_imagenet.pt)")
+    p.add_argument("--mean", type=_mean_bgr, default=CAFFE_MEAN_BGR, metavar="B,G,R",
+                   help="the per-channel mean Caffe subtracted, in B,G,R order on the 0-255 scale "
+                        "(default 104,117,123)")
+    p.set_defaults(func=cmd_convert_caffemodel)
 
     for name, (_, text) in PASSTHROUGH.items():
         sub.add_parser(name, help=text, add_help=False, description=text)

@@ -66,7 +66,7 @@ from reidkit.config import Config, ConfigError
 from reidkit.data import FrameCache, Manifest, TrainClipLoader
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
-from reidkit.models import TemporalAttention, build_model
+from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn
 
 __all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "check_out_dir", "config_changes", "run_files", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
            "seed_everything", "use_amp"]
@@ -320,6 +320,12 @@ class Trainer:
         # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
         seed_everything(t.seed)
         self.model = build_model(config=config.model)
+        if config.model.pretrained:  # ImageNet CaffeNet weights; a resume then replaces them with the checkpoint's
+            message, skipped = load_pretrained_cnn(self.model, config.model.pretrained)
+            if self.is_main and skipped:
+                warnings.warn(message, stacklevel=2)
+            elif self.is_main:
+                print(message)
         self.model.to(self.device)
         if t.init:
             self._load_init(Path(t.init))

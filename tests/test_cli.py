@@ -26,12 +26,13 @@ def tiny(tmp_path_factory):
 def test_python_dash_m_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "reidkit", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0
-    for command in ("train", "evaluate", "ablate", "stats", "prepare", "report"):
+    for command in ("train", "evaluate", "ablate", "stats", "prepare", "report", "convert-caffemodel"):
         assert command in out.stdout
 
 
 @pytest.mark.parametrize("command, options", [
-    ("train", ["--config", "--dataset", "--variant", "--out", "--resume", "key=value"]),
+    ("train", ["--config", "--dataset", "--variant", "--out", "--pretrained", "--resume", "key=value"]),
+    ("convert-caffemodel", ["src", "out", "--mean", "B,G,R"]),
     ("evaluate", ["--checkpoint", "--dataset", "--convention", "--rerank-top-k", "--exact", "--out"]),
     ("ablate", ["--config", "--dataset", "--out", "--variants", "--plot", "key=value"]),
     ("stats", ["dataset"]),
@@ -54,6 +55,8 @@ def test_every_subcommand_has_help(capsys, command, options):
     (["train", "--config", SMOKE], "data.dataset is not set"),
     (["train", "--config", SMOKE, "--dataset", "/no/such/dir"], "/no/such/dir: dataset folder not found"),
     (["evaluate", "--checkpoint", "/no/such.pt"], "checkpoint not found: /no/such.pt"),
+    (["train", "--config", SMOKE, "--pretrained", "w.pt"], "set model.norm=lrn"),
+    (["convert-caffemodel", "/no/such.caffemodel", "out.pt"], "caffemodel not found: /no/such.caffemodel"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     assert main(argv) == 2

@@ -24,6 +24,12 @@ def test_shipped_configs_parse():
     assert cpu.train.device == "cpu"
     smoke = Config.from_yaml(CONFIGS / "smoke.yaml")
     assert smoke.train.epochs == 1
+    paper = Config.from_yaml(CONFIGS / "paper_imagenet.yaml")  # validates although the weights file is absent
+    m = paper.model
+    assert (m.norm, m.fc_dropout, m.pretrained) == ("lrn", 0.5, "weights/caffenet_imagenet.pt")
+    differs = {k for k, v in asdict(paper.model).items() if v != getattr(default.model, k)}
+    assert differs == {"norm", "fc_dropout", "pretrained"}  # otherwise the paper's setting of default.yaml
+    assert Config.from_yaml(CONFIGS / "paper_imagenet.yaml", ["model.pretrained=null", "model.norm=batch"])
 
 
 def test_overrides_are_typed():
@@ -57,6 +63,8 @@ def test_overrides_are_typed():
     ("train.K=1", "train.K: the triplet and pair losses need positive pairs"),
     ("train.hard_negative_fraction=1.5", "train.hard_negative_fraction: expected a value in [0, 1], got 1.5"),
     ("model.norm=group", "model: unknown norm 'group'"),
+    ("model.pretrained=w.pt", "model: pretrained weights are ImageNet CaffeNet's, which has LRN and no BatchNorm: "
+                              "set model.norm=lrn"),
 ])
 def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError) as err:

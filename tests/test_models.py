@@ -375,6 +375,30 @@ def test_load_pretrained_round_trip_and_errors(tmp_path):
         caffenet(CPU).load_pretrained(path)
 
 
+def test_load_pretrained_can_start_fc_of_another_width_fresh(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": caffenet(ModelConfig.cpu(fc_dim=64)).state_dict(), "meta": {"source": "x"}}, path)
+    net = caffenet(CPU)  # fc_dim 256, with BatchNorm on fc6/fc7 too
+    with pytest.raises(PretrainedWeightsError, match=r"fc6.weight: expected \(256, 2048\), got \(64, 2048\)"):
+        net.load_pretrained(path)  # the default stays strict
+    fc6, bn6 = net.fc6.weight.detach().clone(), net.bn["fc6"].weight.detach().clone()
+    result = net.load_pretrained(path, skip_mismatched_fc=True)
+    assert result.skipped == ["fc6 (file (64, 2048), model (256, 2048))", "fc7 (file (64, 64), model (256, 256))"]
+    assert "conv5" in result.loaded and "bn.conv5" in result.loaded and "fc6" not in result.loaded
+    assert torch.equal(net.fc6.weight, fc6) and torch.equal(net.bn["fc6"].weight, bn6)  # left fresh
+    state = caffenet(CPU).state_dict()
+    state["conv2.weight"] = state["conv2.weight"][:, :-1]
+    torch.save(state, path)
+    with pytest.raises(PretrainedWeightsError, match="conv2.weight: expected"):  # convolutions must always fit
+        net.load_pretrained(path, skip_mismatched_fc=True)
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(PretrainedWeightsError, match="cannot read pretrained weights .*w.pt"):
+        net.load_pretrained(path)
+    with pytest.raises(FileNotFoundError, match="pretrained weights not found: .*nope.pt"):
+        net.load_pretrained(tmp_path / "nope.pt")
+
+
 def test_norm_choices_change_the_layers_not_the_shapes():
     x = torch.randn(2, 3, 128, 64)
     lrn, bn = caffenet(ModelConfig.cpu(norm="lrn")).eval(), caffenet(ModelConfig.cpu(norm="batch")).eval()

@@ -21,9 +21,11 @@ And two normalisations (``norm``, as ``ModelConfig.norm``): ``"lrn"``, CaffeNet'
 what ImageNet CaffeNet weights expect), and ``"batch"``: BatchNorm between each convolution
 (and fc6, fc7) and its ReLU, no LRN. Without it on fc6/fc7, fc7 grew to ~5× its usual norm in
 50 steps on the heavier-occlusion synthetic data and saturated the TAM's LSTM: every clip got
-the same feature and training stopped (docs/attention.md). Trained from scratch, as
-everything here is (no weights can be downloaded), the LRN network with 0.5 dropout on fc6/fc7 learns little in a few hundred
-steps; BatchNorm and ``fc_dropout=0`` train it (see the README's ablation notes).
+the same feature and training stopped (docs/attention.md). Trained from scratch (nothing here
+downloads weights), the LRN network with 0.5 dropout on fc6/fc7 learns little in a few hundred
+steps; BatchNorm and ``fc_dropout=0`` train it (see the README's ablation notes). ImageNet
+weights, for a user who has BVLC's file, come through ``reidkit convert-caffemodel``
+(``reidkit.caffemodel``) and ``model.pretrained``.
 
 Max-pooling uses ``ceil_mode=True`` in both variants because Caffe rounds pooling output sizes
 up; at 227×227 this gives the same 55 → 27 → 13 → 6 sizes as floor rounding.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -177,7 +180,7 @@ class CaffeNet(nn.Module):
         fc7 = self.dropout(self._layer("fc7", x))
         return pool5, fc7
 
-    def load_pretrained(self, path: str | Path) -> None:
+    def load_pretrained(self, path: str | Path, skip_mismatched_fc: bool = False) -> PretrainedLoad:
         """Load a local state-dict file (``torch.load(weights_only=True)``); nothing is downloaded.
 
         Keys are ``conv1.weight`` … ``conv5.bias``, ``fc6.*``, ``fc7.*`` (Caffe's layer names, so
@@ -185,15 +188,28 @@ class CaffeNet(nn.Module):
         A file holding ``{"state_dict": ...}`` is unwrapped. A network built without fc layers
         ignores the file's fc6/fc7. Any missing or unexpected key, or shape mismatch, raises
         :class:`PretrainedWeightsError` naming each key (with expected and found shapes).
+
+        ``skip_mismatched_fc``: fc6/fc7 that are absent from the file or of other shapes (the
+        paper's fc_dim 1024 vs ImageNet CaffeNet's 4096) keep their fresh initialisation instead;
+        the convolutions must still fit. Returns what was loaded and what was skipped.
         """
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise PretrainedWeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+        state = read_weights(path)
         if not self.with_fc:
             state = {k: v for k, v in state.items() if not k.startswith(("fc6.", "fc7.", "bn.fc6.", "bn.fc7."))}
         own = self.state_dict()
+        fresh, skipped = set(), []
+        if skip_mismatched_fc and self.with_fc:
+            for layer in ("fc6", "fc7"):
+                prefixes = (f"{layer}.", f"bn.{layer}.")
+                keys = [k for k in own if k.startswith(prefixes)]
+                if all(k in state and tuple(state[k].shape) == tuple(own[k].shape) for k in keys):
+                    continue
+                found = state.get(f"{layer}.weight")
+                fresh.update(k.rsplit(".", 1)[0] for k in keys)
+                skipped.append(f"{layer} (file {tuple(found.shape)}, model {tuple(own[f'{layer}.weight'].shape)})"
+                               if found is not None else f"{layer} (not in the file)")
+                state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+                state.update({k: own[k] for k in keys})  # loads as itself: stays fresh
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         mismatched = [
@@ -217,3 +233,43 @@ class CaffeNet(nn.Module):
                 f"{self.frame_size[0]}×{self.frame_size[1]}): " + " | ".join(problems)
             )
         self.load_state_dict(state)
+        loaded = [n for n in dict.fromkeys(k.rsplit(".", 1)[0] for k in own) if n not in fresh]
+        return PretrainedLoad(loaded, skipped)
+
+
+class PretrainedLoad(NamedTuple):
+    """What ``CaffeNet.load_pretrained`` did: layers loaded, and layers skipped (with both shapes)."""
+
+    loaded: list[str]
+    skipped: list[str]
+
+
+def check_weights_file(path: str | Path) -> Path:
+    """``path`` if it is a file, else a ``FileNotFoundError`` that says how to make one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {path} (convert ImageNet CaffeNet with "
+                                f"`reidkit convert-caffemodel`, or set model.pretrained=null)")
+    return path
+
+
+def read_weights(path: str | Path) -> dict:
+    """The state dict in a weights file (``{"state_dict": ...}`` unwrapped), read with
+    ``weights_only=True``; a missing or unreadable file is an error naming it."""
+    path = check_weights_file(path)
+    if path.suffix == ".caffemodel":
+        raise PretrainedWeightsError(f"{path} is Caffe's own file: convert it first with "
+                                     f"`reidkit convert-caffemodel {path} OUT.pt`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or holding pickled code
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if isinstance(state, dict) and {"model", "config"} <= set(state):
+        raise PretrainedWeightsError(f"{path} is a reidkit training checkpoint, not CaffeNet weights: continue "
+                                     f"its run with --resume, or load it with checkpoint.load_model")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return state

@@ -27,6 +27,10 @@ class ModelConfig:
     0.5 dropout on fc6/fc7 barely trains in a few hundred steps (README, "Ablation": CNN+RNN
     rank-1 4.7 vs 64.1 with BatchNorm and no fc dropout, same 200 steps).
 
+    ``pretrained``: a weights file made by ``reidkit convert-caffemodel`` that the trainer loads
+    into the CNN when a run starts (``load_pretrained_cnn``; fc6/fc7 of another width start fresh).
+    Only checked for ``norm="lrn"`` here: the file is read at train time, never by ``load_model``.
+
     ``ModelConfig.cpu()`` is the documented CPU-sized setting; every result must say which was used.
     """
 
@@ -47,6 +51,7 @@ class ModelConfig:
     dropout: float = 0.5
     fc_dropout: float = 0.0
     norm: str = "batch"
+    pretrained: str | None = None  # ImageNet CaffeNet weights (``reidkit convert-caffemodel``); needs norm="lrn"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,6 +99,12 @@ class ModelConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
+        if self.pretrained is not None:
+            if not isinstance(self.pretrained, str) or not self.pretrained.strip():
+                raise ValueError(f"pretrained must be a file path or null, got {self.pretrained!r}")
+            if self.norm != "lrn":
+                raise ValueError(f"pretrained weights are ImageNet CaffeNet's, which has LRN and no BatchNorm: "
+                                 f"set model.norm=lrn (now {self.norm!r}) to use model.pretrained={self.pretrained}")
         if not self.attention_temperature > 0:
             raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
         if self.lam < 0:

@@ -27,7 +27,8 @@ from .spatial import DifferenceHead, SpatialRecurrentModel
 from .temporal import AveragePooling, RecurrentPooling, TemporalAttention
 from .variants import FEATURE_BRANCH, METHOD_NAMES, METRIC_BRANCH, RANKING, VARIANTS
 
-__all__ = ["VARIANTS", "METHOD_NAMES", "JSTRNN", "FeatureOutput", "build_model", "model_device", "eval_mode"]
+__all__ = ["VARIANTS", "METHOD_NAMES", "JSTRNN", "FeatureOutput", "build_model", "load_pretrained_cnn", "model_device",
+           "eval_mode"]
 
 
 class FeatureOutput(NamedTuple):
@@ -177,6 +178,23 @@ def build_model(variant: str | None = None, config: ModelConfig | None = None, *
     elif overrides:
         config = ModelConfig.from_dict({**config.to_dict(), **overrides})
     return JSTRNN(config)
+
+
+def load_pretrained_cnn(model: JSTRNN | CaffeNet, path) -> tuple[str, list[str]]:
+    """Load ImageNet CaffeNet weights (``model.pretrained``, made by ``reidkit convert-caffemodel``)
+    into the model's CNN; fc6/fc7 of other shapes start fresh (``skip_mismatched_fc``).
+
+    Returns a one-line message for the user and the skipped layers. Only the trainer calls this,
+    for a new run: a checkpoint already holds the weights, and ``load_model`` never reads the file."""
+    cnn = model.cnn if isinstance(model, JSTRNN) else model
+    result = cnn.load_pretrained(path, skip_mismatched_fc=True)
+    message = f"[pretrained] {path}: loaded {', '.join(result.loaded)}"
+    if result.skipped:
+        message += (f"; {', '.join(result.skipped)} start fresh: the file's fc layers do not fit this model "
+                    f"(model.fc_dim equal to the file's, at 227×227 frames, loads them too)")
+    if not cnn.with_fc:
+        message += "; the file's fc6/fc7 unused (this variant has no fc layers)"
+    return message, result.skipped
 
 
 def model_device(model: nn.Module) -> torch.device:
