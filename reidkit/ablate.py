@@ -34,9 +34,10 @@ from reidkit.evaluate import evaluate
 from reidkit.files import write_json, write_text
 from reidkit.models import METHOD_NAMES, VARIANTS, build_model
 from reidkit.checkpoint import load_checkpoint, load_model
-from reidkit.train import Trainer, config_changes, resolve_device, seed_everything
+from reidkit.train import RESUMABLE_CHANGES, Trainer, config_changes, resolve_device, seed_everything
 
-__all__ = ["PAPER_RANK1", "run_ablation", "summarize", "seed_spread", "separated", "format_cell", "write_tables"]
+__all__ = ["PAPER_RANK1", "run_ablation", "summarize", "seed_spread", "separated", "format_cell", "write_tables",
+           "earlier_run", "write_csv"]
 
 # Zhou et al. (CVPR 2017), Table 2: rank-1 on MARS; the method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
@@ -59,14 +60,15 @@ def _row(method, variant, trained, seed, result, seconds: dict, config: Config |
     }
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize(rows: list[dict], over: str = "seed") -> list[dict]:
     """One row per method over its seeds: ``<metric>_mean/_std/_min/_max`` (std with n − 1; 0 for
-    one seed) and ``seeds``, in the order the methods first appear."""
+    one seed) and ``seeds``, in the order the methods first appear. ``over="split"`` summarises
+    rows that differ by ``split`` instead (``reidkit.protocol``), listed as ``splits``."""
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         runs = [r for r in rows if r["method"] == method]
         row = {"method": method, "variant": runs[0]["variant"], "trained": runs[0]["trained"],
-               "seeds": [r["seed"] for r in runs], "paper_rank1_mars": runs[0]["paper_rank1_mars"]}
+               f"{over}s": [r[over] for r in runs], "paper_rank1_mars": runs[0].get("paper_rank1_mars", "")}
         for m in METRICS:
             v = np.array([r[m] for r in runs], dtype=np.float64)
             row.update({f"{m}_mean": round(float(v.mean()), 2), f"{m}_std": round(float(v.std(ddof=1)), 2) if len(v) > 1 else 0.0,
@@ -92,15 +94,15 @@ def separated(a: dict, b: dict, metric: str = "rank1", spread: float = 0.0) -> b
     return apart and abs(a[f"{metric}_mean"] - b[f"{metric}_mean"]) > spread
 
 
-def _earlier_run(run_dir: Path, config: Config) -> tuple[str, dict | None]:
-    """What an earlier ablation left in ``run_dir`` for ``config``: ``("finished", state)`` when it
-    did exactly what ``config`` asks (same settings, all ``train.epochs``), ``("unfinished", None)``
-    when a run of the same settings stopped early (resume it), else ``("none", None)``."""
+def earlier_run(run_dir: Path, config: Config, allowed=RESUMABLE_CHANGES) -> tuple[str, dict | None]:
+    """What an earlier ablation (or ten-split run) left in ``run_dir`` for ``config``: ``("finished", state)``
+    when it did exactly what ``config`` asks (same settings but ``allowed`` ones, all ``train.epochs``),
+    ``("unfinished", None)`` when a run of the same settings stopped early (resume it), else ``("none", None)``."""
     last = run_dir / "last.pt"
     if not last.is_file():
         return "none", None
     state = load_checkpoint(last)  # one read (and checksum) per run
-    if config_changes(state.get("config", {}), config.to_dict()):
+    if config_changes(state.get("config", {}), config.to_dict(), allowed):
         return "none", None
     epoch = int(state.get("epoch", 0))
     if epoch == config.train.epochs:
@@ -157,7 +159,7 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
             run_config = Config.from_dict(config.to_dict(), settings={
                 "model.variant": variant, "train.seed": seed, "train.out_dir": str(run_dir)})
             tick = time.perf_counter()
-            earlier, state = _earlier_run(run_dir, run_config)
+            earlier, state = earlier_run(run_dir, run_config)
             if earlier == "finished":  # an earlier, interrupted ablation finished this run: keep it
                 model, _ = load_model(run_dir / "last.pt", device=device)
                 steps, how = int(state["step"]), "kept from an earlier run"
@@ -187,20 +189,22 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
     return rows
 
 
-def format_cell(row: dict, metric: str) -> str:
-    """A summary cell: the value (one seed), mean and min–max (two), mean ± std and min–max (more)."""
-    n, mean = len(row["seeds"]), row[f"{metric}_mean"]
+def format_cell(row: dict, metric: str, over: str = "seed") -> str:
+    """A summary cell: the value (one seed), mean and min–max (two), mean ± std and min–max (more).
+    ``over="split"`` for :func:`summarize` rows over splits."""
+    n, mean = len(row[f"{over}s"]), row[f"{metric}_mean"]
     if n == 1:
         return f"{mean:.1f}"
     spread = f"{row[f'{metric}_min']:.1f}–{row[f'{metric}_max']:.1f}"
     return f"{mean:.1f} ± {row[f'{metric}_std']:.1f} ({spread})" if n > 2 else f"{mean:.1f} ({spread})"
 
 
-def _csv(path: Path, columns, rows) -> None:
+def write_csv(path: Path, columns, rows) -> None:
+    """``rows`` (dicts) as a CSV file of ``columns``; a list value (``seeds``) as space-separated items."""
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=columns)
     writer.writeheader()
-    writer.writerows([{**r, "seeds": " ".join(map(str, r["seeds"]))} if "seeds" in r else r for r in rows])
+    writer.writerows([{k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
     write_text(path, table.getvalue())
 
 
@@ -208,8 +212,8 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
     """ablation.csv (per run), summary.csv (per method), ablation.md and cmc.json in ``out_dir``."""
     out_dir = Path(out_dir)
     summary = summarize(rows)
-    _csv(out_dir / "ablation.csv", COLUMNS, rows)
-    _csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summary)
+    write_csv(out_dir / "ablation.csv", COLUMNS, rows)
+    write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summary)
     convention = rows[0]["convention"] if rows else config.eval.convention
     m, t = config.model, config.train
     seeds = sorted({r["seed"] for r in rows if r["trained"]})

@@ -1,8 +1,9 @@
-"""The ``reidkit`` command line: train, evaluate, ablate, stats, prepare, report, convert-caffemodel.
+"""The ``reidkit`` command line: train, evaluate, ablate, ten-split, stats, prepare, report, convert-caffemodel.
 
     reidkit train --config configs/cpu.yaml --dataset data/synthetic_small [train.lr=3e-4 ...]
     reidkit evaluate --checkpoint runs/cpu/last.pt --dataset data/synthetic_small
     reidkit ablate --config configs/cpu.yaml --dataset data/synthetic_small --out runs/ablation
+    reidkit ten-split --config configs/cpu.yaml --dataset data/synthetic_pairs --out runs/ten_split
     reidkit stats data/synthetic_small
     reidkit prepare synthetic --out data/synthetic_small --preset small     (= python -m data_prep)
     reidkit report --profile smoke                                          (executed notebooks)
@@ -42,6 +43,14 @@ def _seed_list(text: str) -> str:
     parts = [p.strip() for p in text.split(",")]
     if not all(p.lstrip("-").isdigit() for p in parts) or len(set(parts)) != len(parts):
         raise argparse.ArgumentTypeError(f"expected distinct integers separated by commas, e.g. 0,1,2; got {text!r}")
+    return text
+
+
+def _split_list(text: str) -> str:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts) or len(set(map(int, parts))) != len(parts):
+        raise argparse.ArgumentTypeError(f"expected distinct split indices separated by commas, e.g. 0,1,2; "
+                                         f"got {text!r}")
     return text
 
 
@@ -176,6 +185,17 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_ten_split(args) -> int:
+    from reidkit.protocol import run_splits  # noqa: PLC0415
+
+    config = _load_config(args)
+    splits = [int(x) for x in args.splits.split(",")] if args.splits else None
+    if run_splits(config, args.out, splits=splits, progress=not args.quiet) is None:
+        return 1  # a split stopped early (it resumes on the next call)
+    print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
 def _draw_cmc(curves: dict, out_dir: Path) -> None:
     """``ablate --plot``: Fig. 9 as OUT/cmc.png (matplotlib is a notebook extra, imported here)."""
     from reidkit.viz import cmc_curves  # noqa: PLC0415
@@ -233,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reidkit",
         description="Video person re-identification with joint spatial and temporal RNNs "
-                    "(Zhou et al., CVPR 2017): train, evaluate, ablate.",
+                    "(Zhou et al., CVPR 2017): train, evaluate, ablate, ten-split.",
         epilog="Run `reidkit COMMAND --help` for a command's options. "
                "REIDKIT_TRACEBACK=1 shows full tracebacks on errors.")
     parser.add_argument("--version", action="version", version=f"reidkit {__version__}")
@@ -299,6 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-variant lines")
     p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("ten-split", help="Table 3: one model per split of iLIDS-VID/PRID2011, mean ± std over splits",
+                       description="The iLIDS-VID / PRID2011 protocol (Sec. 4): for each split i of a two-camera "
+                                   "dataset, train the config with data.split=i into OUT/split_<i>/ and evaluate it on "
+                                   "split i's test persons; writes OUT/split_<i>/metrics.json, splits.csv, "
+                                   "summary.json and summary.md (mean ± std over the splits). Run again to resume: "
+                                   "finished splits are kept, an interrupted one continues from its last.pt.")
+    p.add_argument("--config", type=Path, default=None, help="YAML config shared by all splits (e.g. configs/cpu.yaml)")
+    p.add_argument("--dataset", required=True, help="manifest folder of a two-camera dataset with several splits")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per split)")
+    p.add_argument("--splits", type=_split_list, help="comma-separated split indices, e.g. 0,1,2 (default: every "
+                                                      "split in the dataset's splits.json)")
+    p.add_argument("--variant", choices=VARIANTS, help="model.variant (default: the config's)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start every split from this run's weights (train.init), e.g. a MARS model, as Table 3 does")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-split lines")
+    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_ten_split)
 
     p = sub.add_parser("verify-cache", help="check frame caches against the checksums written when they were built",
                        description="Re-hash frame caches (DATASET/.cache/frames_HxW.npy, or a folder of them) and "

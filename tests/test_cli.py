@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
 def test_python_dash_m_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "reidkit", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0
-    for command in ("train", "evaluate", "ablate", "stats", "prepare", "report", "convert-caffemodel"):
+    for command in ("train", "evaluate", "ablate", "ten-split", "stats", "prepare", "report", "convert-caffemodel"):
         assert command in out.stdout
 
 
@@ -35,6 +35,7 @@ def test_python_dash_m_help_lists_every_command():
     ("convert-caffemodel", ["src", "out", "--mean", "B,G,R"]),
     ("evaluate", ["--checkpoint", "--dataset", "--convention", "--rerank-top-k", "--exact", "--out"]),
     ("ablate", ["--config", "--dataset", "--out", "--variants", "--plot", "key=value"]),
+    ("ten-split", ["--config", "--dataset", "--out", "--splits", "--variant", "key=value"]),
     ("stats", ["dataset"]),
     ("prepare", ["synthetic"]),
     ("report", ["--profile"]),

@@ -292,3 +292,61 @@ def test_occlusion_cli(tmp_path, capsys):
     assert meta["name"] == "synthetic-tiny-occl-0.25"
     assert meta["generator"]["occlusion"] == {"level": "0.25", "r": 0.25}
     assert "synthetic-tiny-occl-0.25" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- two-camera presets
+
+def test_mars_presets_are_unchanged_by_the_two_camera_presets():
+    """The plan (identities, tracklets, lengths, cameras) and split of tiny and small, pinned: adding
+    presets must not move a byte of the existing ones (the digests are of the code before them)."""
+    import hashlib
+
+    from data_prep.synthetic import mars_split
+
+    pinned = {"tiny": "325521bc77a3f020bb901b922bdb604cb6f222f86c076334eeb510236ed7abd8",
+              "small": "cecbf042f64a611de865b8a508885d0557709d436fcc323552a8bc57949008d6"}
+    for preset, digest in pinned.items():
+        plan = make_plan(preset_params(preset), 0)
+        text = json.dumps({"tracklets": [[t.tracklet_id, t.pid, t.camid, t.num_frames] for t in plan.tracklets],
+                           "identities": {pid: i.to_dict() for pid, i in plan.identities.items()},
+                           "relations": plan.relations, "split": mars_split(plan, 0)}, sort_keys=True)
+        assert hashlib.sha256(text.encode()).hexdigest() == digest, preset
+        assert "protocol" not in preset_params(preset) and "num_splits" not in preset_params(preset)
+
+
+def test_pairs_preset_is_ilidsvid_like(tmp_path):
+    from reidkit.data import Manifest
+
+    root = generate(tmp_path / "p", "pairs_tiny", seed=0, progress=False)
+    rows, splits, meta = _read(root)
+    assert meta["protocol"] == "two_camera" and meta["counts"]["cameras"] == 2 and len(splits) == 3
+    assert meta["counts"]["distractor_tracklets"] == meta["counts"]["junk_tracklets"] == 0
+    assert "train_pids" not in meta and "3 permutations" in meta["split_rule"]
+    # one tracklet per person and camera, numbered as data_prep/ilidsvid.py numbers them
+    assert [(r["tracklet_id"], r["pid"], r["camid"]) for r in rows] == [
+        (2 * (pid - 1) + cam - 1, pid, cam) for pid in range(1, 13) for cam in (1, 2)]
+    by_id = {r["tracklet_id"]: r for r in rows}
+    pids_of = lambda ids: {by_id[t]["pid"] for t in ids}  # noqa: E731
+    for s in splits:
+        assert {by_id[t]["camid"] for t in s["query"]} == {1} and {by_id[t]["camid"] for t in s["gallery"]} == {2}
+        assert pids_of(s["query"]) == pids_of(s["gallery"]) and len(pids_of(s["query"])) == 6
+        assert len(s["train"]) == 12 and pids_of(s["train"]) | pids_of(s["query"]) == set(range(1, 13))
+        assert not pids_of(s["train"]) & pids_of(s["query"])
+    assert len({tuple(s["query"]) for s in splits}) == 3  # random splits, not one repeated
+    assert len(Manifest.load(root).splits) == 3
+    again = generate(tmp_path / "q", "pairs_tiny", seed=0, progress=False, workers=2)
+    for name in ("tracklets.csv", "splits.json", "meta.json"):
+        assert (root / name).read_bytes() == (again / name).read_bytes(), name
+    other = _read(generate(tmp_path / "r", "pairs_tiny", seed=1, progress=False))[1]
+    assert other != splits
+
+
+def test_pairs_preset_parameters():
+    params = preset_params("pairs")
+    assert (params["num_splits"], params["num_train_ids"], params["num_test_ids"]) == (10, 150, 150)
+    with pytest.raises(ValueError, match="two-camera: num_cameras must be 2"):
+        preset_params("pairs", num_cameras=3)
+    with pytest.raises(ValueError, match="num_splits = 0"):
+        preset_params("pairs_tiny", num_splits=0)
+    with pytest.raises(ValueError, match=r"unknown synthetic parameter\(s\) \['num_splits'\]"):
+        preset_params("tiny", num_splits=3)

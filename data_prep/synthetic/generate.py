@@ -1,4 +1,4 @@
-"""The synthetic video re-id benchmark: presets, the dataset plan, MARS-protocol splits, writing.
+"""The synthetic video re-id benchmark: presets, the dataset plan, the protocol's splits, writing.
 
 `generate(out, preset, seed)` plans every identity and tracklet first (cheap, in this process),
 renders the frames (a process pool over identities for the bigger presets), writes them as
@@ -20,6 +20,13 @@ is seen by 2-6 of the cameras, one or more tracklets per camera. Query: per test
 tracklet per camera, kept as a query only while every query of that identity still has a
 same-identity tracklet from another camera in the gallery. Gallery: all other test tracklets,
 plus distractors (pid 0) and junk (pid -1).
+
+Two-camera presets (``pairs``, ``pairs_tiny``: the iLIDS-VID / PRID2011 protocol of Sec. 4 of the
+paper): every identity is seen by cameras 1 and 2, one tracklet each (tracklet ids 2·(pid − 1) and
+2·(pid − 1) + 1, as data_prep/ilidsvid.py numbers them), no distractors or junk, and
+`num_splits` random person splits (`two_camera_splits`): per split `num_test_ids` persons test,
+the other `num_train_ids` train; query = the test persons' camera-1 tracklets, gallery = their
+camera-2 tracklets. `reidkit ten-split` trains and evaluates one model per split.
 
 Occlusion dial: `generate(..., occlusion="none" | "default" | "heavy" | r in [0, 1])` sets how
 often and how badly real-person frames are degraded (`occlusion_params`); identities, tracklet
@@ -80,6 +87,11 @@ DEFAULTS: dict = {
     "workers": None,                    # None: os.cpu_count(); 1: no process pool
 }
 
+# What makes a preset two-camera (iLIDS-VID / PRID2011 protocol); MARS-protocol presets have none
+# of "protocol" and "num_splits" (their meta.json stays as it was before two-camera presets existed)
+TWO_CAMERA: dict = {"protocol": "two_camera", "num_splits": 10, "num_cameras": 2,
+                    "extra_tracklets_per_camera": 0.0, "distractor_frac": 0.0, "junk_frac": 0.0}
+
 PRESETS: dict[str, dict] = {
     # for tests: ~100 tracklets, ~1k frames, a couple of seconds
     "tiny": {"num_train_ids": 10, "num_test_ids": 10, "min_len": 4, "median_len": 8, "max_len": 16,
@@ -94,6 +106,13 @@ PRESETS: dict[str, dict] = {
     "large": {"num_train_ids": 625, "num_test_ids": 636, "extra_tracklets_per_camera": 3.0,
               "min_len": 6, "median_len": 16, "max_len": 120, "distractor_frac": 0.18,
               "junk_frac": 0.03},
+    # iLIDS-VID-like: 300 persons, two cameras, one tracklet per person and camera, ten random
+    # 50/50 person splits; ~600 tracklets, ~16k frames (tracklets shorter than iLIDS-VID's ~73 frames)
+    "pairs": {**TWO_CAMERA, "num_train_ids": 150, "num_test_ids": 150,
+              "min_len": 12, "median_len": 24, "max_len": 64},
+    # for tests: 12 persons, three splits
+    "pairs_tiny": {**TWO_CAMERA, "num_splits": 3, "num_train_ids": 6, "num_test_ids": 6,
+                   "min_len": 4, "median_len": 6, "max_len": 10, "workers": 1},
 }
 
 
@@ -180,6 +199,13 @@ def preset_params(preset: str, occlusion: str | float = "default", **overrides) 
             raise DataPrepError(f"{key} = {params[key]}: expected a range (low, high) with 0 <= low <= high")
         params[key] = (lo, hi)
     params["cameras_per_id"] = tuple(float(p) for p in params["cameras_per_id"])
+    if params.get("protocol", "mars") == "two_camera":
+        if params["num_cameras"] != 2 or params["extra_tracklets_per_camera"] != 0:
+            raise DataPrepError(f"preset {preset!r} is two-camera: num_cameras must be 2 (got {params['num_cameras']}) "
+                                f"and extra_tracklets_per_camera 0 (got {params['extra_tracklets_per_camera']})")
+        n = params["num_splits"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DataPrepError(f"num_splits = {n!r}: expected an integer >= 1")
     return params
 
 
@@ -203,6 +229,7 @@ def make_plan(params: dict, seed: int) -> Plan:
     """Identities (appearance, cameras, tracklet lengths) and distractor/junk tracklets."""
     n_train, n_test = params["num_train_ids"], params["num_test_ids"]
     n_cams = params["num_cameras"]
+    two_camera = params.get("protocol", "mars") == "two_camera"  # no fixed train/test halves
     ks = np.arange(2, 2 + len(params["cameras_per_id"]))
     probs = np.array(params["cameras_per_id"], dtype=float)
     probs = np.where(ks <= n_cams, probs, 0.0)
@@ -212,7 +239,7 @@ def make_plan(params: dict, seed: int) -> Plan:
     per_pid: list[tuple[int, int, list[int]]] = []   # (pid, camid, lengths)
     for pid in range(1, n_train + n_test + 1):
         rng = np.random.default_rng([seed, 1, pid])
-        same_split = list(range(1, pid)) if pid <= n_train else list(range(n_train + 1, pid))
+        same_split = list(range(1, pid)) if two_camera or pid <= n_train else list(range(n_train + 1, pid))
         r = rng.random()
         if same_split and r < params["hard_negative_frac"] + params["one_region_frac"]:
             base = same_split[int(rng.integers(len(same_split)))]
@@ -236,7 +263,7 @@ def make_plan(params: dict, seed: int) -> Plan:
     n_real = len(tracklets)
     rng = np.random.default_rng([seed, 4])
     n_dis = int(round(params["distractor_frac"] * n_real))
-    n_junk = max(1, int(round(params["junk_frac"] * n_real)))
+    n_junk = max(1 if params["junk_frac"] > 0 else 0, int(round(params["junk_frac"] * n_real)))
     for pid, count in ((0, n_dis), (-1, n_junk)):
         cams = rng.integers(1, n_cams + 1, size=count)
         for camid, n in zip(cams, _lengths(rng, count, params)):
@@ -274,6 +301,28 @@ def mars_split(plan: Plan, seed: int) -> dict:
     gallery = [t.tracklet_id for t in plan.tracklets
                if t.pid not in train_set and t.tracklet_id not in query_set]
     return {"train": train, "query": sorted(query), "gallery": gallery}
+
+
+def two_camera_splits(plan: Plan, num_splits: int, seed: int) -> list[dict]:
+    """``num_splits`` random person splits of a two-camera plan, as the iLIDS-VID / PRID2011
+    converters write them: per split a permutation of all persons, the first
+    ``len(plan.test_pids)`` test, the rest train; train = both cameras' tracklets of the train
+    persons, query = camera-1 tracklets of the test persons, gallery = their camera-2 tracklets
+    (plus distractors and junk, if any)."""
+    rng = np.random.default_rng([seed, 6])
+    persons = np.array(plan.train_pids + plan.test_pids)
+    n_test = len(plan.test_pids)
+    real = [t for t in plan.tracklets if t.pid >= 1]
+    extra = [t.tracklet_id for t in plan.tracklets if t.pid < 1]
+    splits = []
+    for _ in range(num_splits):
+        test = {int(p) for p in rng.permutation(persons)[:n_test]}
+        splits.append({
+            "train": [t.tracklet_id for t in real if t.pid not in test],
+            "query": [t.tracklet_id for t in real if t.pid in test and t.camid == 1],
+            "gallery": [t.tracklet_id for t in real if t.pid in test and t.camid == 2] + extra,
+        })
+    return splits
 
 
 # --------------------------------------------------------------------------- rendering
@@ -355,7 +404,8 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
              occlusion: str | float = "default", **overrides) -> Path:
     """Render the synthetic benchmark into `out` (frames + manifest) and return the folder.
 
-    `preset` is one of PRESETS (tiny, small, medium, large); `occlusion` a level of the occlusion
+    `preset` is one of PRESETS (tiny, small, medium, large: MARS protocol; pairs, pairs_tiny:
+    two-camera, ten-split protocol); `occlusion` a level of the occlusion
     dial (none, default, heavy or a number in [0, 1], see OCCLUSION_DIAL); `overrides` change any
     parameter of DEFAULTS/PRESETS, after the dial (e.g. `num_train_ids=5, workers=1`). Same seed,
     same bytes.
@@ -368,7 +418,8 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
     _prepare_out(out)
     start = time.perf_counter()
     plan = make_plan(params, seed)
-    split = mars_split(plan, seed)
+    two_camera = params.get("protocol", "mars") == "two_camera"
+    splits = two_camera_splits(plan, params["num_splits"], seed) if two_camera else [mars_split(plan, seed)]
     jobs = _jobs(plan, out, seed, params)
     workers = params["workers"] or os.cpu_count() or 1
     workers = max(1, min(int(workers), len(jobs)))
@@ -398,7 +449,7 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
         "name": (f"synthetic-{preset}" + (f"-occl-{level}" if level != "default" else "")
                  + (f"-seed{seed}" if seed else "")),
         "source": "synthetic",
-        "protocol": "mars",
+        "protocol": "two_camera" if two_camera else "mars",
         "frame_size": [params["height"], params["width"]],
         "excluded": [],
         "generator": {"preset": preset, "seed": seed, "version": GENERATOR_VERSION,
@@ -413,13 +464,19 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
         "occlusion_frames": {lab: labels.count(lab) for lab in LABELS},
         "cameras": [_camera(c, seed, params).describe() for c in range(1, params["num_cameras"] + 1)],
         "hard_negatives": plan.relations,
-        "train_pids": [plan.train_pids[0], plan.train_pids[-1]],
-        "test_pids": [plan.test_pids[0], plan.test_pids[-1]],
     }
-    identities = {str(pid): {"split": "train" if pid in set(plan.train_pids) else "test",
-                             **ident.to_dict()} for pid, ident in plan.identities.items()}
+    if two_camera:  # every person trains in some splits and tests in others
+        meta["split_rule"] = (f"{params['num_splits']} permutations of the persons from numpy.random.default_rng"
+                              f"([seed, 6]); the first {len(plan.test_pids)} test, the rest train; query = camera 1, "
+                              f"gallery = camera 2")
+        identities = {str(pid): ident.to_dict() for pid, ident in plan.identities.items()}
+    else:
+        meta["train_pids"] = [plan.train_pids[0], plan.train_pids[-1]]
+        meta["test_pids"] = [plan.test_pids[0], plan.test_pids[-1]]
+        identities = {str(pid): {"split": "train" if pid in set(plan.train_pids) else "test",
+                                 **ident.to_dict()} for pid, ident in plan.identities.items()}
     (out / "identities.json").write_text(json.dumps(identities, indent=1) + "\n", encoding="utf-8")
-    write_manifest(out, rows, [split], meta, check_files=True)
+    write_manifest(out, rows, splits, meta, check_files=True)
     if progress:
         elapsed = time.perf_counter() - start
         print(f"synthetic {preset} (seed {seed}, occlusion {level}): {len(rows)} tracklets, "
