@@ -12,13 +12,17 @@
     extrapolated. Target on one H200 at full size: ≤ 60 s.
 (c) with ``--extract-clips N``: forward throughput of a real ``build_model("all")`` on random clips
     (feature extraction's cost per frame), printed in frames/s.
+(d) with ``--srm-pairs N``: exact M scoring of N pairs per batch by the paper-sized SRM (pairs/s),
+    and the time that would take for every MARS query × gallery pair.
 
-Figures only: nothing here asserts on time.
+Figures only: nothing here asserts on time. Each part returns its figures (``--json PATH``
+writes them; ``benchmarks/gpu_check.py`` calls the functions).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +40,7 @@ from reidkit.config import EvalConfig  # noqa: E402
 from reidkit.models import SpatialRecurrentModel, build_model, pair_score  # noqa: E402
 
 MARS = dict(tracklets=12_180, queries=1_980, identities=626, junk=870, distractors=1_500)
+MARS_GALLERY = {"common": 9_330, "official": 12_180}  # gallery sizes of the two conventions
 
 
 def mars_labels(num_q, num_g, num_ids, junk, distractors, rng):
@@ -55,6 +60,7 @@ def sync(device):
 
 def bench_metrics(rng):
     print("(a) cmc_map on random matrices (numpy, one process)")
+    rows = []
     for name, (q, g), fn in (("random", (2_000, 10_000), cmc_map),
                              ("MARS-shaped, common", (1_980, 9_330), cmc_map),
                              ("MARS-shaped, official (queries in the gallery)", (1_980, 12_180),
@@ -63,8 +69,11 @@ def bench_metrics(rng):
         labels = mars_labels(q, g, MARS["identities"], MARS["junk"], MARS["distractors"], rng)
         t = time.perf_counter()
         cmc, mAP = fn(dist, *labels)
-        print(f"    {q:>5} x {g:<6} {name:<48} {time.perf_counter() - t:6.2f} s"
+        seconds = time.perf_counter() - t
+        print(f"    {q:>5} x {g:<6} {name:<48} {seconds:6.2f} s"
               f"   (rank-1 {100 * cmc[0]:.2f}, mAP {100 * mAP:.2f}: chance level)")
+        rows.append(dict(matrix=name, queries=q, gallery=g, seconds=seconds))
+    return rows
 
 
 class SRMOnly(nn.Module):
@@ -106,6 +115,7 @@ def bench_ranking(scale, device, top_k, pair_batch, rng, conventions, dim=1024, 
           f"{distractors} distractors, {num_ids} identities), features {dim}-d, pool5 "
           f"{T}x{channels}x{grid[0]}x{grid[1]} {str(dtype).split('.')[-1]} "
           f"({pool5.numel() * pool5.element_size() / 2**30:.2f} GiB), SRM re-scoring top-{top_k}")
+    rows = []
     for convention in conventions:
         # warm-up on a few queries (kernels, allocator), then the timed run
         warm = Manifest(".", tracklets, [Split([], ids[:2], ids[num_q:])], manifest.meta)
@@ -121,6 +131,11 @@ def bench_ranking(scale, device, top_k, pair_batch, rng, conventions, dim=1024, 
               f"(ranking incl. {pairs} SRM pairs {r.seconds['ranking']:.2f} s = "
               f"{pairs / max(r.seconds['ranking'], 1e-9):,.0f} pairs/s; metrics + per-query "
               f"{r.seconds['metrics']:.2f} s)  rank-1 {r.rank1:.1f} mAP {r.mAP:.1f}")
+        rows.append(dict(convention=convention, scale=scale, device=str(device), tracklets=n, queries=r.num_queries,
+                         gallery=r.num_gallery, top_k=top_k, srm_pairs=pairs, seconds=total,
+                         ranking_s=r.seconds["ranking"], metrics_s=r.seconds["metrics"],
+                         pairs_per_s=pairs / max(r.seconds["ranking"], 1e-9), rank1=r.rank1, mAP=r.mAP))
+    return rows
 
 
 @torch.no_grad()
@@ -144,9 +159,42 @@ def bench_extraction(num_clips, device, batch_size):
     dt = time.perf_counter() - t
     print(f"(c) features() of build_model('all', {config['height']}x{config['width']}) on {device}: "
           f"{steps * batch_size} clips of {T} frames in {dt:.2f} s = {steps * batch_size * T / dt:,.0f} frames/s")
+    return dict(height=config["height"], width=config["width"], clips=steps * batch_size, T=T, seconds=dt,
+                frames_per_s=steps * batch_size * T / dt)
 
 
-def main():
+@torch.no_grad()
+def srm_pair_throughput(device, pairs=4096, repeats=10, table=2048, T=6, channels=256, grid=(6, 6)):
+    """(d) M's logits for ``pairs`` random (query, gallery) pairs per batch, as evaluation scores them:
+    pool5 rows gathered from a cached table (bf16 on CUDA), the paper-sized SRM in eval mode under
+    autocast. Returns pairs/s and the extrapolated time for every MARS query × gallery pair."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    pool5 = torch.randn(table, T, channels, *grid, device=device).to(dtype)
+    model = SRMOnly(channels, T, grid).to(device).eval()
+    a = torch.randint(0, table, (pairs,), device=device)
+    b = torch.randint(0, table, (pairs,), device=device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def score():
+        with amp:
+            return model.metric(pool5[a], pool5[b]).float()
+
+    score()  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        score()
+    sync(device)
+    dt = time.perf_counter() - t
+    rate = pairs * repeats / dt
+    all_pairs = {c: MARS["queries"] * g for c, g in MARS_GALLERY.items()}
+    print(f"(d) exact M on {device}: {pairs} pairs per batch × {repeats} in {dt:.2f} s = {rate:,.0f} pairs/s; every "
+          + ", ".join(f"{c} MARS pair ({n:,}) {n / rate:,.0f} s" for c, n in all_pairs.items()))
+    return dict(pairs_per_batch=pairs, repeats=repeats, seconds=dt, pairs_per_s=rate,
+                mars_all_pairs={c: dict(pairs=n, seconds=n / rate) for c, n in all_pairs.items()})
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--scale", type=float, default=None,
@@ -158,22 +206,31 @@ def main():
     p.add_argument("--extract-clips", type=int, default=None,
                    help="clips for (c); 0 skips it (default: 4096 GPU, 0 CPU)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--srm-pairs", type=int, default=None,
+                   help="pairs per batch for (d); 0 skips it (default: 16384 GPU, 0 CPU)")
     p.add_argument("--skip-metrics", action="store_true", help="skip (a)")
-    args = p.parse_args()
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     scale = args.scale if args.scale is not None else (1.0 if gpu else 0.02)
     conventions = (args.conventions or ("common,official" if gpu else "common")).split(",")
-    extract = args.extract_clips if args.extract_clips is not None else (4096 if device.type == "cuda" else 0)
+    extract = args.extract_clips if args.extract_clips is not None else (4096 if gpu else 0)
+    srm_pairs = args.srm_pairs if args.srm_pairs is not None else (16384 if gpu else 0)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+    figures = {"device": str(device)}
     if not args.skip_metrics:
-        bench_metrics(rng)
-    bench_ranking(scale, device, args.top_k, args.pair_batch, rng, conventions)
+        figures["metrics"] = bench_metrics(rng)
+    figures["ranking"] = bench_ranking(scale, device, args.top_k, args.pair_batch, rng, conventions)
     if extract:
-        bench_extraction(extract, device, args.batch_size)
+        figures["extraction"] = bench_extraction(extract, device, args.batch_size)
+    if srm_pairs:
+        figures["srm_pairs"] = srm_pair_throughput(device, srm_pairs)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/bench_model.py                       # CPU: cpu config and a tiny 227×227 batch
     python benchmarks/bench_model.py --device cuda         # + bf16 autocast, 227×227, 32 clips × 6 frames
     python benchmarks/bench_model.py --device cuda --compile --channels-last
+    python benchmarks/bench_model.py --json out.json       # the figures as JSON too
 
 A step is one training step without the optimizer: one CNN pass on (N·T, 3, H, W), triplet loss
 on F(x) with the batch's pids, and pair BCE on M for the mined pairs, then ``backward``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -64,6 +66,31 @@ def bench(variant, config, clips_per_batch, device, steps, warmup, amp=False, co
     return steps * clips_per_batch * config.seq_len / elapsed
 
 
+def run(device, variants=VARIANTS, steps=5, cpu_batch=8, gpu_batch=32, compile_=False, channels_last=False):
+    """The CLI's measurements: a list of rows {variant, setting, frames_per_s} (nothing printed).
+
+    CPU: the cpu config at ``cpu_batch`` clips, then the paper config at 2 clips (fp32). CUDA: the
+    paper config at ``gpu_batch`` clips with bf16 autocast, at least 20 timed steps."""
+    device = torch.device(device)
+    rows = []
+    if device.type == "cpu":
+        cpu, paper = ModelConfig.cpu(), ModelConfig()
+        for v in variants:
+            rows.append(dict(variant=v, setting=f"cpu config, {cpu_batch} clips × {cpu.seq_len}",
+                             frames_per_s=bench(v, cpu, cpu_batch, device, steps, 1)))
+        for v in variants:
+            rows.append(dict(variant=v, setting=f"227×227, 2 clips × {paper.seq_len}",
+                             frames_per_s=bench(v, paper, 2, device, max(1, steps // 2), 1)))
+    else:
+        paper = ModelConfig()
+        for v in variants:
+            fps = bench(v, paper, gpu_batch, device, max(steps, 20), 5 if not compile_ else 10,
+                        amp=True, compile_=compile_, channels_last=channels_last)
+            rows.append(dict(variant=v, setting=f"227×227, {gpu_batch} clips × {paper.seq_len}, bf16",
+                             frames_per_s=fps))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -74,34 +101,27 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    rows = []
     if device.type == "cpu":
         cpu = ModelConfig.cpu()
-        paper = ModelConfig()
-        print(f"CPU, {torch.get_num_threads()} threads, fp32. cpu config: {cpu.height}×{cpu.width}, "
-              f"{cpu.cnn} ×{cpu.width_mult}, pool5 {cpu.pool5_grid}; paper config 227×227 caffenet.")
-        for v in args.variants:
-            rows.append((v, f"cpu config, {args.cpu_batch} clips × {cpu.seq_len}",
-                         bench(v, cpu, args.cpu_batch, device, args.steps, 1)))
-        for v in args.variants:
-            rows.append((v, f"227×227, 2 clips × {paper.seq_len}", bench(v, paper, 2, device, max(1, args.steps // 2), 1)))
+        header = (f"CPU, {torch.get_num_threads()} threads, fp32. cpu config: {cpu.height}×{cpu.width}, "
+                  f"{cpu.cnn} ×{cpu.width_mult}, pool5 {cpu.pool5_grid}; paper config 227×227 caffenet.")
     else:
-        paper = ModelConfig()
         flags = ", ".join(f for f, on in (("compile", args.compile), ("channels_last", args.channels_last)) if on)
-        print(f"{torch.cuda.get_device_name(device)}, bf16 autocast, 227×227 {flags}")
-        for v in args.variants:
-            fps = bench(v, paper, args.gpu_batch, device, max(args.steps, 20), 5 if not args.compile else 10,
-                        amp=True, compile_=args.compile, channels_last=args.channels_last)
-            rows.append((v, f"227×227, {args.gpu_batch} clips × {paper.seq_len}, bf16", fps))
-    width = max(len(r[1]) for r in rows)
+        header = f"{torch.cuda.get_device_name(device)}, bf16 autocast, 227×227 {flags}"
+    print(header)
+    rows = run(device, args.variants, args.steps, args.cpu_batch, args.gpu_batch, args.compile, args.channels_last)
+    width = max(len(r["setting"]) for r in rows)
     print(f"{'variant':<9} {'setting':<{width}} frames/s (forward+backward)")
-    for v, setting, fps in rows:
-        print(f"{v:<9} {setting:<{width}} {fps:10.1f}")
+    for r in rows:
+        print(f"{r['variant']:<9} {r['setting']:<{width}} {r['frames_per_s']:10.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({"device": header, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,15 +8,19 @@ exactly ``Trainer.train_step`` as ``Trainer.fit`` runs it, without host syncs be
     python benchmarks/bench_train.py --device cuda         # 64 clips × 6 frames of 227×227, GPU cache
     python benchmarks/bench_train.py --device cuda --compile
     python benchmarks/bench_train.py --dataset DIR         # a real manifest instead of random frames
+    python benchmarks/bench_train.py --json out.json       # the figures as JSON too
 
 Without ``--dataset`` the frame cache is random uint8 frames built in memory (no disk, no
 decoding): throughput does not depend on pixel values. Prints figures; asserts nothing.
+``bench(...)`` returns them as a dict (``benchmarks/gpu_check.py`` calls it).
 DESIGN.md's reference on one H200: ~14.8k frames/s end to end at 64 clips (plain PyTorch).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import tempfile
 import time
@@ -48,6 +52,112 @@ def random_dataset(ids: int, tracklets_per_id: int, frames: int, height: int, wi
     return manifest, FrameCache(pixels, offsets, lengths)
 
 
+def batches(loader):
+    """The loader's batches, epoch after epoch, without end."""
+    while True:
+        yield from loader
+
+
+def config_file(device, config_path=None) -> Path:
+    """``config_path``, or configs/default.yaml on CUDA and configs/cpu.yaml on the CPU."""
+    return Path(config_path) if config_path else ROOT / "configs" / ("default.yaml" if device == "cuda" else "cpu.yaml")
+
+
+@contextlib.contextmanager
+def trainer_for(device="cpu", variant="all", config_path=None, P=None, K=None, compile_=False, amp="auto",
+                channels_last=True, overrides=(), dataset=None, data=None):
+    """A ``Trainer`` as the CLI sets it up, its out_dir a temporary folder: yields (trainer, setup_s).
+
+    ``data``: an in-memory (manifest, cache) to reuse; else ``dataset`` (a manifest folder) or
+    random frames. CUDA: the frame cache resident on the GPU, no lr warm-up, P×K = 16×4 by default."""
+    cuda = device == "cuda"
+    settings = [f"model.variant={variant}", f"train.device={device}", "train.progress=false",
+                f"train.compile={compile_}", f"train.amp={amp}", f"train.channels_last={channels_last}"]
+    if cuda:
+        settings += ["train.gpu_cache=always", "train.warmup=0"]
+    if P or cuda:
+        settings.append(f"train.P={P or 16}")
+    if K or cuda:
+        settings.append(f"train.K={K or 4}")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config.from_yaml(config_file(device, config_path), [*settings, f"train.out_dir={tmp}", *overrides])
+        t0 = time.perf_counter()
+        if data is not None:
+            manifest, cache = data
+        elif dataset:
+            manifest = Manifest.load(dataset)
+            cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir)
+        else:
+            ids = max(2 * config.train.P, 64 if cuda else 32)
+            manifest, cache = random_dataset(ids, 4, 24, config.model.height, config.model.width)
+        trainer = Trainer(config, manifest=manifest, cache=cache)
+        yield trainer, time.perf_counter() - t0
+
+
+def measure(trainer, steps, warmup) -> dict:
+    """Time ``steps`` training steps after ``warmup`` untimed ones: wall and process CPU time."""
+    cuda = trainer.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    lr = trainer.config.train.lr
+    it = batches(trainer.loader)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    tick = time.perf_counter()
+    for _ in range(warmup):
+        out = trainer.train_step(next(it), lr)
+    sync()
+    warm_s = time.perf_counter() - tick
+    tick, cpu_tick = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        out = trainer.train_step(next(it), lr)
+    sync()
+    dt, cpu_s = time.perf_counter() - tick, time.process_time() - cpu_tick
+    clips = trainer.loader.sampler.batch_size
+    frames = clips * trainer.config.model.seq_len * steps
+    return dict(warmup_steps=warmup, warmup_s=warm_s, steps=steps, seconds=dt, ms_per_step=dt / steps * 1000,
+                last_loss=out[0].item(), frames_per_s=frames / dt, clips_per_s=clips * steps / dt, cpu_s=cpu_s,
+                frames_per_cpu_s=frames / max(cpu_s, 1e-9),
+                peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+
+
+def bench(device="cpu", variant="all", config_path=None, P=None, K=None, steps=None, warmup=None, compile_=False,
+          amp="auto", channels_last=True, overrides=(), dataset=None, data=None) -> dict:
+    """End-to-end training frames/s and what was measured, as a dict (see ``trainer_for``, ``measure``)."""
+    cuda = device == "cuda"
+    steps = steps or (50 if cuda else 5)
+    warmup = warmup if warmup is not None else ((30 if compile_ else 10) if cuda else 1)
+    with trainer_for(device, variant, config_path, P, K, compile_, amp, channels_last, overrides, dataset,
+                     data) as (trainer, setup_s):
+        c = trainer.config
+        figures = dict(
+            device=torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)",
+            config=config_file(device, config_path).name, variant=c.model.variant, cnn=c.model.cnn, height=c.model.height,
+            width=c.model.width, T=c.model.seq_len, batch_clips=trainer.loader.sampler.batch_size,
+            amp=trainer.amp, channels_last=c.train.channels_last, compile=c.train.compile and cuda,
+            cudnn_benchmark=c.train.cudnn_benchmark and cuda, gpu_cache=cuda, setup_s=setup_s,
+            cache_gib=trainer.cache.nbytes / 2**30, threads=torch.get_num_threads())
+        figures.update(measure(trainer, steps, warmup))
+    return figures
+
+
+def print_figures(f: dict) -> None:
+    print(f"device        {f['device']}")
+    print(f"config        {f['config']}: variant={f['variant']} {f['cnn']} {f['height']}x{f['width']} T={f['T']} "
+          f"batch={f['batch_clips']} clips amp={f['amp']} channels_last={f['channels_last']} compile={f['compile']} "
+          f"cudnn_benchmark={f['cudnn_benchmark']} gpu_cache={f['gpu_cache']}")
+    print(f"setup         {f['setup_s']:.1f} s (cache {f['cache_gib']:.2f} GiB); warm-up {f['warmup_steps']} steps "
+          f"{f['warmup_s']:.1f} s")
+    print(f"timed         {f['steps']} steps in {f['seconds']:.2f} s = {f['ms_per_step']:.1f} ms/step "
+          f"(last loss {f['last_loss']:.4f})")
+    print(f"throughput    {f['frames_per_s']:,.0f} frames/s  ({f['clips_per_s']:,.0f} clips/s)")
+    if not f["gpu_cache"]:  # on a shared machine wall time depends on the neighbours; CPU time less so
+        per_cpu, n = f["frames_per_cpu_s"], f["threads"]
+        print(f"cpu time      {f['cpu_s']:.1f} s of process CPU time = {per_cpu:,.0f} frames per CPU-second "
+              f"(×{n} threads ≈ {per_cpu * n:,.0f} frames/s if the cores were free)")
+    if f["peak_memory_gib"] is not None:
+        print(f"peak memory   {f['peak_memory_gib']:.1f} GiB")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,71 +174,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-amp", action="store_true", help="same as --amp off")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     ap.add_argument("overrides", nargs="*", help="config overrides section.key=value")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    cuda = args.device == "cuda"
-    config_path = args.config or ROOT / "configs" / ("default.yaml" if cuda else "cpu.yaml")
-    overrides = [f"model.variant={args.variant}", f"train.device={args.device}", "train.progress=false",
-                 f"train.compile={args.compile}", f"train.amp={'off' if args.no_amp else args.amp}",
-                 f"train.channels_last={not args.no_channels_last}"]
-    if cuda:
-        overrides += ["train.gpu_cache=always", "train.warmup=0"]
-    if args.P or cuda:
-        overrides.append(f"train.P={args.P or 16}")
-    if args.K or cuda:
-        overrides.append(f"train.K={args.K or 4}")
-    with tempfile.TemporaryDirectory() as tmp:
-        overrides.append(f"train.out_dir={tmp}")
-        config = Config.from_yaml(config_path, overrides + args.overrides)
-        t0 = time.perf_counter()
-        if args.dataset:
-            manifest = Manifest.load(args.dataset)
-            cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir)
-        else:
-            ids = max(2 * config.train.P, 64 if cuda else 32)
-            manifest, cache = random_dataset(ids, 4, 24, config.model.height, config.model.width)
-        trainer = Trainer(config, manifest=manifest, cache=cache)
-        setup_s = time.perf_counter() - t0
-        batch_frames = trainer.loader.sampler.batch_size * config.model.seq_len
-        steps = args.steps or (50 if cuda else 5)
-        warmup = args.warmup if args.warmup is not None else ((30 if args.compile else 10) if cuda else 1)
-        trainer.loader.steps_per_epoch = trainer.loader.sampler.steps_per_epoch = warmup + steps
-
-        def sync():
-            if cuda:
-                torch.cuda.synchronize()
-
-        it = iter(trainer.loader)
-        tick = time.perf_counter()
-        for _ in range(warmup):
-            out = trainer.train_step(next(it), config.train.lr)
-        sync()
-        warm_s = time.perf_counter() - tick
-        tick, cpu_tick = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            out = trainer.train_step(next(it), config.train.lr)
-        sync()
-        dt, cpu_s = time.perf_counter() - tick, time.process_time() - cpu_tick
-        loss = out[0].item()
-
-    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device        {name}")
-    print(f"config        {config_path.name}: variant={config.model.variant} {config.model.cnn} "
-          f"{config.model.height}x{config.model.width} T={config.model.seq_len} batch={trainer.loader.sampler.batch_size} clips "
-          f"amp={trainer.amp} channels_last={config.train.channels_last} compile={config.train.compile and cuda} "
-          f"gpu_cache={cuda}")
-    print(f"setup         {setup_s:.1f} s (cache {cache.nbytes / 2**30:.2f} GiB); warm-up {warmup} steps {warm_s:.1f} s")
-    print(f"timed         {steps} steps in {dt:.2f} s = {dt / steps * 1000:.1f} ms/step (last loss {loss:.4f})")
-    print(f"throughput    {batch_frames * steps / dt:,.0f} frames/s  ({steps * trainer.loader.sampler.batch_size / dt:,.0f} clips/s)")
-    if not cuda:  # on a shared machine wall time depends on the neighbours; CPU time less so
-        print(f"cpu time      {cpu_s:.1f} s of process CPU time = {batch_frames * steps / cpu_s:,.0f} frames per "
-              f"CPU-second (×{torch.get_num_threads()} threads ≈ {batch_frames * steps / cpu_s * torch.get_num_threads():,.0f} "
-              f"frames/s if the cores were free)")
-    if cuda:
-        print(f"peak memory   {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    figures = bench(args.device, args.variant, args.config, args.P, args.K, args.steps, args.warmup, args.compile,
+                    "off" if args.no_amp else args.amp, not args.no_channels_last, args.overrides, args.dataset)
+    print_figures(figures)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
     return 0
 
 

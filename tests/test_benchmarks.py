@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,5 +28,28 @@ def _run(script: str, *args: str) -> str:
      "throughput"),
     ("bench_eval.py", ["--scale", "0.002", "--top-k", "5", "--skip-metrics"], "rank-1"),
 ])
-def test_benchmark_prints_its_figures(script, args, expect):
-    assert expect in _run(script, *args)
+def test_benchmark_prints_its_figures(script, args, expect, tmp_path):
+    figures = tmp_path / "figures.json"
+    json_args = [] if script == "bench_loader.py" else ["--json", str(figures)]
+    assert expect in _run(script, *args, *json_args)
+    if json_args:  # the same figures, as JSON
+        assert json.loads(figures.read_text())
+
+
+def test_gpu_check_smoke_runs_every_section(tmp_path):
+    """``gpu_check --smoke`` on a CPU: every section present, in order, none failed; the CUDA
+    tests are found but skipped, and the LSTM hooks saw all seven LSTMs run in fp32."""
+    out = tmp_path / "gpu_check.json"
+    _run("gpu_check.py", "--smoke", "--out", str(out))
+    report = json.loads(out.read_text())
+    sections = report["sections"]
+    assert list(sections) == ["environment", "cuda_tests", "checks", "bench_model", "bench_train", "bench_eval",
+                              "medium_training"]
+    assert report["finished"] and not report["failed"]
+    assert {k: sections["cuda_tests"][k] for k in ("status", "why")} == {"status": "skipped", "why": "no CUDA"}
+    assert "tests/test_losses.py::test_losses_do_not_sync_on_cuda" in sections["cuda_tests"]["tests"]
+    assert all(s["status"] == "ok" for name, s in sections.items() if name != "cuda_tests")
+    lstm = sections["checks"]["lstm_dtypes"]
+    assert len(lstm["lstms"]) == 7 and lstm["all_lstms_fp32"]
+    assert sections["checks"]["host_syncs"]["syncs"] == {"status": "skipped", "why": "no CUDA"}
+    assert sections["medium_training"]["rank1"] >= 0 and sections["bench_train"]["runs"][0]["frames_per_s"] > 0
