@@ -141,3 +141,27 @@ def test_table_cells_show_the_spread_the_seeds_allow():
     assert format_cell(row, "rank1") == "50.0 ± 2.0 (48.0–52.0)"                     # three seeds: mean ± std
     assert format_cell({**row, "seeds": [0, 1]}, "rank1") == "50.0 (48.0–52.0)"      # two: the range
     assert format_cell({**row, "seeds": [0]}, "rank1") == "50.0"                     # one: the value
+
+
+def test_evaluate_both_conventions_extracts_once_and_matches_each(make_manifest, tiny, tmp_path, capsys):
+    dataset = make_manifest(num_ids=8, num_cams=3, distractors=2, junk=1)
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    assert main(["train", "--config", SMOKE, "--dataset", str(dataset), "--out", str(out), "--variant", "all",
+                 "train.epochs=1", "train.P=2", "train.progress=false", f"data.cache_dir={cache}"]) == 0
+    results = {}
+    for convention in ("common", "official", "both"):
+        path = tmp_path / f"{convention}.json"
+        assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--quiet", "--convention", convention,
+                     "--cache-dir", cache, "--out", str(path)]) == 0
+        results[convention] = json.loads(path.read_text())
+    for convention in ("common", "official"):
+        for key in ("rank1", "mAP", "num_queries", "num_gallery", "cmc"):
+            assert results["both"][convention][key] == results[convention][key]
+    # a two-camera dataset has no official convention: refused in one line
+    two = tmp_path / "two"
+    assert main(["train", "--config", SMOKE, "--dataset", str(tiny), "--out", str(two), "train.epochs=1", "train.P=2",
+                 "train.progress=false", f"data.cache_dir={cache}"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(two / "last.pt"), "--quiet", "--convention", "both",
+                 "--cache-dir", cache]) == 2
+    assert "two_camera" in capsys.readouterr().err
