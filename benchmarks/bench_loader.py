@@ -10,6 +10,12 @@ Prints, for the same P x K x T clips (same tracklets, frames and mirror flags):
   (a) cache: gather the uint8 frames from the FrameCache, normalise and mirror them as tensors;
   (b) decode: open, decode and resize every frame with PIL, then the same normalise + mirror;
 and the ratio. It also times the one-off cache build with 1 decoding thread and with several.
+
+Then the loader's share of a training step (``--step-ms``: a simulated step that leaves the
+host idle, as a GPU step does while the host waits): the milliseconds per step the training
+loop waits for ``TrainClipLoader``, without and with the prefetch thread; and the host gather
+alone (the work of a step when the frames do not fit the GPU): numpy fancy indexing of the
+memory map (the former path) against ``FrameCache.host_gather`` into a reused buffer.
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2, help="decoding threads for the cache build")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--step-ms", type=float, default=60.0,
+                    help="simulated training step (sleep) for the loader's share of a step; ~60 ms is "
+                         "a 384-frame CaffeNet step at 227x227 on an H200")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: on a shared, oversubscribed CPU more threads "
                          "make every tensor op wait for a descheduled thread)")
@@ -101,8 +110,17 @@ def main(argv=None) -> None:
         cache = FrameCache.build(m, H, W, cache_dir=tmp / f"cache_w{args.workers}", progress=False)
         print(f"cache reuse (fingerprint check only): {time.perf_counter() - t0:.3f} s, rebuilt={cache.built}")
 
-        loader = TrainClipLoader(m, cache, P=args.P, K=args.K, T=args.T, steps_per_epoch=args.steps,
-                                 device=args.device)
+        def make_loader(prefetch):
+            kwargs = {} if prefetch is None else {"prefetch": prefetch}
+            return TrainClipLoader(m, cache, P=args.P, K=args.K, T=args.T, steps_per_epoch=args.steps,
+                                   device=args.device, **kwargs)
+
+        try:
+            make_loader(0)
+            prefetches = [0, 2]
+        except TypeError:  # a reidkit from before the prefetch thread: its one (serial) loader
+            prefetches = [None]
+        loader = make_loader(prefetches[-1])
         next(iter(loader))  # warm-up (page cache, allocator)
         loader.set_epoch(1)
         sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
@@ -149,6 +167,77 @@ def main(argv=None) -> None:
         a0 = line("(a0) FrameCache gather only (uint8)", t_gather)
         b0 = line("(b0) PIL decode only        (uint8)", t_decode_only)
         print(f"ratio (a0)/(b0): {a0 / b0:.0f}x")
+
+        # the loader's share of a step: time the training loop waits in next(loader)
+        print(f"loader share of a {args.step_ms:.0f} ms simulated step ({len(batches)} steps):")
+        for prefetch in prefetches:
+            ld = make_loader(prefetch)
+            ld.set_epoch(1)
+            alone = time.perf_counter()
+            for _ in ld:
+                pass
+            sync()
+            alone = time.perf_counter() - alone
+            ld.set_epoch(1)
+            waited, it = 0.0, iter(ld)
+            while True:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                sync()
+                waited += time.perf_counter() - t0
+                if batch is None:
+                    break
+                time.sleep(args.step_ms / 1e3)
+            label = "serial loader" if prefetch is None else f"prefetch={prefetch}"
+            ms_alone, ms_wait = 1e3 * alone / len(batches), 1e3 * waited / len(batches)
+            print(f"  {label:14s}: loader alone {ms_alone:7.2f} ms/step; the loop waits {ms_wait:7.2f} ms/step "
+                  f"({100 * ms_wait / (ms_wait + args.step_ms):4.1f} % of a step)")
+
+        # the host gather alone: the former numpy fancy indexing against index_select into a buffer
+        rows = [cache.rows(p, f) for p, f, _ in batches]
+        t0 = time.perf_counter()
+        for r in rows:
+            torch.from_numpy(cache.frames[r.reshape(-1)])
+        t_numpy = time.perf_counter() - t0
+        line("(g0) host gather, numpy fancy index  ", t_numpy)
+        if hasattr(cache, "host_gather"):
+            buf = torch.empty(rows[0].shape + (H, W, 3), dtype=torch.uint8)
+            t0 = time.perf_counter()
+            for r in rows:
+                cache.host_gather(r, out=buf)
+            line("(g1) host gather, index_select to buf", time.perf_counter() - t0)
+
+        # the host side of a GPU step when the frames stay on the host (gpu_cache=never/auto fallback):
+        # formerly fancy indexing + pin_memory() (a second copy; a plain clone here, pinning needs
+        # CUDA) on the loop's thread; now host_gather into reused buffers on the prefetch thread
+        print(f"host side of the GPU host path, {args.step_ms:.0f} ms simulated step "
+              f"({rows[0].size * H * W * 3 / 1e6:.0f} MB a step):")
+        waited = 0.0
+        for r in rows:
+            t0 = time.perf_counter()
+            torch.from_numpy(cache.frames[r.reshape(-1)]).clone()
+            waited += time.perf_counter() - t0
+            time.sleep(args.step_ms / 1e3)
+        print(f"  former (gather + copy, loop's thread): the loop waits {1e3 * waited / len(rows):7.2f} ms/step")
+        try:
+            from reidkit.data import Prefetcher
+        except ImportError:
+            Prefetcher = None
+        if Prefetcher is not None:
+            bufs = [torch.empty(rows[0].shape + (H, W, 3), dtype=torch.uint8) for _ in range(2)]
+            waited = 0.0
+            with Prefetcher(rows, lambda r, slot: cache.host_gather(r, out=bufs[slot]), slots=2) as ahead:
+                it = iter(ahead)
+                while True:
+                    t0 = time.perf_counter()
+                    got = next(it, None)
+                    waited += time.perf_counter() - t0
+                    if got is None:
+                        break
+                    ahead.release(got[1])  # (on CUDA: after the asynchronous copy's event)
+                    time.sleep(args.step_ms / 1e3)
+            print(f"  now (prefetch thread, reused buffers): the loop waits {1e3 * waited / len(rows):7.2f} ms/step "
+                  f"(the first step included)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

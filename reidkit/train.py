@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from reidkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reidkit.config import Config, ConfigError
-from reidkit.data import FrameCache, Manifest, TrainClipLoader
+from reidkit.data import FrameCache, Manifest, ManifestError, TrainClipLoader, plan_gpu_cache
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn
@@ -283,7 +283,10 @@ class Trainer:
         if self.distributed and not dist.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            from datetime import timedelta  # noqa: PLC0415
+            # ranks wait in collectives while rank 0 alone builds the frame cache or evaluates
+            # (MARS: tens of minutes); NCCL's default 10-minute timeout would kill the run
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
         self.is_main = self.rank == 0
         self.out_dir = Path(t.out_dir)
         if self.is_main:
@@ -296,21 +299,40 @@ class Trainer:
             manifest = Manifest.load(config.data.dataset)
         self._check_data(manifest)  # cheap checks first: decoding every frame may take hours
         if cache is None:
-            cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir,
-                                     progress=self.is_main and t.progress)
+            size = (manifest, config.model.height, config.model.width, config.data.cache_dir)
+            if not self.distributed:
+                cache = FrameCache.build(*size, progress=self.is_main and t.progress)
+            else:  # rank 0 decodes, the others open its cache after it: one decode, not one per rank
+                error = [None]
+                if self.is_main:
+                    try:
+                        cache = FrameCache.build(*size, progress=t.progress)
+                    except Exception as e:
+                        error = [f"{type(e).__name__}: {e}"]
+                        dist.broadcast_object_list(error, src=0, device=self.device)  # the others raise too
+                        raise
+                dist.broadcast_object_list(error, src=0, device=self.device)  # waits for rank 0's build
+                if error[0] is not None:
+                    raise ManifestError(f"rank 0 could not build the frame cache: {error[0]}")
+                if not self.is_main:
+                    cache = FrameCache.open(*size)
         self.manifest, self.cache = manifest, cache
         cuda = self.device.type == "cuda"
         if cuda:  # every training step has the same shapes: cuDNN's timed choice pays off
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.amp = use_amp(self.device, t.amp)  # bf16 autocast (CUDA, or a CPU with native bf16)
-        resident = cuda and (t.gpu_cache == "always" or (t.gpu_cache == "auto" and self._cache_fits(cache)))
+        train_positions = manifest.positions(manifest.split(config.data.split).train)
+        lengths = manifest.lengths[train_positions]
+        # only the training frames go to the GPU (MARS at 227x227: 78.8 of 184 GB); test frames
+        # are read from the memory map a batch at a time when evaluating. A copy made by an
+        # earlier Trainer on this cache (the ablation) needs no new memory.
+        resident = cuda and self._cache_fits(cache.upload_bytes(self.device, cache.tracklet_rows(train_positions)))
         self.loader = TrainClipLoader(
             manifest, cache, split=config.data.split, P=t.P, K=t.K, T=config.model.seq_len,
             steps_per_epoch=t.steps_per_epoch, seed=t.seed, device=self.device, mirror=True,
             rank=self.rank, world_size=self.world_size, resident=resident, frame_erasing=t.frame_erasing,
-            dtype=torch.bfloat16 if self.amp and cuda else torch.float32)
+            dtype=torch.bfloat16 if self.amp and cuda else torch.float32, progress=self.is_main and t.progress)
         self.steps_per_epoch = len(self.loader)
-        lengths = manifest.lengths[manifest.positions(manifest.split(config.data.split).train)]
         short = lengths < config.model.seq_len
         if short.any() and self.is_main:  # padded clips repeat frames: say so, never silently
             warnings.warn(f"{int(short.sum())} of {len(lengths)} training tracklets are shorter than model.seq_len = "
@@ -385,9 +407,18 @@ class Trainer:
                 f"Use the checkpoint's model settings.")
         self.model.load_state_dict(theirs)
 
-    def _cache_fits(self, cache) -> bool:
+    def _cache_fits(self, needed: int) -> bool:
+        """Whether ``needed`` bytes of training frames go to the GPU (``train.gpu_cache``, ``plan_gpu_cache``).
+
+        ``always`` refuses (ConfigError) when they would not fit with headroom; ``auto`` warns
+        once that batches come from the host instead, and why."""
+        if self.config.train.gpu_cache == "never":
+            return False
         free, _ = torch.cuda.mem_get_info(self.device)
-        return cache.nbytes < 0.6 * free
+        resident, reason = plan_gpu_cache(self.config.train.gpu_cache, needed, free)
+        if reason and self.is_main:
+            warnings.warn(reason, stacklevel=3)
+        return resident
 
     def _make_optimizer(self):
         t = self.config.train

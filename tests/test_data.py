@@ -1,17 +1,21 @@
 """reidkit.data: frame cache, sampling, P x K sampler, normalisation, loaders (the manifest: test_manifest.py)."""
 
+import gc
 import os
+import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from reidkit.config import ConfigError
 from reidkit.data import (
-    MEAN, STD, FrameCache, erase_frames, Manifest, ManifestError, PKSampler, TrainClipLoader, decode_frame,
-    denormalize_clips, even_clip, even_frame_indices, iter_test_clips, normalize_clips, num_test_clips,
-    test_frame_indices, train_frame_indices,
+    MEAN, STD, FrameCache, erase_frames, Manifest, ManifestError, PKSampler, Prefetcher, TrainClipLoader,
+    check_disk_space, decode_frame, denormalize_clips, even_clip, even_frame_indices, iter_test_clips,
+    normalize_clips, num_test_clips, plan_gpu_cache, test_frame_indices, train_frame_indices,
 )
+from reidkit.data import cache as cache_module
 
 
 # ------------------------------------------------------------------ frame cache
@@ -69,6 +73,55 @@ def test_missing_and_unreadable_frames_are_named(make_manifest):
     assert f"tracklet_id {bad.tracklet_id}" in str(e.value)
     with pytest.raises(ManifestError, match="not found"):
         decode_frame(root / bad.frames[1], 8, 4)
+
+
+def test_disk_check_refuses_naming_folder_sizes_and_setting(make_manifest, monkeypatch):
+    check_disk_space("/x", needed=10, free=10)  # exactly enough is enough
+    with pytest.raises(ManifestError) as e:
+        check_disk_space("/data/cache", needed=184_113_580_761, free=60_000_000_000)
+    msg = str(e.value)
+    assert "/data/cache" in msg and "184.1 GB" in msg and "60.0 GB" in msg and "data.cache_dir=" in msg
+
+    root = make_manifest(num_ids=2)
+    m = Manifest.load(root)
+    need = m.total_frames * 8 * 4 * 3 + cache_module.INDEX_BYTES
+    usage = type(cache_module.shutil.disk_usage(root))
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - need + 1, need - 1))
+    with pytest.raises(ManifestError, match=r"in .*\.cache.*data\.cache_dir=") as e:
+        FrameCache.build(m, 8, 4, progress=False)
+    assert str(need) in str(e.value)  # the bytes needed, exactly
+    assert not list((root / ".cache").glob("*.npy*")), "refused before writing anything"
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**12, 10**12, 10**12))
+    assert FrameCache.build(m, 8, 4, progress=False).built
+
+
+def test_open_reads_a_built_cache_without_decoding(make_manifest, monkeypatch):
+    m = Manifest.load(make_manifest(num_ids=2))
+    with pytest.raises(ManifestError, match="no up-to-date frame cache"):
+        FrameCache.open(m, 8, 4)
+    built = FrameCache.build(m, 8, 4, progress=False)
+    monkeypatch.setattr(FrameCache, "_decode_all", staticmethod(lambda *a: pytest.fail("decoded again")))
+    opened = FrameCache.open(m, 8, 4)
+    assert not opened.built and opened.fingerprint == built.fingerprint
+    np.testing.assert_array_equal(opened.frames, built.frames)
+    with pytest.raises(ManifestError, match="frames_8x6.npy"):
+        FrameCache.open(m, 8, 6)  # another size was never built
+
+
+def test_plan_gpu_cache_fits_falls_back_or_refuses():
+    GB = 10**9
+    mars_train = 509_914 * 227 * 227 * 3  # 78.8 GB: the H200's ~140 GB hold it with headroom
+    assert plan_gpu_cache("auto", mars_train, 140 * GB) == (True, "")
+    assert plan_gpu_cache("always", mars_train, 140 * GB) == (True, "")
+    assert plan_gpu_cache("never", mars_train, 140 * GB) == (False, "")
+    resident, why = plan_gpu_cache("auto", mars_train, 80 * GB)  # fits, but not with the headroom
+    assert not resident and "78.8 GB" in why and "80.0 GB" in why and "host" in why
+    with pytest.raises(ConfigError, match=r"train.gpu_cache=always.*train.gpu_cache=auto.*train.gpu_cache=never"):
+        plan_gpu_cache("always", mars_train, 80 * GB)
+    assert plan_gpu_cache("auto", 10, 20, headroom=10) == (True, "")
+    assert not plan_gpu_cache("auto", 10, 19, headroom=10)[0]
+    with pytest.raises(ConfigError, match="train.gpu_cache"):
+        plan_gpu_cache("sometimes", 1, 1)
 
 
 # ------------------------------------------------------------------ frame sampling
@@ -191,6 +244,16 @@ def test_normalize_clips_values_and_mirror():
     assert normalize_clips(raw, dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
+def test_normalize_clips_16_bit_is_the_float32_result_rounded_once():
+    raw = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16, 1).repeat(2, 3, 1, 1, 3)  # every value
+    mirror = torch.tensor([True, False])
+    ref = normalize_clips(raw, mirror)
+    for dtype in (torch.bfloat16, torch.float16):
+        out = normalize_clips(raw, mirror, dtype)
+        assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
+        assert torch.equal(out, ref.to(dtype))
+
+
 # ------------------------------------------------------------------ loaders
 
 @pytest.fixture
@@ -230,6 +293,156 @@ def test_train_loader_batches(dataset):
     assert not torch.equal(epoch1, torch.cat([b.frame_idx for b in batches]))
     moved = batches[0].to("cpu")
     assert torch.equal(moved.pids, batches[0].pids)
+
+
+def _reference_draws(m, P, K, T, seed, epoch, steps=None):
+    """The loader's sampling order, spelled out: PKSampler, then per step T frames per clip and
+    the mirror flags from one rng seeded (seed, epoch, rank, 1). Batches must keep following it."""
+    train = m.positions(m.split(0).train)
+    sampler = PKSampler(m.pids[train], P, K, seed=seed, positions=train, steps_per_epoch=steps)
+    sampler.set_epoch(epoch)
+    rng = np.random.default_rng([seed, epoch, 0, 1])
+    for positions in sampler:
+        frame_idx = np.stack([train_frame_indices(int(m.lengths[p]), T, rng) for p in positions])
+        yield positions, frame_idx, rng.random(len(positions)) < 0.5
+
+
+def _fields(b):
+    return [b.clips, b.pids, b.camids, b.tracklet_ids, b.positions, b.frame_idx, b.visibility, b.mirrored]
+
+
+@pytest.mark.parametrize("erasing", [0.0, 0.3])
+def test_train_loader_batches_bit_identical_with_and_without_prefetch(dataset, erasing):
+    m, cache = dataset
+    make = lambda **kw: TrainClipLoader(m, cache, P=2, K=3, T=5, seed=4, frame_erasing=erasing,  # noqa: E731
+                                        steps_per_epoch=5, **kw)
+    serial = make(prefetch=0)
+    serial.set_epoch(2)
+    expected = list(serial)
+    reference = list(_reference_draws(m, 2, 3, 5, 4, 2, 5))
+    assert len(expected) == len(reference) == 5
+    for b, (positions, frame_idx, flips) in zip(expected, reference):
+        assert b.positions.tolist() == positions.tolist() and (b.frame_idx.numpy() == frame_idx).all()
+        assert (b.mirrored.numpy() == flips).all()
+        for n, p in enumerate(positions):
+            raw = torch.from_numpy(cache.clip(p, frame_idx[n]))[None]
+            if not erasing:
+                assert torch.equal(b.clips[n:n + 1], normalize_clips(raw, b.mirrored[n:n + 1]))
+    for kw in ({"prefetch": 1}, {"prefetch": 2}, {"prefetch": 2, "resident": True}, {"prefetch": 0, "resident": True}):
+        loader = make(**kw)
+        loader.set_epoch(2)
+        got = list(loader)
+        assert len(got) == len(expected) and loader.epoch == 3, kw
+        for a, b in zip(got, expected):
+            for x, y in zip(_fields(a), _fields(b)):
+                torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=lambda e: f"{kw}: {e}")
+
+
+def _prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "reidkit-prefetch"]
+
+
+def test_train_loader_prefetch_thread_stops_when_the_loop_ends_early(dataset):
+    m, cache = dataset
+    before = len(_prefetch_threads())
+    loader = TrainClipLoader(m, cache, P=2, K=3, T=5, steps_per_epoch=6, prefetch=2)
+    for i, _ in enumerate(loader):
+        assert len(_prefetch_threads()) == before + 1
+        if i == 1:
+            break
+    gc.collect()
+    assert len(_prefetch_threads()) == before, "break leaves no thread behind"
+    with pytest.raises(RuntimeError, match="step failed"):
+        for _ in loader:
+            raise RuntimeError("step failed")
+    gc.collect()
+    assert len(_prefetch_threads()) == before, "an exception in the loop leaves no thread behind"
+    assert loader.epoch == 0, "an unfinished pass does not count as an epoch"
+    assert len(list(loader)) == 6 and len(_prefetch_threads()) == before
+
+
+def test_prefetcher_reraises_errors_and_never_refills_a_held_slot():
+    def work(item, slot):
+        if item == 5:
+            raise KeyError("frame 5")
+        return item, slot
+
+    with Prefetcher(range(10), work, slots=2) as ahead:
+        seen = []
+        with pytest.raises(KeyError, match="frame 5"):
+            for (item, slot), s in ahead:
+                assert slot == s
+                seen.append(item)
+                ahead.release(s)
+        assert seen == [0, 1, 2, 3, 4]
+    assert not ahead.alive
+
+    held, order = set(), []
+    with Prefetcher(range(8), lambda item, slot: (assert_free(slot, held), slot)[1], slots=3) as ahead:
+        for slot, s in ahead:
+            held.add(s)
+            order.append(s)
+            if len(held) == 2:  # keep two slots; hand back the oldest
+                held.discard(order[-2])
+                ahead.release(order[-2])
+        assert len(order) == 8
+    with pytest.raises(ValueError, match="slots"):
+        Prefetcher([], lambda i, s: i, slots=0)
+
+
+def _closes_promptly(ahead: Prefetcher) -> bool:
+    closer = threading.Thread(target=ahead.close)  # a hang becomes a failed assertion, not a stuck run
+    closer.start()
+    closer.join(timeout=20)
+    return not closer.is_alive() and not ahead.alive
+
+
+def test_prefetcher_close_stops_a_thread_waiting_for_a_slot_or_mid_work():
+    ahead = Prefetcher(range(100), lambda item, slot: item, slots=1)
+    assert next(iter(ahead)) == (0, 0)  # slot 0 is never released: the thread waits for it
+    assert _closes_promptly(ahead)
+    started = threading.Event()
+
+    def slow(item, slot):
+        started.set()
+        threading.Event().wait(0.3)
+        return item
+
+    ahead = Prefetcher(range(100), slow, slots=2)
+    started.wait(5)
+    assert _closes_promptly(ahead)  # waits for the one call in progress, starts no other
+
+
+def assert_free(slot, held):
+    assert slot not in held, f"slot {slot} refilled while the consumer still holds it"
+
+
+def test_upload_keeps_training_rows_and_test_rows_come_from_the_map(dataset):
+    m, cache = dataset
+    train, test = m.positions(m.split(0).train), m.positions(m.split(0).query + m.split(0).gallery)
+    rows = cache.tracklet_rows(train)
+    assert len(rows) == m.lengths[train].sum() and len(set(rows.tolist())) == len(rows)
+    copy = cache.upload("cpu", rows)  # a real copy on the CPU: the same bookkeeping as on a GPU
+    assert copy.shape == (len(rows), 12, 6, 3) and not np.shares_memory(copy.numpy(), cache.frames)
+    assert cache.upload("cpu", rows[::2]).data_ptr() == copy.data_ptr(), "a copy holding the rows is reused"
+    assert cache.upload_bytes("cpu", rows) == 0, "another Trainer on this cache needs no new memory"
+    some = cache.rows(train[:2], [[0, 1], [1, 0]])
+    assert cache.resident_rows(some, "cpu") is not None
+    test_rows = cache.rows(test[:2], [[0, 1], [1, 0]])
+    assert cache.resident_rows(test_rows, "cpu") is None, "test frames are not in the copy"
+    copy[:] = 0  # show which path served each gather
+    assert (cache.gather(some, "cpu") == 0).all()
+    np.testing.assert_array_equal(cache.gather(test_rows, "cpu").numpy(), cache.frames[test_rows])
+    both = np.concatenate([some, test_rows])
+    np.testing.assert_array_equal(cache.gather(both, "cpu").numpy(), cache.frames[both])  # a mix: the map
+    assert cache.upload_bytes("cpu", cache.tracklet_rows(test)) == m.lengths[test].sum() * 12 * 6 * 3
+    assert cache.upload("cpu", cache.tracklet_rows(test)).shape[0] == m.lengths[test].sum()  # replaced
+    with pytest.raises(IndexError, match="out of range"):
+        cache.upload("cpu", [len(cache)])
+    buf = torch.empty(test_rows.shape + (12, 6, 3), dtype=torch.uint8)
+    assert cache.host_gather(test_rows, out=buf) is buf
+    with pytest.raises(ValueError, match="out must be uint8"):
+        cache.host_gather(test_rows[:1], out=buf)
 
 
 def test_erase_frames_occludes_single_frames_with_another_clips_pixels():
@@ -322,7 +535,15 @@ def test_cuda_paths_match_cpu(dataset):
     m, cache = dataset
     cpu = next(iter(TrainClipLoader(m, cache, P=2, K=2, T=4, seed=1)))
     gpu = next(iter(TrainClipLoader(m, cache, P=2, K=2, T=4, seed=1, device="cuda")))
-    assert gpu.clips.is_cuda and gpu.pids.is_cuda and "cuda:0" in cache._tensors
+    assert gpu.clips.is_cuda and gpu.pids.is_cuda and "cuda:0" in cache._resident
+    train_rows = cache.tracklet_rows(m.positions(m.split(0).train))
+    assert cache._resident["cuda:0"][0].shape[0] == len(train_rows), "only the training frames are uploaded"
+    for prefetch in (0, 2):  # the host path (pinned buffers, async copies) gives the same batches
+        host = next(iter(TrainClipLoader(m, cache, P=2, K=2, T=4, seed=1, device="cuda", resident=False,
+                                         prefetch=prefetch)))
+        assert torch.equal(host.clips, gpu.clips) and torch.equal(host.frame_idx, gpu.frame_idx)
+    bf16 = next(iter(TrainClipLoader(m, cache, P=2, K=2, T=4, seed=1, device="cuda", dtype=torch.bfloat16)))
+    torch.testing.assert_close(bf16.clips.float().cpu(), cpu.clips, atol=0.02, rtol=0.01)
     torch.testing.assert_close(gpu.clips.cpu(), cpu.clips)
     assert torch.equal(gpu.positions.cpu(), cpu.positions)
     raw = torch.from_numpy(cache.clip(0, [0, 1]))[None].repeat(2, 1, 1, 1, 1)

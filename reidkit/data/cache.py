@@ -3,6 +3,16 @@
 Decoding JPEG/PNG costs ~1.5 ms a frame per core; a GPU trains on ~10^4 frames/s. So frames are
 decoded once (``decode_frame``, the one decode recipe), and a training step only moves indices
 and uint8 pixels (``FrameCache.gather``).
+
+Sizes (H x W x 3 bytes a frame). MARS has 1,191,003 frames, 509,914 of them in training:
+
+    size       a frame     whole cache on disk        training frames (GPU copy)
+    227x227    154,587 B   184.1 GB (171.5 GiB)       78.8 GB (73.4 GiB)
+    128x64      24,576 B    29.3 GB  (27.3 GiB)       12.5 GB (11.7 GiB)
+
+The disk must hold the whole cache (``check_disk_space`` refuses a build that would not fit);
+a GPU holds only the training frames (``FrameCache.upload``); test frames are read from the
+memory map a batch at a time.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -18,11 +29,55 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from reidkit.config import ConfigError
 from reidkit.files import atomic_write, write_text
 
 from .manifest import Manifest, ManifestError
 
 CACHE_VERSION = 1  # bump when the decode/resize recipe changes: old caches are then rebuilt
+# GPU memory kept free beside the resident frames: the model, its activations at a P x K batch,
+# the optimiser and an evaluation batch (CaffeNet at 227x227 needs a few GB; 16 GiB is generous)
+GPU_HEADROOM = 16 << 30
+INDEX_BYTES = 1 << 20  # disk asked for beside the frames: the .npy header and the JSON index
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def check_disk_space(folder, needed: int, free: int) -> None:
+    """Refuse (``ManifestError``) to build a cache of ``needed`` bytes in ``folder`` with ``free`` bytes free.
+
+    Writing a memory map past the end of a full disk kills the process (SIGBUS) hours into a
+    decode; refusing first names the folder, both sizes and the setting that moves the cache.
+    """
+    if needed > free:
+        raise ManifestError(f"the frame cache needs {_gb(needed)} ({needed} bytes) in {folder}, but only "
+                            f"{_gb(free)} are free there; free space, or set data.cache_dir=DIR (or "
+                            f"--cache-dir DIR) to a folder on a disk with room")
+
+
+def plan_gpu_cache(setting: str, needed: int, free: int, headroom: int = GPU_HEADROOM) -> tuple[bool, str]:
+    """Whether ``needed`` bytes of training frames go to a GPU with ``free`` bytes free (``train.gpu_cache``).
+
+    Returns ``(resident, reason)``: ``reason`` is "" when nothing needs saying, else why the
+    frames stay on the host (``auto``: the caller warns). ``always`` with too little memory
+    raises ``ConfigError`` instead of running out of memory mid-upload.
+    """
+    if setting not in ("auto", "always", "never"):
+        raise ConfigError(f"train.gpu_cache: expected auto, always or never, got {setting!r}")
+    if setting == "never":
+        return False, ""
+    if needed + headroom <= free:
+        return True, ""
+    why = (f"the training frames ({_gb(needed)}) plus {_gb(headroom)} of headroom for the model do not fit "
+           f"the {_gb(free)} free on the GPU")
+    if setting == "always":
+        raise ConfigError(f"train.gpu_cache=always: {why}; set train.gpu_cache=auto (gather batches on the "
+                          f"host when the frames do not fit) or train.gpu_cache=never, or train at a "
+                          f"smaller model.height x model.width")
+    return False, (f"train.gpu_cache=auto: {why}; batches are gathered from the memory-mapped cache on the "
+                   f"host instead (slower; train.gpu_cache=never silences this)")
 
 
 def _device(device) -> torch.device:
@@ -74,9 +129,12 @@ class FrameCache:
     frame: seconds for MARS's million frames, no reading). If it matches, the cache is reused
     without decoding anything; otherwise it is rebuilt. The build writes to a temporary name and
     then ``os.replace``s it into place, so an interrupted build never leaves a half-written cache
-    that looks valid; processes building the same cache at once (e.g. DDP ranks) each write
-    their own temporary file and the last replace wins (wasteful, never corrupt: build on rank 0
-    first, then on the others, to decode once).
+    that looks valid; processes building the same cache at once each write their own temporary
+    file and the last replace wins (wasteful, never corrupt). DDP training builds on rank 0 and
+    the other ranks ``open`` the result: one decode, not one per rank.
+
+    Reading: ``gather`` serves rows from a copy ``upload``ed to a device when it holds them all
+    (one ``index_select``), else from the memory map on the host.
     """
 
     def __init__(self, frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
@@ -88,7 +146,9 @@ class FrameCache:
         self.path = path
         self.fingerprint = fingerprint
         self.built = built  # True when this call decoded the frames, False when it reused them
-        self._tensors: dict[str, torch.Tensor] = {}
+        self._host = torch.from_numpy(frames)  # shares memory with the map: no copy
+        # device -> (frames there, remap): remap[cache row] = row there, -1 if absent; None = all rows
+        self._resident: dict[str, tuple[torch.Tensor, np.ndarray | None]] = {}
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -98,8 +158,12 @@ class FrameCache:
                 f"{len(self.offsets)} tracklets, {self.nbytes / 2**20:.1f} MiB, path={str(self.path)!r})")
 
     @property
+    def frame_bytes(self) -> int:
+        return self.height * self.width * 3
+
+    @property
     def nbytes(self) -> int:
-        return int(np.prod(self.frames.shape))
+        return len(self) * self.frame_bytes
 
     # -- building ------------------------------------------------------------------------
     @staticmethod
@@ -126,12 +190,49 @@ class FrameCache:
         return h.hexdigest()
 
     @classmethod
+    def open(cls, manifest: Manifest, height: int, width: int, cache_dir=None) -> "FrameCache":
+        """Open the built cache for ``manifest`` at ``height x width`` without decoding anything.
+
+        Raises ``ManifestError`` naming the file when there is no cache there or it is stale
+        (another manifest, size or frame files). DDP ranks other than 0 open what rank 0 built.
+        """
+        npy_path, _ = cls.paths_for(manifest, height, width, cache_dir)
+        cache = cls._open_existing(manifest, height, width, cache_dir, cls.fingerprint_of(manifest, height, width))
+        if cache is None:
+            raise ManifestError(f"{npy_path}: no up-to-date frame cache for {manifest.root} at {height}x{width} "
+                                f"(missing, damaged or built from other frames): build it with FrameCache.build")
+        return cache
+
+    @classmethod
+    def _open_existing(cls, manifest, height, width, cache_dir, fingerprint) -> "FrameCache | None":
+        """The cache on disk when its index vouches for ``fingerprint`` and its shape is right, else None."""
+        npy_path, json_path = cls.paths_for(manifest, height, width, cache_dir)
+        if not (npy_path.is_file() and json_path.is_file()):
+            return None
+        try:
+            index = json.loads(json_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if index.get("fingerprint") != fingerprint:
+            return None
+        try:  # copy-on-write map: a writable view (torch.from_numpy wants one), disk untouched
+            frames = np.load(npy_path, mmap_mode="c")
+        except (OSError, ValueError):
+            return None  # truncated or corrupt
+        lengths = manifest.lengths.copy()
+        if frames.shape != (int(lengths.sum()), height, width, 3) or frames.dtype != np.uint8:
+            return None
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return cls(frames, offsets, lengths, npy_path, fingerprint, built=False)
+
+    @classmethod
     def build(cls, manifest: Manifest, height: int, width: int, cache_dir=None,
               progress: bool = True, workers: int | None = None) -> "FrameCache":
         """Open the cache for ``manifest`` at ``height x width``, decoding the frames if needed.
 
         ``workers`` threads decode in parallel (PIL releases the GIL while decoding and
-        resizing); default ``min(8, os.cpu_count())``.
+        resizing); default ``min(8, os.cpu_count())``. Before decoding, the free disk space of
+        the cache folder is checked against the cache's size (``check_disk_space``).
         """
         npy_path, json_path = cls.paths_for(manifest, height, width, cache_dir)
         try:
@@ -140,25 +241,16 @@ class FrameCache:
             raise ManifestError(f"cannot create the frame-cache folder {npy_path.parent} ({e.strerror}); set "
                                 f"data.cache_dir (or --cache-dir) to a writable folder") from None
         fingerprint = cls.fingerprint_of(manifest, height, width)
+        existing = cls._open_existing(manifest, height, width, cache_dir, fingerprint)
+        if existing is not None:
+            return existing
+
         lengths = manifest.lengths.copy()
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         total = int(lengths.sum())
-
-        if npy_path.is_file() and json_path.is_file():
-            try:
-                index = json.loads(json_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                index = {}
-            if index.get("fingerprint") == fingerprint:
-                try:  # copy-on-write map: a writable view (torch.from_numpy wants one), disk untouched
-                    frames = np.load(npy_path, mmap_mode="c")
-                except (OSError, ValueError):
-                    frames = None  # truncated or corrupt: rebuild below
-                if (frames is not None and frames.shape == (total, height, width, 3)
-                        and frames.dtype == np.uint8):
-                    return cls(frames, offsets, lengths, npy_path, fingerprint, built=False)
-
-        with atomic_write(npy_path, suffix=".npy") as tmp:
+        with atomic_write(npy_path, suffix=".npy") as tmp:  # (removes stale temporaries first)
+            check_disk_space(npy_path.parent, total * height * width * 3 + INDEX_BYTES,
+                             shutil.disk_usage(npy_path.parent).free)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
             cls._decode_all(manifest, out, offsets, height, width, progress, workers)
             out.flush()
@@ -242,43 +334,113 @@ class FrameCache:
         """Global cache rows (N, T) for per-clip ``frame_idx`` (N, T) of tracklets ``positions`` (N,)."""
         return self.offsets[np.asarray(positions, dtype=np.int64)][:, None] + np.asarray(frame_idx, np.int64)
 
+    def tracklet_rows(self, positions) -> np.ndarray:
+        """Every cache row (int64, ascending within a tracklet) of the tracklets at ``positions``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if not len(positions):
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(self.offsets[p], self.offsets[p] + self.lengths[p]) for p in positions])
+
     def tensor(self, device=None) -> torch.Tensor:
         """The whole cache as a uint8 tensor (total, H, W, 3).
 
         On the CPU (``device`` None or "cpu") it shares memory with the memory map (no copy).
-        On another device (e.g. "cuda") the cache is copied there once, in chunks, and kept: a
-        GPU-resident cache makes gathering a batch a single ``index_select``.
+        On another device (e.g. "cuda") it is ``upload``ed there once (every row) and kept.
         """
         dev = _device(device)
+        if dev.type == "cpu":
+            return self._host
+        return self.upload(dev)
+
+    def upload(self, device, rows=None, progress: bool = False) -> torch.Tensor:
+        """Copy the frames at cache ``rows`` (default: all) to ``device`` and keep them there.
+
+        ``gather`` then serves any batch whose rows are all in the copy with one
+        ``index_select`` on the device; other rows (e.g. test frames) still come from the host.
+        Training uploads only its split's frames (MARS at 227x227: 78.8 GB, not 184). The copy
+        goes in ~256 MiB chunks through one reused (pinned, on CUDA) host buffer, with a tqdm
+        bar. A copy already on ``device`` that holds every row asked for is reused; otherwise
+        it is dropped before the new one is made (never two at once). Returns the device tensor
+        (row i = the i-th of ``rows``).
+        """
+        dev = _device(device)
+        rows = np.arange(len(self), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"cache rows out of range for a cache of {len(self)} frames")
         key = str(dev)
-        if key not in self._tensors:
-            host = torch.from_numpy(self.frames)
-            if dev.type == "cpu":
-                self._tensors[key] = host
-            else:
-                t = torch.empty(tuple(host.shape), dtype=torch.uint8, device=dev)
-                step = max(1, (256 << 20) // max(1, self.height * self.width * 3))  # ~256 MiB chunks
-                for a in range(0, len(self), step):
-                    t[a:a + step].copy_(host[a:a + step])
-                self._tensors[key] = t
-        return self._tensors[key]
+        if key in self._resident:
+            frames, remap = self._resident[key]
+            if remap is None or (remap[rows] >= 0).all():
+                return frames
+            del self._resident[key], frames  # free it before allocating the new copy
+        out = torch.empty((len(rows), self.height, self.width, 3), dtype=torch.uint8, device=dev)
+        step = max(1, (256 << 20) // self.frame_bytes)
+        buf = torch.empty((min(step, max(1, len(rows))), self.height, self.width, 3), dtype=torch.uint8,
+                          pin_memory=dev.type == "cuda")
+        index = torch.from_numpy(rows)
+        bar = tqdm(total=len(rows), unit="frame", unit_scale=True, disable=not progress,
+                   desc=f"frames to {dev} ({len(rows) * self.frame_bytes / 1e9:.1f} GB)")
+        with bar:
+            for a in range(0, len(rows), step):
+                chunk = index[a:a + step]
+                part = torch.index_select(self._host, 0, chunk, out=buf[:len(chunk)])
+                out[a:a + len(chunk)].copy_(part)  # synchronous: the buffer is refilled next
+                bar.update(len(chunk))
+        whole = len(rows) == len(self) and bool((rows == np.arange(len(self))).all())
+        remap = None
+        if not whole:
+            remap = np.full(len(self), -1, dtype=np.int64)
+            remap[rows] = np.arange(len(rows))
+        self._resident[key] = (out, remap)
+        return out
+
+    def upload_bytes(self, device, rows) -> int:
+        """Device memory ``upload(device, rows)`` would allocate: 0 when a copy there holds them all."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        return 0 if self.resident_rows(rows, device) is not None else len(rows) * self.frame_bytes
+
+    def resident_rows(self, rows: np.ndarray, device) -> np.ndarray | None:
+        """``rows`` as row numbers of the copy on ``device`` when it holds them all, else None."""
+        held = self._resident.get(str(_device(device)))
+        if held is None:
+            return None
+        remap = held[1]
+        if remap is None:
+            return rows
+        local = remap[rows]
+        return local if (local >= 0).all() else None
+
+    def host_gather(self, rows: np.ndarray, out: torch.Tensor | None = None, pin: bool = False) -> torch.Tensor:
+        """uint8 frames at cache ``rows`` (any shape S) -> CPU tensor (*S, H, W, 3), one copy out of the map.
+
+        Fills ``out`` (a reused, possibly pinned, buffer of that shape) when given, else a new
+        tensor (``pin``: in pinned memory, so the copy to a GPU can be asynchronous).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        shape = rows.shape + (self.height, self.width, 3)
+        if out is None:
+            out = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        elif tuple(out.shape) != shape or out.dtype != torch.uint8:
+            raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {tuple(out.shape)}")
+        flat = out.view(-1, self.height, self.width, 3)
+        torch.index_select(self._host, 0, torch.from_numpy(rows.reshape(-1)), out=flat)
+        return out
 
     def gather(self, rows: np.ndarray, device=None) -> torch.Tensor:
-        """uint8 frames at global ``rows`` (any shape S) -> tensor (*S, H, W, 3) on ``device``.
+        """uint8 frames at cache ``rows`` (any shape S) -> tensor (*S, H, W, 3) on ``device``.
 
-        Uses a resident copy on ``device`` when ``tensor(device)`` was called before; otherwise
-        gathers on the CPU from the memory map and moves only the gathered frames.
+        From the copy on ``device`` when ``upload`` put every one of ``rows`` there (one
+        ``index_select``, nothing crosses the bus); otherwise gathered on the host from the
+        memory map (into pinned memory for a GPU) and only the gathered frames are moved.
         """
         rows = np.asarray(rows, dtype=np.int64)
         dev = _device(device)
         shape = rows.shape + (self.height, self.width, 3)
-        resident = self._tensors.get(str(dev))
-        if resident is not None:
-            idx = torch.from_numpy(rows.reshape(-1)).to(dev, non_blocking=True)
-            return resident.index_select(0, idx).view(shape)
-        out = torch.from_numpy(self.frames[rows.reshape(-1)]).view(shape)
-        if dev.type == "cuda":
-            out = out.pin_memory().to(dev, non_blocking=True)
-        elif dev.type != "cpu":
-            out = out.to(dev)
+        local = self.resident_rows(rows, dev)
+        if local is not None:
+            idx = torch.from_numpy(np.ascontiguousarray(local).reshape(-1)).to(dev, non_blocking=True)
+            return self._resident[str(dev)][0].index_select(0, idx).view(shape)
+        out = self.host_gather(rows, pin=dev.type == "cuda")
+        if dev.type != "cpu":
+            out = out.to(dev, non_blocking=dev.type == "cuda")
         return out

@@ -15,6 +15,7 @@ import torch
 
 from .cache import FrameCache
 from .manifest import Manifest
+from .prefetch import Prefetcher
 from .sampling import PKSampler, test_frame_indices, train_frame_indices
 
 # ImageNet RGB statistics on the 0-1 scale (what ImageNet-initialised CNNs expect).
@@ -50,7 +51,9 @@ def normalize_clips(clips: torch.Tensor, mirror: torch.Tensor | None = None,
 
     Computed as ``x * 1/(255*std) + (-mean/std)`` into a preallocated (N, T, 3, H, W) tensor: the
     uint8 -> float conversion and the channel permute are a single copy (several times faster
-    on the CPU than permute, divide, subtract, divide, contiguous).
+    on the CPU than permute, divide, subtract, divide, contiguous). A 16-bit ``dtype`` (bf16 on
+    CUDA) is written directly by one ``addcmul`` that computes in float32 and rounds once on
+    the store: no float32 batch is built and then cast.
     """
     if clips.dim() != 5 or clips.shape[-1] != 3:
         raise ValueError(f"expected uint8 clips (N, T, H, W, 3), got shape {tuple(clips.shape)}")
@@ -66,12 +69,13 @@ def normalize_clips(clips: torch.Tensor, mirror: torch.Tensor | None = None,
                 clips = clips.index_copy(0, idx, clips.index_select(0, idx).flip(3))
         else:  # flags already on the GPU: no host sync, flip all and keep where asked
             clips = torch.where(mirror.view(-1, 1, 1, 1, 1), clips.flip(3), clips)
-    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    x = torch.empty((N, T, 3, H, W), dtype=work, device=dev)
-    x.copy_(clips.permute(0, 1, 4, 2, 3))
-    scale, bias = _scale_bias(dev, work)
-    x.mul_(scale).add_(bias)
-    return x if x.dtype == dtype else x.to(dtype)
+    x = torch.empty((N, T, 3, H, W), dtype=dtype, device=dev)
+    if dtype in (torch.float32, torch.float64):
+        x.copy_(clips.permute(0, 1, 4, 2, 3))
+        scale, bias = _scale_bias(dev, dtype)
+        return x.mul_(scale).add_(bias)
+    scale, bias = _scale_bias(dev, torch.float32)  # bias + uint8 * scale in float32, stored as dtype
+    return torch.addcmul(bias, clips.permute(0, 1, 4, 2, 3), scale, out=x)
 
 
 def erase_frames(clips: torch.Tensor, rng: np.random.Generator, p: float,
@@ -172,10 +176,18 @@ class TrainClipLoader:
     Per step: ``PKSampler`` picks tracklets, ``train_frame_indices`` picks T sorted random frames
     in each, the frames are gathered from the cache, ``frame_erasing`` > 0 occludes single frames
     (``erase_frames``), then they are normalised and (with ``mirror``) flipped with probability
-    1/2 per clip, on ``device``. With a CUDA device the whole uint8
-    cache is made resident on the GPU by default (``resident=True``; MARS at 256x128 is 50 GB),
-    so a step moves only indices; with ``resident=False`` the gather happens on the CPU and only
-    the batch's uint8 frames cross to the GPU.
+    1/2 per clip, on ``device``.
+
+    Where the frames come from:
+      - ``resident=True`` (the default with a CUDA device): the split's training frames are
+        ``FrameCache.upload``ed to the device once (MARS at 227x227: 78.8 GB; test frames stay
+        on disk), so a step gathers with one ``index_select`` there and moves only indices;
+      - otherwise a step copies its uint8 frames out of the memory map into a reused buffer
+        (pinned for CUDA, then copied asynchronously) and normalises them on ``device``.
+    With ``prefetch`` > 0 a background thread (``Prefetcher``) samples and gathers up to
+    ``prefetch`` steps ahead while the training step runs; on the CPU it also erases and
+    normalises there, so the training loop receives finished batches. The batches are
+    bit-identical with and without it.
 
     Deterministic for (seed, epoch, rank). Each full pass advances the epoch by one; call
     ``set_epoch(e)`` to choose it (e.g. when resuming).
@@ -184,7 +196,8 @@ class TrainClipLoader:
     def __init__(self, manifest: Manifest, cache: FrameCache, split: int = 0, P: int = 8, K: int = 4,
                  T: int = 6, steps_per_epoch: int | None = None, seed: int = 0, device="cpu",
                  mirror: bool = True, rank: int = 0, world_size: int = 1, resident: bool | None = None,
-                 dtype: torch.dtype = torch.float32, frame_erasing: float = 0.0):
+                 dtype: torch.dtype = torch.float32, frame_erasing: float = 0.0, prefetch: int = 2,
+                 progress: bool = False):
         if len(cache.offsets) != len(manifest.tracklets):
             raise ValueError(f"cache has {len(cache.offsets)} tracklets, manifest {len(manifest.tracklets)}")
         self.manifest, self.cache, self.T = manifest, cache, T
@@ -192,16 +205,17 @@ class TrainClipLoader:
         self.mirror, self.seed, self.rank, self.dtype = mirror, seed, rank, dtype
         if not 0.0 <= frame_erasing <= 1.0:
             raise ValueError(f"frame_erasing must be a probability in [0, 1], got {frame_erasing}")
-        self.frame_erasing = frame_erasing
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 steps, got {prefetch}")
+        self.frame_erasing, self.prefetch = frame_erasing, prefetch
         train_pos = manifest.positions(manifest.split(split).train)
         self.sampler = PKSampler(manifest.pids[train_pos], P, K, seed=seed, rank=rank,
                                  world_size=world_size, positions=train_pos,
                                  steps_per_epoch=steps_per_epoch)
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        if resident is None:
-            resident = self.device.type == "cuda"
-        if resident:
-            cache.tensor(self.device)
+        self.resident = self.device.type == "cuda" if resident is None else bool(resident)
+        if self.resident:
+            cache.upload(self.device, cache.tracklet_rows(train_pos), progress=progress)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -213,20 +227,41 @@ class TrainClipLoader:
     def __iter__(self) -> Iterator[ClipBatch]:
         epoch = self.epoch
         self.sampler.set_epoch(epoch)
+        steps = list(self.sampler)  # positions per step: the sampler's state stays on this thread
         rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
         erase_rng = np.random.default_rng([self.seed, epoch, self.rank, 2])
-        m = self.manifest
-        for positions in self.sampler:
+        m, cache, dev = self.manifest, self.cache, self.device
+        cuda = dev.type == "cuda"
+        on_host = dev.type == "cpu"  # then the whole batch is built on the prefetch thread
+        buffers = []  # one reused uint8 buffer per slot (pinned for CUDA): no allocation per step
+        if not self.resident:
+            shape = (self.sampler.batch_size, self.T, cache.height, cache.width, 3)
+            buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda) for _ in range(max(1, self.prefetch))]
+
+        def sample(positions, slot):
+            """The step's random draws (in the order they have always been drawn) and its host frames."""
             frame_idx = np.stack([train_frame_indices(int(m.lengths[p]), self.T, rng) for p in positions])
             flips = rng.random(len(positions)) < 0.5 if self.mirror else np.zeros(len(positions), bool)
-            raw = self.cache.gather(self.cache.rows(positions, frame_idx), self.device)
+            rows = cache.rows(positions, frame_idx)
+            raw = None if self.resident else cache.host_gather(rows, out=buffers[slot])
+            return positions, frame_idx, flips, rows, raw, clip_visibility(m, positions, frame_idx)
+
+        def assemble(positions, frame_idx, flips, rows, raw, vis):
+            """Frames on the device, erased, normalised, mirrored; returns the batch and the CUDA
+            event after which the host buffer may be refilled (None: free now)."""
+            event = None
+            if raw is None:
+                raw = cache.gather(rows, dev)
+            elif not on_host:
+                raw = raw.to(dev, non_blocking=cuda)
+                if cuda:
+                    event = torch.cuda.Event()
+                    event.record()
             if self.frame_erasing > 0:  # its own stream: the clips drawn do not depend on it
                 raw = erase_frames(raw, erase_rng, self.frame_erasing)[0]
-            mirrored = torch.from_numpy(flips)
-            clips = normalize_clips(raw, mirrored, self.dtype)  # flags stay on the CPU: no sync
-            vis = clip_visibility(m, positions, frame_idx)
-            to_dev = lambda a: torch.from_numpy(a).to(self.device, non_blocking=True)  # noqa: E731
-            yield ClipBatch(
+            clips = normalize_clips(raw, torch.from_numpy(flips), self.dtype)  # CPU flags: no sync
+            to_dev = lambda a: torch.from_numpy(a).to(dev, non_blocking=True)  # noqa: E731
+            return ClipBatch(
                 clips=clips,
                 pids=to_dev(m.pids[positions]),
                 camids=to_dev(m.camids[positions]),
@@ -237,7 +272,26 @@ class TrainClipLoader:
                 mirrored=to_dev(flips),
                 host_pids=m.pids[positions],
                 host_camids=m.camids[positions],
-            )
+            ), event
+
+        if not self.prefetch:
+            event = None
+            for positions in steps:
+                if event is not None:
+                    event.synchronize()  # the one buffer's last copy to the GPU has finished
+                batch, event = assemble(*sample(positions, 0))
+                yield batch
+        elif on_host:
+            with Prefetcher(steps, lambda p, slot: assemble(*sample(p, slot))[0], self.prefetch) as ahead:
+                for batch, slot in ahead:
+                    ahead.release(slot)  # normalising made new tensors: the buffer is free
+                    yield batch
+        else:
+            with Prefetcher(steps, sample, self.prefetch) as ahead:
+                for drawn, slot in ahead:
+                    batch, event = assemble(*drawn)
+                    ahead.release(slot, event)
+                    yield batch
         self.epoch = epoch + 1
 
 

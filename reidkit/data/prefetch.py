@@ -1,0 +1,79 @@
+"""A background thread that prepares the next training step while the current one runs.
+
+``TrainClipLoader`` hands it the epoch's steps and a ``work(step, slot)`` function (sampling the
+frames and copying them out of the memory map, which releases the GIL); the training loop
+reads the results in order. ``slots`` bound how far ahead it runs: each slot owns a reused
+buffer, and a slot is refilled only after the consumer ``release``s it, waiting first for the
+CUDA event of an asynchronous copy still reading that buffer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+
+class Prefetcher:
+    """Runs ``work(item, slot)`` for each of ``items`` on a daemon thread, at most ``slots`` ahead.
+
+    Iterating yields ``(result, slot)`` in the order of ``items``; hand the slot back with
+    ``release(slot, event)`` once its buffer is no longer read (``event``: a CUDA event the
+    thread waits for before reusing the slot, or None). An exception raised by ``work`` is
+    raised again by the iteration, in the consumer's thread. ``close()`` stops the thread and
+    waits for it (at most one ``work`` call); the ``with`` block and ``TrainClipLoader`` call it
+    however the iteration ends (exhausted, ``break``, exception), so no thread outlives it.
+    """
+
+    def __init__(self, items: Iterable, work: Callable[[Any, int], Any], slots: int = 2):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self._free: queue.Queue = queue.Queue()
+        for slot in range(slots):
+            self._free.put((slot, None))
+        self._ready: queue.Queue = queue.Queue()  # at most `slots` results: bounded by the slots
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(items), work), daemon=True,
+                                        name="reidkit-prefetch")
+        self._thread.start()
+
+    def _run(self, items: Iterator, work) -> None:
+        try:
+            for item in items:
+                got = self._free.get()
+                if got is None or self._stop.is_set():
+                    return
+                slot, event = got
+                if event is not None:
+                    event.synchronize()  # the last copy out of this slot's buffer has finished
+                self._ready.put(("result", work(item, slot), slot))
+            self._ready.put(("end", None, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._ready.put(("error", e, None))
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        while True:
+            kind, value, slot = self._ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value, slot
+
+    def release(self, slot: int, event=None) -> None:
+        self._free.put((slot, event))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._free.put(None)  # wakes the thread if it waits for a slot
+        self._thread.join()
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
