@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -76,6 +77,9 @@ __all__ = [
 
 FEATURE_CACHE_VERSION = 1
 RANKS = (1, 5, 10, 20)
+# exact M on the CPU above this many pairs warns (the cpu config's 170 × 224 pairs are ~38k;
+# MARS-sized galleries are ~20M, hours on a CPU)
+EXACT_CPU_PAIRS = 2_000_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,6 +567,11 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalCo
     device = torch.device(device) if device is not None else feats.features.device
     sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
     protocol = manifest.protocol
+    pairs = sum(len(q) * len(g) for q, g in sets)
+    if exact and model.has_metric_branch and device.type == "cpu" and pairs > EXACT_CPU_PAIRS:
+        warnings.warn(f"eval.exact: M scores all {pairs:,} query × gallery pairs on the CPU (a MARS-sized gallery "
+                      f"takes hours there; a few thousand pairs/s); eval.exact=false re-scores the top "
+                      f"eval.rerank_top_k = {rerank_top_k} per query instead", stacklevel=2)
     results = []
     for index, (q, g) in zip(_resolve_splits(manifest, split), sets):
         try:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -357,3 +358,16 @@ def test_a_damaged_feature_cache_file_is_extracted_again(make_manifest, tmp_path
     again = extract_features(model, manifest, cache, positions, progress=False, feature_cache_dir=tmp_path)
     assert not again.from_cache and torch.equal(again.features, first.features)
     assert extract_features(model, manifest, cache, positions, progress=False, feature_cache_dir=tmp_path).from_cache
+
+
+def test_exact_scoring_of_a_huge_gallery_on_cpu_warns(all_model, monkeypatch):
+    """At MARS scale exact M runs for hours on a CPU: say so (here with the threshold lowered)."""
+    import reidkit.evaluate as ev
+
+    model, manifest, feats = all_model
+    monkeypatch.setattr(ev, "EXACT_CPU_PAIRS", 1)
+    with pytest.warns(UserWarning, match=r"eval.exact: M scores all .* pairs on the CPU"):
+        ev.evaluate_features(model, manifest, feats, EvalConfig(exact=True), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # top-K re-scoring: no warning
+        ev.evaluate_features(model, manifest, feats, EvalConfig(exact=False, rerank_top_k=2), progress=False)
