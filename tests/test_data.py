@@ -565,3 +565,13 @@ def test_corrupt_cache_file_is_rebuilt(make_manifest):
     rebuilt = FrameCache.build(m, 8, 4, progress=False)
     assert rebuilt.built
     np.testing.assert_array_equal(rebuilt.frames, expected)
+
+
+def test_prefetch_thread_only_where_a_core_is_spare(dataset, monkeypatch):
+    """On a CPU whose cores all compute, a prefetch thread only competes with training."""
+    m, cache = dataset
+    threads = torch.get_num_threads()
+    for cores, expected in ((threads, 0), (threads + 1, 2)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert TrainClipLoader(m, cache, P=2, K=3, T=5).prefetch == expected
+    assert TrainClipLoader(m, cache, P=2, K=3, T=5, prefetch=1).prefetch == 1  # an explicit choice stays

@@ -7,6 +7,7 @@ tracklet, T at a time (``iter_test_clips``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Iterator
 
@@ -187,7 +188,9 @@ class TrainClipLoader:
     With ``prefetch`` > 0 a background thread (``Prefetcher``) samples and gathers up to
     ``prefetch`` steps ahead while the training step runs; on the CPU it also erases and
     normalises there, so the training loop receives finished batches. The batches are
-    bit-identical with and without it.
+    bit-identical with and without it. ``prefetch=None`` (default): 2 on CUDA, and on a CPU
+    only when it has a core more than torch's threads; where every core computes, the thread
+    only competes (measured: steps ~17 % slower on 2 cores with 2 torch threads), so it is 0.
 
     Deterministic for (seed, epoch, rank). Each full pass advances the epoch by one; call
     ``set_epoch(e)`` to choose it (e.g. when resuming).
@@ -196,7 +199,7 @@ class TrainClipLoader:
     def __init__(self, manifest: Manifest, cache: FrameCache, split: int = 0, P: int = 8, K: int = 4,
                  T: int = 6, steps_per_epoch: int | None = None, seed: int = 0, device="cpu",
                  mirror: bool = True, rank: int = 0, world_size: int = 1, resident: bool | None = None,
-                 dtype: torch.dtype = torch.float32, frame_erasing: float = 0.0, prefetch: int = 2,
+                 dtype: torch.dtype = torch.float32, frame_erasing: float = 0.0, prefetch: int | None = None,
                  progress: bool = False):
         if len(cache.offsets) != len(manifest.tracklets):
             raise ValueError(f"cache has {len(cache.offsets)} tracklets, manifest {len(manifest.tracklets)}")
@@ -205,6 +208,9 @@ class TrainClipLoader:
         self.mirror, self.seed, self.rank, self.dtype = mirror, seed, rank, dtype
         if not 0.0 <= frame_erasing <= 1.0:
             raise ValueError(f"frame_erasing must be a probability in [0, 1], got {frame_erasing}")
+        if prefetch is None:
+            spare_core = (os.cpu_count() or 1) > torch.get_num_threads()
+            prefetch = 2 if self.device.type == "cuda" or spare_core else 0
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 steps, got {prefetch}")
         self.frame_erasing, self.prefetch = frame_erasing, prefetch
