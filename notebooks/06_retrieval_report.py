@@ -218,9 +218,11 @@ print("packages:", ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v
 # %% [markdown]
 # ### What a rerun reproduces
 #
-# **Bit for bit:** the same seed, code, package versions, machine and thread count give the
-# same report, every figure of it: training, evaluation, attention, attributions. The one step
-# that used to break this on a multi-threaded CPU was the metric branch's backward pass: it
+# **Bit for bit** is what the kit is built for when the seed, code, package versions, machine
+# and thread count are the same: training, evaluation, attention, attributions. One run cannot
+# show this; compare this report's `reproducibility.json` with a rerun's, as
+# `docs/reproducibility.md` does. The one step that used to break it on a multi-threaded CPU
+# was the metric branch's backward pass: it
 # gathered the mined pairs' pool5 maps with advanced indexing, whose gradient PyTorch sums with
 # parallel float atomics, in whatever order the threads arrive (floating-point addition is not
 # associative, so the last bits differed and training drifted apart). It now gathers with

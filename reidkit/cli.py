@@ -39,19 +39,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed_list(text: str) -> str:
-    parts = [p.strip() for p in text.split(",")]
-    if not all(p.lstrip("-").isdigit() for p in parts) or len(set(parts)) != len(parts):
-        raise argparse.ArgumentTypeError(f"expected distinct integers separated by commas, e.g. 0,1,2; got {text!r}")
-    return text
-
-
-def _split_list(text: str) -> str:
-    parts = [p.strip() for p in text.split(",")]
-    if not all(p.isdigit() for p in parts) or len(set(map(int, parts))) != len(parts):
-        raise argparse.ArgumentTypeError(f"expected distinct split indices separated by commas, e.g. 0,1,2; "
-                                         f"got {text!r}")
-    return text
+def _int_list(what: str, negative: bool):
+    """An argparse type: distinct integers separated by commas (``negative``: may be < 0) → a list."""
+    def parse(text: str) -> list[int]:
+        parts = [p.strip() for p in text.split(",")]
+        digits = all((p.lstrip("-") if negative else p).isdigit() for p in parts)
+        if not digits or len(set(map(int, parts))) != len(parts):
+            raise argparse.ArgumentTypeError(f"expected distinct {what} separated by commas, e.g. 0,1,2; got {text!r}")
+        return [int(p) for p in parts]
+    return parse
 
 
 def _override(text: str) -> str:
@@ -191,8 +187,7 @@ def cmd_ablate(args) -> int:
     if bad:
         raise ValueError(f"--variants: unknown variant {bad[0]!r} (expected some of {', '.join(VARIANTS)})")
     baselines = () if args.no_baselines else ("cnn", "all")
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-    run_ablation(config, args.out, variants=variants, baselines=baselines, seeds=seeds, progress=not args.quiet,
+    run_ablation(config, args.out, variants=variants, baselines=baselines, seeds=args.seeds, progress=not args.quiet,
                  on_curves=_draw_cmc if args.plot else None)
     print((Path(args.out) / "ablation.md").read_text())
     return 0
@@ -202,8 +197,7 @@ def cmd_ten_split(args) -> int:
     from reidkit.protocol import run_splits  # noqa: PLC0415
 
     config = _load_config(args)
-    splits = [int(x) for x in args.splits.split(",")] if args.splits else None
-    if run_splits(config, args.out, splits=splits, progress=not args.quiet) is None:
+    if run_splits(config, args.out, splits=args.splits, progress=not args.quiet) is None:
         return 1  # a split stopped early (it resumes on the next call)
     print((Path(args.out) / "summary.md").read_text())
     return 0
@@ -324,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="manifest folder")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per variant)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all six)")
-    p.add_argument("--seeds", type=_seed_list, help="comma-separated training seeds, e.g. 0,1,2: every variant is "
-                                                     "trained once per seed and the table shows the spread "
-                                                     "(default: train.seed only)")
+    p.add_argument("--seeds", type=_int_list("integers", negative=True),
+                   help="comma-separated training seeds, e.g. 0,1,2: every variant is trained once per seed "
+                        "and the table shows the spread (default: train.seed only)")
     p.add_argument("--no-baselines", action="store_true", help="skip the untrained CNN/ALL rows")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--plot", action="store_true", help="also draw OUT/cmc.png (needs matplotlib)")
@@ -343,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="YAML config shared by all splits (e.g. configs/cpu.yaml)")
     p.add_argument("--dataset", required=True, help="manifest folder of a two-camera dataset with several splits")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per split)")
-    p.add_argument("--splits", type=_split_list, help="comma-separated split indices, e.g. 0,1,2 (default: every "
-                                                      "split in the dataset's splits.json)")
+    p.add_argument("--splits", type=_int_list("split indices", negative=False),
+                   help="comma-separated split indices, e.g. 0,1,2 (default: every split in the dataset's "
+                        "splits.json)")
     p.add_argument("--variant", choices=VARIANTS, help="model.variant (default: the config's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--init", metavar="CHECKPOINT",

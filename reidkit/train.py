@@ -52,6 +52,7 @@ import os
 import random
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ from reidkit.config import Config, ConfigError
 from reidkit.data import FrameCache, Manifest, ManifestError, TrainClipLoader, plan_gpu_cache
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
-from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn
+from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn, state_dict_differences
 
 __all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "check_out_dir", "config_changes", "run_files", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
            "seed_everything", "use_amp"]
@@ -283,7 +284,6 @@ class Trainer:
         if self.distributed and not dist.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            from datetime import timedelta  # noqa: PLC0415
             # ranks wait in collectives while rank 0 alone builds the frame cache or evaluates
             # (MARS: tens of minutes); NCCL's default 10-minute timeout would kill the run
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
@@ -392,11 +392,8 @@ class Trainer:
         state = load_checkpoint(path, map_location="cpu")
         if "model" not in state:
             raise CheckpointError(f"train.init={path}: not a checkpoint written by `reidkit train` (no model weights)")
-        own, theirs = self.model.state_dict(), state["model"]
-        problems = [f"missing {k}" for k in sorted(set(own) - set(theirs))]
-        problems += [f"unexpected {k}" for k in sorted(set(theirs) - set(own))]
-        problems += [f"{k}: {tuple(theirs[k].shape)} here {tuple(own[k].shape)}"
-                     for k in sorted(set(own) & set(theirs)) if own[k].shape != theirs[k].shape]
+        missing, unexpected, mismatched = state_dict_differences(self.model.state_dict(), state["model"])
+        problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected] + mismatched
         if problems:
             saved = (state.get("config") or {}).get("model", {})
             raise ConfigError(
@@ -405,7 +402,7 @@ class Trainer:
                 f"({self.config.model.variant}, {self.config.model.cnn}, {self.config.model.height}×"
                 f"{self.config.model.width}): {'; '.join(problems[:6])}{' …' if len(problems) > 6 else ''}. "
                 f"Use the checkpoint's model settings.")
-        self.model.load_state_dict(theirs)
+        self.model.load_state_dict(state["model"])
 
     def _cache_fits(self, needed: int) -> bool:
         """Whether ``needed`` bytes of training frames go to the GPU (``train.gpu_cache``, ``plan_gpu_cache``).

@@ -210,13 +210,7 @@ class CaffeNet(nn.Module):
                                if found is not None else f"{layer} (not in the file)")
                 state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
                 state.update({k: own[k] for k in keys})  # loads as itself: stays fresh
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = [
-            f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if tuple(own[k].shape) != tuple(state[k].shape)
-        ]
+        missing, unexpected, mismatched = state_dict_differences(own, state)
         problems = []
         if missing:
             problems.append("missing keys: " + ", ".join(missing))
@@ -235,6 +229,16 @@ class CaffeNet(nn.Module):
         self.load_state_dict(state)
         loaded = [n for n in dict.fromkeys(k.rsplit(".", 1)[0] for k in own) if n not in fresh]
         return PretrainedLoad(loaded, skipped)
+
+
+def state_dict_differences(own: dict, other: dict) -> tuple[list[str], list[str], list[str]]:
+    """What keeps ``other`` from loading into a module whose state dict is ``own``: the keys
+    missing from it, its unexpected keys, and ``"key: expected (shape), got (shape)"`` lines."""
+    missing = sorted(set(own) - set(other))
+    unexpected = sorted(set(other) - set(own))
+    mismatched = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(other[k].shape)}"
+                  for k in sorted(set(own) & set(other)) if tuple(own[k].shape) != tuple(other[k].shape)]
+    return missing, unexpected, mismatched
 
 
 class PretrainedLoad(NamedTuple):
