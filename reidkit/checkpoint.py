@@ -71,6 +71,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a reidkit checkpoint (expected a dict, got {type(state).__name__})")
+    return verify_state(path, state)
+
+
+def verify_state(path: str | Path, state: dict) -> dict:
+    """``state`` (read from ``path``) without its checksum, after checking that checksum; a
+    mismatch is a ``CheckpointError`` naming the file."""
     saved = state.pop(CHECKSUM_KEY, None)  # checkpoints written before checksums have none
     if saved is not None and saved != state_checksum(state):
         raise CheckpointError(f"{path} is damaged: its contents do not match the checksum written with it "

@@ -257,9 +257,24 @@ def check_weights_file(path: str | Path) -> Path:
     return path
 
 
+def _checkpoint_cnn(path: Path, state: dict) -> dict:
+    """The frame CNN of a reidkit training checkpoint (its ``cnn.*`` weights and BatchNorm statistics,
+    under CaffeNet's own keys), after verifying the checkpoint's checksum: a pretraining run is used
+    as it is (``reidkit pretrain``), like converted ImageNet weights."""
+    from reidkit.checkpoint import verify_state  # noqa: PLC0415 (checkpoint imports this package)
+
+    verify_state(path, state)
+    cnn = {k[len("cnn."):]: v for k, v in state["model"].items() if k.startswith("cnn.")}
+    if not cnn:
+        raise PretrainedWeightsError(f"{path} is a reidkit checkpoint without a frame CNN (no cnn.* weights)")
+    return cnn
+
+
 def read_weights(path: str | Path) -> dict:
-    """The state dict in a weights file (``{"state_dict": ...}`` unwrapped), read with
-    ``weights_only=True``; a missing or unreadable file is an error naming it."""
+    """The state dict in a weights file, read with ``weights_only=True``: converted ImageNet CaffeNet
+    (``reidkit convert-caffemodel``), a frame CNN exported by ``reidkit pretrain`` (``{"state_dict": ...}``
+    unwrapped), or the CNN of any reidkit training checkpoint; a missing or unreadable file is an
+    error naming it."""
     path = check_weights_file(path)
     if path.suffix == ".caffemodel":
         raise PretrainedWeightsError(f"{path} is Caffe's own file: convert it first with "
@@ -270,8 +285,7 @@ def read_weights(path: str | Path) -> dict:
         raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {type(e).__name__}: "
                                      f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if isinstance(state, dict) and {"model", "config"} <= set(state):
-        raise PretrainedWeightsError(f"{path} is a reidkit training checkpoint, not CaffeNet weights: continue "
-                                     f"its run with --resume, or load it with checkpoint.load_model")
+        state = _checkpoint_cnn(path, state)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -102,9 +102,6 @@ class ModelConfig:
         if self.pretrained is not None:
             if not isinstance(self.pretrained, str) or not self.pretrained.strip():
                 raise ValueError(f"pretrained must be a file path or null, got {self.pretrained!r}")
-            if self.norm != "lrn":
-                raise ValueError(f"pretrained weights are ImageNet CaffeNet's, which has LRN and no BatchNorm: "
-                                 f"set model.norm=lrn (now {self.norm!r}) to use model.pretrained={self.pretrained}")
         if not self.attention_temperature > 0:
             raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
         if self.lam < 0:
