@@ -3,7 +3,7 @@
 The readers turn a raw dataset into ``(tracklets, splits, meta)`` and hand them to
 ``write_manifest``, which lives with the reader of the manifest in ``reidkit.data.manifest`` so
 that one set of rules validates both (re-exported here for the readers). The format:
-docs/architecture.md section 1, data_prep/README.md.
+data_prep/README.md ("The manifest format").
 
 Frame order is never the order a directory listing returns: frames are sorted by the number
 parsed from the file name (``frame_number``), numerically, so ``2.png`` comes before ``10.png``.

@@ -155,7 +155,7 @@ else:
 # %% [markdown]
 # ## What shapes the attention? Measured
 #
-# Four measurements, each a possible reason for weights that stay close to uniform (docs/attention.md
+# Four measurements, each a possible reason for weights that stay close to uniform (docs/experiments.md
 # has the experiments behind the recipe this run used).
 #
 # **1. The signal the attention trains on.** The attention sub-net ($U, V, W, w$) learns only

@@ -80,8 +80,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "06_retrieval_report": {},
     },
     # The paper's setting (configs/default.yaml: 227×227 CaffeNet) on a real dataset: hours on a GPU.
-    # M scores every query × gallery pair (eval.exact): at DESIGN.md's reference SRM throughput on
-    # an H200 (~150k pairs/s) MARS's ~2k × ~10k pairs take a few minutes (benchmarks/gpu_check
+    # M scores every query × gallery pair (eval.exact): at the reference SRM throughput on
+    # an H200 (~150k pairs/s, docs/gpu_check.md) MARS's ~2k × ~10k pairs take a few minutes (benchmarks/gpu_check
     # measures the throughput; not yet run on a GPU).
     "paper": {
         "*": {"profile": "paper", "seed": 0},
@@ -98,7 +98,7 @@ PROFILES: dict[str, dict[str, dict]] = {
 
 # The default profile with three seeds per ablation variant at a longer budget (mean ± std), plus
 # the attention lesson's dose-response study: CNN and CNN+TAM trained at three occlusion levels
-# with lesson 2's budget (six more training runs; the README has its time).
+# with lesson 2's budget (six more training runs; docs/results.md has its time).
 PROFILES["full"] = {**PROFILES["default"], "*": {"profile": "full", "seed": 0},
                     "03_ablations": {**PROFILES["default"]["03_ablations"], "seeds": [0, 1, 2],
                                      "overrides": ["train.epochs=5", "train.steps_per_epoch=50"]},

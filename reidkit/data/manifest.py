@@ -1,6 +1,6 @@
 """The manifest: ``tracklets.csv``, ``splits.json`` and ``meta.json``, read and written by one set of rules.
 
-The format is in docs/architecture.md section 1 (with examples in data_prep/README.md). The
+The format is specified in data_prep/README.md ("The manifest format"), with examples. The
 manifest is the only thing ``reidkit`` reads from a dataset. ``write_manifest`` is the only writer
 (every data_prep reader and the synthetic benchmark go through it), ``Manifest.load`` the only
 reader, and both apply the same rules (the ``_check_*`` functions): what the writer refuses to

@@ -21,9 +21,9 @@ And two normalisations (``norm``, as ``ModelConfig.norm``): ``"lrn"``, CaffeNet'
 what ImageNet CaffeNet weights expect), and ``"batch"``: BatchNorm between each convolution
 (and fc6, fc7) and its ReLU, no LRN. Without it on fc6/fc7, fc7 grew to ~5× its usual norm in
 50 steps on the heavier-occlusion synthetic data and saturated the TAM's LSTM: every clip got
-the same feature and training stopped (docs/attention.md). Trained from scratch (nothing here
+the same feature and training stopped (docs/experiments.md). Trained from scratch (nothing here
 downloads weights), the LRN network with 0.5 dropout on fc6/fc7 learns little in a few hundred
-steps; BatchNorm and ``fc_dropout=0`` train it (see the README's ablation notes). ImageNet
+steps; BatchNorm and ``fc_dropout=0`` train it (docs/experiments.md measures both). ImageNet
 weights, for a user who has BVLC's file, come through ``reidkit convert-caffemodel``
 (``reidkit.caffemodel``) and ``model.pretrained``.
 
@@ -170,7 +170,7 @@ class CaffeNet(nn.Module):
         x = self._layer("conv4", x)
         # conv5 and pool5 in fp32 under autocast: the metric branch compares two clips by the
         # *difference* of their pool5 maps, which bf16's 8-bit mantissa leaves mostly rounding
-        # noise (measured: CNN+DIFF rank-1 15-17 with a bf16 pool5, 25 in fp32, docs/attention.md)
+        # noise (measured: CNN+DIFF rank-1 15-17 with a bf16 pool5, 25 in fp32, docs/experiments.md)
         with torch.autocast(x.device.type, enabled=False):
             pool5 = self.pool(self._layer("conv5", x.float()))
         if not self.with_fc:

@@ -24,7 +24,7 @@ class ModelConfig:
 
     ``norm="batch"`` puts BatchNorm after every convolution instead of LRN. The paper starts
     from ImageNet weights, which cannot be downloaded here; from scratch, the LRN network with
-    0.5 dropout on fc6/fc7 barely trains in a few hundred steps (README, "Ablation": CNN+RNN
+    0.5 dropout on fc6/fc7 barely trains in a few hundred steps (docs/experiments.md: CNN+RNN
     rank-1 4.7 vs 64.1 with BatchNorm and no fc dropout, same 200 steps).
 
     ``pretrained``: a weights file made by ``reidkit convert-caffemodel`` that the trainer loads

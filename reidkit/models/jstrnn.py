@@ -161,7 +161,7 @@ class JSTRNN(nn.Module):
 
         ``train.cnn_lr_scale`` sets the ratio. With CaffeNet's LRN and fc dropout (``norm="lrn"``)
         a slower CNN kept the TAM's LSTM from saturating; with the default BatchNorm one rate
-        for both (scale 1) trains every variant (README, "Ablation").
+        for both (scale 1) trains every variant (docs/experiments.md, "Training from scratch").
         """
         heads = [p for m in (self.temporal, self.head) if m is not None for p in m.parameters()]
         return [{"params": list(self.cnn.parameters()), "lr": cnn_lr}, {"params": heads, "lr": head_lr}]
