@@ -47,10 +47,12 @@ def _parser(prog: str = "python -m data_prep") -> argparse.ArgumentParser:
     syn = sub.add_parser("synthetic", help="generate the procedural synthetic benchmark",
                          description="Render the synthetic benchmark (frames and manifest) into --out.")
     syn.add_argument("--out", type=Path, required=True, help="dataset folder to create")
-    syn.add_argument("--preset", choices=("tiny", "small", "medium", "large", "pairs", "pairs_tiny"), default="small",
+    syn.add_argument("--preset", choices=("tiny", "small", "medium", "large", "pairs", "pairs_tiny", "pretrain"),
+                     default="small",
                      help="size of the benchmark (default small); tiny..large follow the MARS protocol, pairs and "
                           "pairs_tiny the iLIDS-VID one (two cameras, one tracklet per person and camera, ten random "
-                          "person splits; pairs_tiny three)")
+                          "person splits; pairs_tiny three); pretrain: 150 training people to pretrain the frame "
+                          "CNN on (reidkit pretrain)")
     syn.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     syn.add_argument("--occlusion", default="default", metavar="LEVEL",
                      help="how often and how badly frames are degraded (occluders, bad crops, blur): "

@@ -1,20 +1,26 @@
 """Table 2 of the paper: train and evaluate the six variants, over one or more seeds.
 
-``run_ablation(config, out_dir, seeds=(0, 1))`` trains every variant of
+``run_ablation(config, out_dir, seeds=(0, 1, 2))`` trains every variant of
 ``reidkit.models.VARIANTS`` with the same config once per seed (only ``model.variant`` and
 ``train.seed`` change; each run in ``out_dir/<variant>/seed_<s>/``), evaluates it with
-``config.eval``, and scores untrained models as a floor (the ``cnn`` and ``all`` variants at
-their random initialisation: what the architecture alone gives, before any training). It
-writes::
+``config.eval``, and scores floors: the ``baselines`` at their random initialisation (what the
+architecture alone gives) and, when ``model.pretrained`` is set, the pretrained frame CNN
+without any fine-tuning (what the starting point already gives). The paper's protocol is
+``model.pretrained`` set: every variant starts from the same pretrained CNN (``reidkit
+pretrain``). It writes::
 
     out_dir/ablation.csv   one row per run (method, seed): rank-1/5/10/20, mAP, ranking, time
-    out_dir/summary.csv    one row per method over its seeds: mean, std, min, max of each metric
-    out_dir/ablation.md    the Table-2 style Markdown table, with the protocol stated
+    out_dir/summary.csv    one row per method over its seeds: mean, std (n − 1), min, max of each metric
+    out_dir/ablation.md    the Table-2 style Markdown table, the protocol and the paper's conclusions
     out_dir/cmc.json       {"curves": {method: CMC in %, mean over seeds, ranks 1..20}, ...}; draw
                            it with ``reidkit.viz.cmc_curves(json.load(f)["curves"])`` (Fig. 9)
+    out_dir/hits.json      every run's per-query rank-1 outcomes (what the intervals resample)
+    out_dir/learning_curves.json  validation rank-1 against steps per method (``data.val_ids``)
+    out_dir/conclusions.json      the paper's three conclusions: difference, 95 % interval, verdict
 
-A difference between two variants is only worth a word when it exceeds the seed-to-seed
-spread: :func:`separated` says whether two methods' seed ranges do not overlap.
+A difference between two variants is real when the 95 % interval of
+``reidkit.significance.variant_interval`` (seeds and queries resampled) excludes zero; that is
+the one rule (:func:`conclusions`), used by the table and the lessons alike.
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ from reidkit.config import Config
 from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import evaluate
 from reidkit.files import write_json, write_text
-from reidkit.models import METHOD_NAMES, VARIANTS, build_model
+from reidkit.models import METHOD_NAMES, VARIANTS, build_model, load_pretrained_cnn
 from reidkit.checkpoint import load_checkpoint, load_model
+from reidkit.significance import describe, rank1_hits, variant_interval, verdict
 from reidkit.train import RESUMABLE_CHANGES, Trainer, config_changes, resolve_device, seed_everything
 
-__all__ = ["PAPER_RANK1", "run_ablation", "summarize", "seed_spread", "separated", "format_cell", "write_tables",
-           "earlier_run", "write_csv"]
+__all__ = ["PAPER_RANK1", "PAPER_CONCLUSIONS", "PRETRAINED_FLOOR", "run_ablation", "summarize", "format_cell",
+           "write_tables", "earlier_run", "write_csv", "conclusions", "learning_curves"]
 
 # Zhou et al. (CVPR 2017), Table 2: rank-1 on MARS; the method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
@@ -77,21 +84,59 @@ def summarize(rows: list[dict], over: str = "seed") -> list[dict]:
     return out
 
 
-def seed_spread(summary: list[dict], metric: str = "rank1") -> float:
-    """The widest seed range (max − min) of any trained method: the table's measured run-to-run
-    noise (0 with one seed)."""
-    return max((r[f"{metric}_max"] - r[f"{metric}_min"] for r in summary if r["trained"]), default=0.0)
+# The paper's three conclusions from Table 2 (Sec. 4.2), each as "A beats B": for "A beats the
+# best of several", B is whichever rival has the higher mean rank-1 in this run (the harder test).
+PAPER_CONCLUSIONS = (
+    {"name": "attention", "claim": "temporal attention beats a plain RNN and plain averaging",
+     "a": "CNN+TAM", "rivals": ("CNN+RNN", "CNN")},
+    {"name": "spatial_recurrence", "claim": "the spatial recurrent model beats the bare difference",
+     "a": "CNN+SRM", "rivals": ("CNN+DIFF",)},
+    {"name": "joint_learning", "claim": "joint feature and metric learning (ALL) is best",
+     "a": "ALL", "rivals": ("CNN", "CNN+RNN", "CNN+TAM", "CNN+DIFF", "CNN+SRM")},
+)
+PRETRAINED_FLOOR = "pretrained CNN, not fine-tuned"
 
 
-def separated(a: dict, b: dict, metric: str = "rank1", spread: float = 0.0) -> bool:
-    """Whether two :func:`summarize` rows differ by more than the seed-to-seed spread: their
-    [min, max] ranges over seeds do not overlap *and* their means differ by more than
-    ``spread`` (pass :func:`seed_spread`: with few seeds one method's range underestimates the
-    noise). Always False with a single seed (no spread measured, no difference called real)."""
-    if len(a["seeds"]) < 2 or len(b["seeds"]) < 2:
-        return False
-    apart = a[f"{metric}_min"] > b[f"{metric}_max"] or b[f"{metric}_min"] > a[f"{metric}_max"]
-    return apart and abs(a[f"{metric}_mean"] - b[f"{metric}_mean"]) > spread
+def conclusions(hits: dict[str, dict], n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """The paper's three conclusions, each judged by one rule: the difference of mean rank-1
+    (A − its strongest rival) with the 95 % interval of ``variant_interval`` over seeds and
+    queries, and the verdict that interval alone gives (holds / reversed / inconclusive).
+
+    ``hits``: ``{method: {seed: per-query rank-1 outcomes}}`` (every run on the same queries).
+    A conclusion whose methods were not all trained is left out."""
+    out = []
+    for c in PAPER_CONCLUSIONS:
+        names = (c["a"], *c["rivals"])
+        if not all(hits.get(m) for m in names):
+            continue
+        arrays = {m: np.stack([np.asarray(v, np.float64) for v in hits[m].values()]) for m in names}
+        rival = max(c["rivals"], key=lambda m: arrays[m].mean())
+        comparisons = []
+        for b in c["rivals"]:
+            iv = variant_interval(arrays[c["a"]], arrays[b], n_boot=n_boot, seed=seed)
+            comparisons.append({"b": b, **iv.to_dict(), "verdict": verdict(iv), "text": describe(iv)})
+        main = next(x for x in comparisons if x["b"] == rival)
+        out.append({"name": c["name"], "claim": c["claim"], "a": c["a"], "b": rival, "diff": main["diff"],
+                    "interval": main["interval"], "verdict": main["verdict"], "text": main["text"],
+                    "seeds": {m: len(arrays[m]) for m in names}, "comparisons": comparisons})
+    return out
+
+
+def learning_curves(histories: dict[str, dict[int, list[dict]]]) -> dict:
+    """Validation rank-1 against steps per method: ``{method: {"steps", "mean", "min", "max",
+    "per_seed"}}`` from the runs' epoch histories (rows scored on ``data.val_ids``' identities).
+    Only the steps every seed of a method was scored at are kept."""
+    out = {}
+    for method, runs in histories.items():
+        scored = {s: {int(r["step"]): float(r["rank1"]) for r in rows if r.get("scored_on") == "validation"}
+                  for s, rows in runs.items()}
+        steps = sorted(set.intersection(*(set(v) for v in scored.values()))) if scored else []
+        if not steps:
+            continue
+        values = np.array([[scored[s][k] for k in steps] for s in scored])
+        out[method] = {"steps": steps, "mean": values.mean(0).round(2).tolist(), "min": values.min(0).tolist(),
+                       "max": values.max(0).tolist(), "per_seed": {str(s): values[i].tolist() for i, s in enumerate(scored)}}
+    return out
 
 
 def earlier_run(run_dir: Path, config: Config, allowed=RESUMABLE_CHANGES) -> tuple[str, dict | None]:
@@ -142,16 +187,29 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
         if progress:
             print(msg, flush=True)
 
+    hits, histories = {}, {}
+
+    def score(model, method, variant, trained, seed, seconds, run_config, steps):
+        tick = time.perf_counter()
+        result = evaluate(model.to(device), manifest, cache, (run_config or config).eval,
+                          split=config.data.split, device=device, progress=progress)
+        seconds = {**seconds, "eval": time.perf_counter() - tick}
+        rows.append(_row(method, variant, trained, seed, result, seconds, run_config, steps))
+        cmcs.setdefault(method, []).append(result.cmc)
+        hits.setdefault(method, {})[seed] = rank1_hits(result).astype(int).tolist()
+        return result
+
     for variant in baselines:  # the floor: architecture at its seeded random initialisation
         seed_everything(seeds[0])
-        model = build_model(variant, config=config.model)
-        tick = time.perf_counter()
-        result = evaluate(model.to(device), manifest, cache, config.eval, split=config.data.split, device=device,
-                          progress=progress)
-        method = f"untrained {METHOD_NAMES[variant]}"
-        rows.append(_row(method, variant, False, seeds[0], result, {"eval": time.perf_counter() - tick}, None, 0))
-        cmcs.setdefault(method, []).append(result.cmc)
-        log(f"[ablate] {method}: {result.summary()}")
+        result = score(build_model(variant, config=config.model), f"untrained {METHOD_NAMES[variant]}", variant,
+                       False, seeds[0], {}, None, 0)
+        log(f"[ablate] untrained {METHOD_NAMES[variant]}: {result.summary()}")
+    if config.model.pretrained:  # the second floor: the shared starting point, before fine-tuning
+        seed_everything(seeds[0])
+        model = build_model("cnn", config=config.model)
+        load_pretrained_cnn(model, config.model.pretrained)
+        result = score(model, PRETRAINED_FLOOR, "cnn", False, seeds[0], {}, None, 0)
+        log(f"[ablate] {PRETRAINED_FLOOR}: {result.summary()}")
 
     for variant in variants:
         for seed in seeds:
@@ -162,20 +220,16 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
             earlier, state = earlier_run(run_dir, run_config)
             if earlier == "finished":  # an earlier, interrupted ablation finished this run: keep it
                 model, _ = load_model(run_dir / "last.pt", device=device)
-                steps, how = int(state["step"]), "kept from an earlier run"
+                steps, history, how = int(state["step"]), list(state.get("history", [])), "kept from an earlier run"
             else:  # a fresh run, or resume an unfinished one of this config
                 trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
                 trainer.fit(resume=earlier == "unfinished", force=True)
-                model, steps, how = trainer.model, trainer.step, "trained"
+                model, steps, history, how = trainer.model, trainer.step, trainer.history, "trained"
                 del trainer
             train_s = time.perf_counter() - tick
-            tick = time.perf_counter()
-            result = evaluate(model, manifest, cache, run_config.eval, split=run_config.data.split,
-                              device=device, progress=progress)
-            seconds = {"train": train_s, "eval": time.perf_counter() - tick}
             method = METHOD_NAMES[variant]
-            rows.append(_row(method, variant, True, seed, result, seconds, run_config, steps))
-            cmcs.setdefault(method, []).append(result.cmc)
+            histories.setdefault(method, {})[seed] = history
+            result = score(model, method, variant, True, seed, {"train": train_s}, run_config, steps)
             write_json(run_dir / "eval.json", result.to_dict(per_query=False), indent=1)
             log(f"[ablate] {method}, seed {seed}: {result.summary()} ({how}, {train_s:.0f}s)")
             del model
@@ -183,7 +237,12 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
                 torch.cuda.empty_cache()
 
     curves = {m: [float(c) for c in np.mean(np.stack(v), axis=0)] for m, v in cmcs.items()}
-    write_tables(rows, curves, out_dir, config, manifest.name)
+    trained = {m: h for m, h in hits.items() if m in METHOD_NAMES.values()}
+    write_json(out_dir / "hits.json", {"dataset": manifest.name, "hits": hits}, indent=None)
+    write_json(out_dir / "learning_curves.json", learning_curves(histories), indent=1)
+    verdicts = conclusions(trained)
+    write_json(out_dir / "conclusions.json", verdicts, indent=1)
+    write_tables(rows, curves, out_dir, config, manifest.name, verdicts)
     if on_curves is not None:
         on_curves(curves, out_dir)
     return rows
@@ -208,8 +267,10 @@ def write_csv(path: Path, columns, rows) -> None:
     write_text(path, table.getvalue())
 
 
-def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, dataset: str = "") -> None:
-    """ablation.csv (per run), summary.csv (per method), ablation.md and cmc.json in ``out_dir``."""
+def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, dataset: str = "",
+                 verdicts: list[dict] = ()) -> None:
+    """ablation.csv (per run), summary.csv (per method), ablation.md (with the ``conclusions``
+    verdicts) and cmc.json in ``out_dir``."""
     out_dir = Path(out_dir)
     summary = summarize(rows)
     write_csv(out_dir / "ablation.csv", COLUMNS, rows)
@@ -220,15 +281,15 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
     rerank = ("every query × gallery pair (exact)" if config.eval.exact
               else f"top-{config.eval.rerank_top_k} of the feature ranking (every pair when K ≥ the gallery size)")
     steps = max((r["steps"] for r in rows if r["trained"]), default=0)
-    if len(seeds) == 1:
-        spread = ("- One seed: no seed-to-seed spread was measured, so no difference between two rows can be "
-                  "called real from this table alone.")
-    else:
-        spread = (f"- {len(seeds)} seeds per trained variant ({', '.join(map(str, seeds))}): each cell is the mean over "
-                  f"seeds{' ± the standard deviation' if len(seeds) > 2 else ''}, with the min–max range in brackets. "
-                  f"The widest range of any variant is {seed_spread(summary):.1f} rank-1 points: a difference "
-                  f"between two rows is real only where their ranges do not overlap and their means differ by more "
-                  f"than that.")
+    spread = (f"- {len(seeds)} seed{'s' if len(seeds) > 1 else ''} per trained variant ({', '.join(map(str, seeds))}): each cell is the mean over "
+              f"seeds{' ± the standard deviation (n − 1)' if len(seeds) > 2 else ''}"
+              f"{', with the min–max range in brackets' if len(seeds) > 1 else ''}. A difference between two variants "
+              f"is real only where the 95 % bootstrap interval of their difference (seeds and queries resampled, "
+              f"reidkit.significance) excludes zero; the verdicts below apply that rule.")
+    start = (f"- Start: every variant fine-tuned from the same pretrained frame CNN ({config.model.pretrained}), as the "
+             f"paper fine-tunes ImageNet CaffeNet." if config.model.pretrained else
+             "- Start: every variant trained from random weights (not the paper's protocol, which fine-tunes a "
+             "pretrained CNN).")
     lines = [
         f"# Ablation (Table 2 style) on {dataset or config.data.dataset}",
         "",
@@ -240,6 +301,7 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
         f"{m.height}×{m.width} frames, T = {m.seq_len}; trained {steps} steps of P={t.P} × K={t.K} clips, "
         f"{t.optimizer} lr {t.lr}; M's negatives {t.hard_negative_fraction:.0%} hardest"
         f"{' (camera-balanced)' if t.camera_balanced_pairs else ''}, the rest random.",
+        start,
         spread,
         "- Paper column: Zhou et al. (CVPR 2017) Table 2, rank-1 on MARS with 227×227 CaffeNet — for "
         "orientation only, a different dataset and scale.",
@@ -252,6 +314,10 @@ def write_tables(rows: list[dict], curves: dict, out_dir, config: Config, datase
         paper = f"{r['paper_rank1_mars']}" if r["paper_rank1_mars"] != "" else "—"
         lines.append(f"| {r['method']} | {ranking[r['method']]} | {len(r['seeds'])} | {format_cell(r, 'rank1')} | "
                      f"{format_cell(r, 'rank5')} | {format_cell(r, 'rank20')} | {format_cell(r, 'mAP')} | {paper} |")
+    if verdicts:
+        lines += ["", "| Paper's conclusion | A − B (rank-1) | 95 % interval | Verdict |", "|---|---|---|---|"]
+        lines += [f"| {c['claim']} | {c['a']} − {c['b']}: {c['diff']:+.1f} | [{c['interval'][0]:+.1f}, "
+                  f"{c['interval'][1]:+.1f}] | **{c['verdict']}** |" for c in verdicts]
     write_text(out_dir / "ablation.md", "\n".join(lines) + "\n")
     write_json(out_dir / "cmc.json", {
         "dataset": dataset, "convention": convention, "units": "percent", "ranks": list(range(1, 21)),

@@ -1,5 +1,6 @@
-"""The ``reidkit`` command line: train, evaluate, ablate, ten-split, stats, prepare, report, convert-caffemodel.
+"""The ``reidkit`` command line: pretrain, train, evaluate, ablate, ten-split, stats, prepare, report, convert-caffemodel.
 
+    reidkit pretrain --config configs/cpu.yaml --out runs/pretrain              (the kit's ImageNet)
     reidkit train --config configs/cpu.yaml --dataset data/synthetic_small [train.lr=3e-4 ...]
     reidkit evaluate --checkpoint runs/cpu/last.pt --dataset data/synthetic_small
     reidkit ablate --config configs/cpu.yaml --dataset data/synthetic_small --out runs/ablation
@@ -24,6 +25,8 @@ import os
 import re
 import sys
 from pathlib import Path
+
+from reidkit.pretrain import POPULATION_SEED
 
 OVERRIDES_HELP = ("config overrides section.key=value, e.g. train.lr=3e-4 train.epochs=5 model.dropout=0.3 "
                   "(see configs/default.yaml for every key)")
@@ -88,6 +91,19 @@ def cmd_train(args) -> int:
         last = history[-1]
         print(f"[train] done: epoch {last['epoch']}, loss {last['loss']:.4f}; checkpoint "
               f"{Path(config.train.out_dir) / 'last.pt'}, history {Path(config.train.out_dir) / 'history.csv'}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from reidkit.config import Config  # noqa: PLC0415
+    from reidkit.pretrain import population, pretrain  # noqa: PLC0415
+
+    config = Config.from_yaml(args.config, list(args.overrides), settings={"train.device": args.device})
+    out = Path(args.out)
+    people = population(args.population or out / "population", preset=args.preset, seed=args.seed)
+    print(f"[pretrain] cnn on {people} ({args.preset} preset, seed {args.seed}) → {out}")
+    weights = pretrain(config, people, out, progress=config.train.progress, force=args.force)
+    print(f"[pretrain] done: frame CNN in {weights}; fine-tune any variant from it with --pretrained {weights}")
     return 0
 
 
@@ -279,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder for checkpoints and history (train.out_dir)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--pretrained", metavar="PATH",
-                   help="model.pretrained: ImageNet CaffeNet weights made by `reidkit convert-caffemodel` "
-                        "(needs model.norm=lrn; fc6/fc7 of another width start fresh)")
+                   help="model.pretrained: a frame CNN to start from: OUT/cnn.pt of `reidkit pretrain`, any run's "
+                        "checkpoint, or ImageNet CaffeNet converted by `reidkit convert-caffemodel` (model.norm=lrn); "
+                        "the convolutions must fit, fc6/fc7 of another width start fresh")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (exact at epoch boundaries)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from another run's weights (train.init): a fresh optimiser and schedule, not a "
@@ -289,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the run already in OUT (without --resume), or resume although the config changed")
     p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain the frame CNN on a synthetic population of other people",
+                       description="The kit's ImageNet: generate (once) a synthetic population that shares no "
+                                   "identity with the lessons' datasets, train the cnn variant on it, and write its "
+                                   "frame CNN to OUT/cnn.pt for --pretrained / model.pretrained.")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, history, cnn.pt)")
+    p.add_argument("--config", help="YAML config of the frame CNN and the training (e.g. configs/cpu.yaml)")
+    p.add_argument("--population", type=Path, help="the population's dataset folder (default OUT/population)")
+    p.add_argument("--preset", default="pretrain", choices=("pretrain", "small", "medium", "large"),
+                   help="synthetic preset of the population (default pretrain: 150 people; large: MARS-sized)")
+    p.add_argument("--seed", type=int, default=POPULATION_SEED,
+                   help=f"generator seed of the population (default {POPULATION_SEED}; the lessons' datasets use 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    p.add_argument("--force", action="store_true", help="replace another run already in OUT")
+    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="CMC/mAP of a checkpoint on a dataset",
                        description="Evaluate a training checkpoint; defaults come from the checkpoint's config.")

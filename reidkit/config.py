@@ -50,6 +50,9 @@ class DataConfig:
     # and a build is refused up front when the disk lacks room: MARS needs 184.1 GB at 227×227,
     # 29.3 GB at 128×64 (reidkit.data.cache)
     cache_dir: str | None = None
+    # training identities held out of training as a validation query/gallery (data.validation):
+    # what train.eval_every scores, so learning curves never look at the test identities
+    val_ids: int = 0
 
 
 @dataclass
@@ -156,6 +159,8 @@ class Config:
                 raise ConfigError(f"eval.{key}: expected a positive integer, got {getattr(self.eval, key)}")
         if self.data.split < 0:
             raise ConfigError(f"data.split: expected a split index >= 0, got {self.data.split}")
+        if self.data.val_ids < 0:
+            raise ConfigError(f"data.val_ids: expected a number of identities >= 0, got {self.data.val_ids}")
         return self
 
     # ---------------------------------------------------------------- dict / YAML

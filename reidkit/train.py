@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 
 from reidkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reidkit.config import Config, ConfigError
-from reidkit.data import FrameCache, Manifest, ManifestError, TrainClipLoader, plan_gpu_cache
+from reidkit.data import FrameCache, Manifest, ManifestError, TrainClipLoader, plan_gpu_cache, with_validation
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn, state_dict_differences
@@ -317,18 +317,22 @@ class Trainer:
                 if not self.is_main:
                     cache = FrameCache.open(*size)
         self.manifest, self.cache = manifest, cache
+        # data.val_ids: some training identities become a validation split (what eval_every scores)
+        self.train_manifest, self.train_split = (
+            with_validation(manifest, config.data.split, config.data.val_ids) if config.data.val_ids
+            else (manifest, config.data.split))
         cuda = self.device.type == "cuda"
         if cuda:  # every training step has the same shapes: cuDNN's timed choice pays off
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.amp = use_amp(self.device, t.amp)  # bf16 autocast (CUDA, or a CPU with native bf16)
-        train_positions = manifest.positions(manifest.split(config.data.split).train)
+        train_positions = manifest.positions(self.train_manifest.split(self.train_split).train)
         lengths = manifest.lengths[train_positions]
         # only the training frames go to the GPU (MARS at 227x227: 78.8 of 184 GB); test frames
         # are read from the memory map a batch at a time when evaluating. A copy made by an
         # earlier Trainer on this cache (the ablation) needs no new memory.
         resident = cuda and self._cache_fits(cache.upload_bytes(self.device, cache.tracklet_rows(train_positions)))
         self.loader = TrainClipLoader(
-            manifest, cache, split=config.data.split, P=t.P, K=t.K, T=config.model.seq_len,
+            self.train_manifest, cache, split=self.train_split, P=t.P, K=t.K, T=config.model.seq_len,
             steps_per_epoch=t.steps_per_epoch, seed=t.seed, device=self.device, mirror=True,
             rank=self.rank, world_size=self.world_size, resident=resident, frame_erasing=t.frame_erasing,
             dtype=torch.bfloat16 if self.amp and cuda else torch.float32, progress=self.is_main and t.progress)
@@ -342,7 +346,7 @@ class Trainer:
         # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
         seed_everything(t.seed)
         self.model = build_model(config=config.model)
-        if config.model.pretrained:  # ImageNet CaffeNet weights; a resume then replaces them with the checkpoint's
+        if config.model.pretrained:  # a pretrained frame CNN; a resume then replaces it with the checkpoint's
             message, skipped = load_pretrained_cnn(self.model, config.model.pretrained)
             if self.is_main and skipped:
                 warnings.warn(message, stacklevel=2)
@@ -568,12 +572,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Score the current model with ``config.eval`` on the split's query/gallery (rank 0)."""
+        """Score the current model with ``config.eval`` (rank 0): on the validation identities when
+        ``data.val_ids`` holds some out (``scored_on: "validation"``), else on the split's test
+        query/gallery (``"test"``)."""
         metrics = {}
         if self.is_main:
-            result = evaluate(self.model, self.manifest, self.cache, self.config.eval, split=self.config.data.split,
+            result = evaluate(self.model, self.train_manifest, self.cache, self.config.eval, split=self.train_split,
                               device=self.device, progress=False)
             metrics = {k: float(getattr(result, k)) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")}
+            metrics["scored_on"] = "validation" if self.config.data.val_ids else "test"
         self.model.train()
         if self.distributed:
             dist.barrier()

@@ -9,6 +9,7 @@ The data path (see ``docs/architecture.md``), one module per step:
     clips.py     clips (N, T, 3, H, W) gathered from the cache by index, normalised and mirrored
                  as tensors on the device (the GPU when there is one); the train and test loaders
     prefetch.py  the background thread that prepares the next training step during this one
+    validation.py  a validation split carved from the training identities (learning curves)
 """
 
 from .cache import CACHE_VERSION, GPU_HEADROOM, FrameCache, check_disk_space, decode_frame, plan_gpu_cache
@@ -18,6 +19,7 @@ from .manifest import (FORMAT_VERSION, PROTOCOLS, SOURCES, Manifest, ManifestErr
                        write_manifest)
 from .prefetch import Prefetcher
 from .sampling import PKSampler, test_frame_indices, train_frame_indices
+from .validation import with_validation
 
 __all__ = [
     "MEAN", "STD", "FORMAT_VERSION", "PROTOCOLS", "SOURCES", "CACHE_VERSION",
@@ -25,5 +27,5 @@ __all__ = [
     "decode_frame", "FrameCache", "check_disk_space", "plan_gpu_cache", "GPU_HEADROOM", "Prefetcher",
     "train_frame_indices", "test_frame_indices", "PKSampler",
     "normalize_clips", "denormalize_clips", "erase_frames", "clip_visibility", "ClipBatch",
-    "TrainClipLoader", "iter_test_clips", "num_test_clips", "even_clip", "even_frame_indices",
+    "TrainClipLoader", "iter_test_clips", "num_test_clips", "even_clip", "even_frame_indices", "with_validation",
 ]

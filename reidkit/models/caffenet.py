@@ -252,7 +252,7 @@ def check_weights_file(path: str | Path) -> Path:
     """``path`` if it is a file, else a ``FileNotFoundError`` that says how to make one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path} (convert ImageNet CaffeNet with "
+        raise FileNotFoundError(f"pretrained weights not found: {path} (make them with `reidkit pretrain` or "
                                 f"`reidkit convert-caffemodel`, or set model.pretrained=null)")
     return path
 

@@ -27,9 +27,11 @@ class ModelConfig:
     0.5 dropout on fc6/fc7 barely trains in a few hundred steps (docs/experiments.md: CNN+RNN
     rank-1 4.7 vs 64.1 with BatchNorm and no fc dropout, same 200 steps).
 
-    ``pretrained``: a weights file made by ``reidkit convert-caffemodel`` that the trainer loads
-    into the CNN when a run starts (``load_pretrained_cnn``; fc6/fc7 of another width start fresh).
-    Only checked for ``norm="lrn"`` here: the file is read at train time, never by ``load_model``.
+    ``pretrained``: a frame CNN the trainer loads when a run starts (``load_pretrained_cnn``): the
+    ``cnn.pt`` of ``reidkit pretrain`` (the paper's protocol without ImageNet), any run's
+    checkpoint, or ImageNet CaffeNet converted by ``reidkit convert-caffemodel`` (``norm="lrn"``).
+    The convolutions must fit; fc6/fc7 of another width start fresh. The file is read at train
+    time, never by ``load_model`` (a checkpoint already holds the weights).
 
     ``ModelConfig.cpu()`` is the documented CPU-sized setting; every result must say which was used.
     """
@@ -51,7 +53,7 @@ class ModelConfig:
     dropout: float = 0.5
     fc_dropout: float = 0.0
     norm: str = "batch"
-    pretrained: str | None = None  # ImageNet CaffeNet weights (``reidkit convert-caffemodel``); needs norm="lrn"
+    pretrained: str | None = None  # a frame CNN to start from: ``reidkit pretrain``'s cnn.pt, a run, or ImageNet CaffeNet
 
     def __post_init__(self) -> None:
         self.validate()

@@ -181,8 +181,9 @@ def build_model(variant: str | None = None, config: ModelConfig | None = None, *
 
 
 def load_pretrained_cnn(model: JSTRNN | CaffeNet, path) -> tuple[str, list[str]]:
-    """Load ImageNet CaffeNet weights (``model.pretrained``, made by ``reidkit convert-caffemodel``)
-    into the model's CNN; fc6/fc7 of other shapes start fresh (``skip_mismatched_fc``).
+    """Load a pretrained frame CNN (``model.pretrained``: ``reidkit pretrain``'s cnn.pt, a run's
+    checkpoint or converted ImageNet CaffeNet) into the model's CNN; fc6/fc7 of other shapes start
+    fresh (``skip_mismatched_fc``).
 
     Returns a one-line message for the user and the skipped layers. Only the trainer calls this,
     for a new run: a checkpoint already holds the weights, and ``load_model`` never reads the file."""
