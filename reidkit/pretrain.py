@@ -72,16 +72,17 @@ def pretrain(config, population_dir: str | Path, out_dir: str | Path, progress: 
              force: bool = False) -> Path:
     """Train the ``cnn`` variant of ``config`` on the population and export its frame CNN; returns
     ``out_dir/cnn.pt``. A finished run of the same settings in ``out_dir`` is reused (its export
-    is rewritten from its checkpoint); an unfinished one is resumed."""
+    is rewritten from its checkpoint), an unfinished one is resumed, and a run of other settings
+    is replaced only with ``force``."""
     from reidkit.ablate import earlier_run  # noqa: PLC0415 (ablate imports the trainer)
     from reidkit.config import Config  # noqa: PLC0415
     from reidkit.train import Trainer  # noqa: PLC0415
 
     out_dir = Path(out_dir)
-    run_config = Config.from_dict(config.to_dict(), settings={
-        "data.dataset": str(population_dir), "model.variant": "cnn", "model.pretrained": None,
-        "train.init": None, "train.out_dir": str(out_dir), "data.val_ids": 0, "train.eval_every": 0})
-    earlier, _ = ("none", None) if force else earlier_run(out_dir, run_config)
+    run_config = Config.from_dict(config.to_dict(), [
+        "model.variant=cnn", "model.pretrained=null", "train.init=null", "data.val_ids=0", "train.eval_every=0"],
+        settings={"data.dataset": str(population_dir), "train.out_dir": str(out_dir)})
+    earlier, _ = earlier_run(out_dir, run_config)
     if earlier != "finished":
         trainer = Trainer(run_config)
         trainer.fit(resume=earlier == "unfinished", force=force)

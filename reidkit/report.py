@@ -54,40 +54,47 @@ NOTEBOOKS = (
 
 # Parameters per profile. "*" goes to every notebook; a notebook's own entry is added on top.
 # Paths (dataset_dir, work_dir, run_dir, ...) and `device` are filled in by `build_parameters`.
+# Lessons 2 and 3 get the same fine-tuning overrides: lesson 2's `all` run is then lesson 3's
+# ALL row for the first seed (kept, not trained twice), and lessons 4-6 study that run.
+_SMOKE_FT = ["train.epochs=1", "train.steps_per_epoch=2", "data.val_ids=3", "train.eval_every=1"]
+_DEFAULT_FT = ["train.epochs=3", "train.steps_per_epoch=20", "data.val_ids=12", "train.eval_every=1"]
 PROFILES: dict[str, dict[str, dict]] = {
-    # ~1 minute on 2 CPU cores: proves every notebook runs end to end; the numbers mean nothing.
+    # ~2 minutes on 2 CPU cores: proves every notebook runs end to end; the numbers mean nothing.
     "smoke": {
         "*": {"profile": "smoke", "seed": 0},
         "01_data_preparation": {"config_file": "configs/smoke.yaml", "synthetic_preset": "tiny"},
-        "02_training": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=2"]},
-        "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": ["train.epochs=1", "train.steps_per_epoch=1"],
-                         "seeds": [0, 1], "baselines": ["cnn"]},
+        "02_training": {"config_file": "configs/smoke.yaml", "overrides": _SMOKE_FT,
+                        "pretrain_overrides": ["train.epochs=1", "train.steps_per_epoch=2"],
+                        "pretrain_preset": "tiny", "pretrain_seed": 7},
+        "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": _SMOKE_FT, "seeds": [0, 1],
+                         "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 32, "probe_clips": 8, "dose_response": "skip"},
         "05_srm_difference_maps": {"ig_steps": 4},
         "06_retrieval_report": {},
     },
     # <= 15 minutes on 2 CPU cores: the CPU-sized model (configs/cpu.yaml, bf16 + channels_last
-    # where the CPU has native bf16) on the small synthetic benchmark.
+    # where the CPU has native bf16) on the small synthetic benchmark; the frame CNN pretrained on
+    # 150 other people, then every variant fine-tuned from it with three seeds.
     "default": {
         "*": {"profile": "default", "seed": 0},
         "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
-        "02_training": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=8", "train.steps_per_epoch=50"]},
-        # two seeds per variant: a shorter equal budget per run than lesson 2's model (lesson 3 says so)
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": ["train.epochs=2", "train.steps_per_epoch=40"],
-                         "seeds": [0, 1], "baselines": ["cnn"]},
+        "02_training": {"config_file": "configs/cpu.yaml", "overrides": _DEFAULT_FT,
+                        "pretrain_overrides": ["train.epochs=6", "train.steps_per_epoch=50"]},
+        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": _DEFAULT_FT, "seeds": [0, 1, 2],
+                         "baselines": ["cnn"]},
         "04_temporal_attention": {"max_tracklets": 300, "probe_clips": 120, "dose_response": "show"},
         "05_srm_difference_maps": {"ig_steps": 16},
         "06_retrieval_report": {},
     },
     # The paper's setting (configs/default.yaml: 227×227 CaffeNet) on a real dataset: hours on a GPU.
-    # M scores every query × gallery pair (eval.exact): at the reference SRM throughput on
-    # an H200 (~150k pairs/s, docs/gpu_check.md) MARS's ~2k × ~10k pairs take a few minutes (benchmarks/gpu_check
-    # measures the throughput; not yet run on a GPU).
+    # The frame CNN is pretrained on the MARS-sized synthetic population (`large` preset). M scores
+    # every query × gallery pair (eval.exact; docs/gpu_check.md has the reference throughput).
     "paper": {
         "*": {"profile": "paper", "seed": 0},
         "01_data_preparation": {"config_file": "configs/default.yaml", "synthetic_preset": ""},
-        "02_training": {"config_file": "configs/default.yaml", "overrides": ["eval.exact=true"]},
-        "03_ablations": {"config_file": "configs/default.yaml", "overrides": ["train.epochs=30", "eval.exact=true"],
+        "02_training": {"config_file": "configs/default.yaml", "overrides": ["eval.exact=true", "data.val_ids=60"],
+                        "pretrain_overrides": ["train.epochs=30"], "pretrain_preset": "large"},
+        "03_ablations": {"config_file": "configs/default.yaml", "overrides": ["eval.exact=true", "data.val_ids=60"],
                          "seeds": [0, 1, 2]},
         "04_temporal_attention": {"max_tracklets": 2000, "dose_response": "skip"},
         "05_srm_difference_maps": {"ig_steps": 32},
@@ -96,15 +103,17 @@ PROFILES: dict[str, dict[str, dict]] = {
 }
 
 
-# The default profile with three seeds per ablation variant at a longer budget (mean ± std), plus
-# the attention lesson's dose-response study: CNN and CNN+TAM trained at three occlusion levels
-# with lesson 2's budget (six more training runs; docs/results.md has its time).
+# The default profile with a longer fine-tuning budget, five seeds, the same table trained from
+# random weights beside it, and the attention lesson's dose-response study (CNN and CNN+TAM at
+# three occlusion levels).
+_FULL_FT = ["train.epochs=5", "train.steps_per_epoch=30", "data.val_ids=12", "train.eval_every=1"]
 PROFILES["full"] = {**PROFILES["default"], "*": {"profile": "full", "seed": 0},
-                    "03_ablations": {**PROFILES["default"]["03_ablations"], "seeds": [0, 1, 2],
-                                     "overrides": ["train.epochs=5", "train.steps_per_epoch=50"]},
+                    "02_training": {**PROFILES["default"]["02_training"], "overrides": _FULL_FT},
+                    "03_ablations": {**PROFILES["default"]["03_ablations"], "seeds": [0, 1, 2, 3, 4],
+                                     "overrides": _FULL_FT, "from_scratch": True},
                     "04_temporal_attention": {**PROFILES["default"]["04_temporal_attention"], "dose_response": "run",
                                               "dose_config_file": "configs/cpu.yaml",
-                                              "dose_overrides": PROFILES["default"]["02_training"]["overrides"]}}
+                                              "dose_overrides": ["train.epochs=8", "train.steps_per_epoch=50"]}}
 
 
 class ReportError(RuntimeError):
@@ -445,15 +454,17 @@ def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
     out_dir = Path(out_dir).resolve()
     work = out_dir / "work"
     dataset_dir = str(Path(dataset).resolve()) if dataset else str(work / "dataset")
-    run_dir = str(work / "runs" / "all")
+    first_seed = spec.get("03_ablations", {}).get("seeds", [0])[0]
+    run_dir = str(work / "ablation" / "all" / f"seed_{first_seed}")  # lesson 2's run is lesson 3's ALL row
+    pretrained = work / "pretrain"
     common = {**spec.get("*", {}), "device": device, "dataset_dir": dataset_dir}
     extra = {
-        "02_training": {"work_dir": str(work), "run_dir": run_dir},
-        "03_ablations": {"ablation_dir": str(work / "ablation"),
+        "02_training": {"work_dir": str(work), "run_dir": run_dir, "pretrain_dir": str(pretrained)},
+        "03_ablations": {"ablation_dir": str(work / "ablation"), "pretrained": str(pretrained / "cnn.pt"),
                          "training_metrics": str(out_dir / "metrics" / "02_training.json")},
         "04_temporal_attention": {"run_dir": run_dir, "work_dir": str(work)},
         "05_srm_difference_maps": {"run_dir": run_dir, "diff_run_dir": str(
-            work / "ablation" / "cnn_diff" / f"seed_{spec.get('03_ablations', {}).get('seeds', [0])[0]}")},
+            work / "ablation" / "cnn_diff" / f"seed_{first_seed}")},
         "06_retrieval_report": {"work_dir": str(work), "run_dir": run_dir, "report_dir": str(out_dir)},
     }
     params = {nb: {**common, **spec.get(nb, {}), **extra.get(nb, {}),

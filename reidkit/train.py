@@ -350,7 +350,7 @@ class Trainer:
             message, skipped = load_pretrained_cnn(self.model, config.model.pretrained)
             if self.is_main and skipped:
                 warnings.warn(message, stacklevel=2)
-            elif self.is_main:
+            elif self.is_main and t.progress:
                 print(message)
         self.model.to(self.device)
         if t.init:

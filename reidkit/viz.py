@@ -860,3 +860,22 @@ def sweep_impulses(responses: Mapping, at: Sequence[int], title: str | None = No
         ax.plot([t * (w + 1) / w + (x + 0.5) / w], [(y + 0.5) / h], marker="s", mfc="none", mec="#39d353", ms=7)
     fig.suptitle(title or f"Reach of each sweep: output change from one impulse at t={at[0]}, y={at[1]}, x={at[2]}")
     return fig
+
+
+def learning_curves(curves: Mapping[str, Mapping], title: str | None = None) -> Figure:
+    """Validation rank-1 against training steps, one line per method: the mean over seeds with
+    the min–max range shaded (``reidkit.ablate.learning_curves``'s dict)."""
+    fig = _figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, c in curves.items():
+        steps = np.asarray(c["steps"])
+        line, = ax.plot(steps, c["mean"], marker="o", ms=3, label=f"{name} ({len(c['per_seed'])} seeds)")
+        ax.fill_between(steps, c["min"], c["max"], color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("validation rank-1 (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small", loc="lower right")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "learning curves (held-out training identities)")
+    sns.despine(ax=ax)
+    return fig

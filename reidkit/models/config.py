@@ -69,7 +69,7 @@ class ModelConfig:
         """
         base = dict(
             height=128, width=64, cnn="caffenet_light", width_mult=0.25, fc_dim=256,
-            rnn_hidden=128, attention_dim=64, srm_in=32, srm_hidden=16, srm_out=16,
+            rnn_hidden=256, attention_dim=64, srm_in=32, srm_hidden=16, srm_out=16,
         )
         base.update(overrides)
         return cls(**base)
