@@ -21,6 +21,8 @@ class ModelConfig:
     (the sub-net of Fig. 4), ``srm_in`` (channels after the first 1×1 conv of the SRM),
     ``srm_hidden`` (state of each of the six spatial LSTMs) and ``srm_out`` (channels of the
     contextual feature) are our choices, as is ``dropout`` (before the metric heads' FC).
+    ``rnn_hidden`` equals ``fc_dim`` in every shipped config, so CNN (fc7 average) and CNN+RNN /
+    CNN+TAM (LSTM output) rank by features of one size in Table 2.
 
     ``norm="batch"`` puts BatchNorm after every convolution instead of LRN. The paper starts
     from ImageNet weights, which cannot be downloaded here; from scratch, the LRN network with
@@ -43,7 +45,7 @@ class ModelConfig:
     cnn: str = "caffenet"
     width_mult: float = 1.0
     fc_dim: int = 1024
-    rnn_hidden: int = 512
+    rnn_hidden: int = 1024
     attention_dim: int = 256
     attention_temperature: float = 1.0  # ω_t = softmax(e_t / τ); 1 = Eq. 3 as printed
     srm_in: int = 64
@@ -64,8 +66,8 @@ class ModelConfig:
 
         conv1 runs at stride 2 instead of 4 so pool5 is an 8×4 grid (the standard CaffeNet
         gives 3×1 at 128×64, leaving the spatial sweeps nothing to sweep); ``width_mult=0.25``
-        gives conv1..conv5 = 24, 64, 96, 96, 64 channels; fc6 = fc7 = 256; the RNNs shrink to
-        match. Sized so all six ablation variants train in minutes on two CPU cores.
+        gives conv1..conv5 = 24, 64, 96, 96, 64 channels; fc6 = fc7 = 256 = the LSTM state; the
+        other heads shrink to match. Sized so all six ablation variants train in minutes on two CPU cores.
         """
         base = dict(
             height=128, width=64, cnn="caffenet_light", width_mult=0.25, fc_dim=256,
