@@ -4,8 +4,8 @@
 # Re-identification is ranking. For each query tracklet the gallery is sorted by the model's
 # score (for `all`: $S$ of Eq. 2, on every query × gallery pair or on the top-$K$ of the feature
 # ranking, as the run's `eval.exact` and `eval.rerank_top_k` say; the evaluation below prints
-# which), and two numbers summarise the rankings. The **CMC** at rank $k$ is the fraction of queries whose first
-# correct match is within the top $k$:
+# which), and two numbers summarise the rankings. The **CMC** at rank $k$ is the fraction of
+# queries whose first correct match is within the top $k$:
 #
 # $$\mathrm{CMC}(k) = \frac{1}{|Q|} \sum_{q \in Q} \mathbb{1}\big[\mathrm{rank}_q(\text{first correct}) \le k\big].$$
 #
