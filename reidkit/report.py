@@ -6,7 +6,9 @@ They run in order, each with parameters injected by papermill after its cell tag
 ``all`` checkpoint, the ablation table) lives under ``<out>/work/`` and is passed on as paths.
 Each notebook writes its numbers to ``<out>/metrics/<notebook>.json`` (plain JSON instead of
 scrapbook, which is no longer maintained); ``index.html`` links the executed notebooks, their
-HTML renderings and those numbers.
+HTML renderings and those numbers, and shows beside each headline figure what the lesson
+reproduces from the paper and the verdict on each of its claims, where its metrics carry
+``"reproduces"`` and ``"claims"`` (:func:`claims_html`).
 
 Choices worth knowing:
 
