@@ -2,9 +2,10 @@
 # # 6. Retrieval, the two MARS conventions, and a reproducibility report
 #
 # Re-identification is ranking. For each query tracklet the gallery is sorted by the model's
-# score (for `all`: $S$ of Eq. 2 on the top-$K$ of the feature ranking), and two numbers
-# summarise the rankings. The **CMC** at rank $k$ is the fraction of queries whose first
-# correct match is within the top $k$:
+# score (for `all`: $S$ of Eq. 2, on every query × gallery pair or on the top-$K$ of the feature
+# ranking, as the run's `eval.exact` and `eval.rerank_top_k` say; the evaluation below prints
+# which), and two numbers summarise the rankings. The **CMC** at rank $k$ is the fraction of
+# queries whose first correct match is within the top $k$:
 #
 # $$\mathrm{CMC}(k) = \frac{1}{|Q|} \sum_{q \in Q} \mathbb{1}\big[\mathrm{rank}_q(\text{first correct}) \le k\big].$$
 #
@@ -41,7 +42,7 @@ work_dir = "reports/notebooks/work"
 run_dir = "reports/notebooks/work/runs/all"
 report_dir = "reports/notebooks"
 metrics_path = "reports/notebooks/metrics/06_retrieval_report.json"
-lambdas = [0.25, 1.0, 4.0]          # λ values of S (Eq. 2) in the "Eq. 2 taken apart" section
+lambdas = [0.25, 1.0, 4.0]          # λ values of S (Eq. 2) in the "Eq. 2 taken apart" section (the model's λ is added)
 interactive = False
 
 # %%
@@ -58,6 +59,7 @@ from reidkit import viz
 from reidkit.data import even_frame_indices
 from reidkit.evaluate import EvalResult, eq2_breakdown, evaluate, evaluation_positions, extract_features
 from reidkit.lessons import REPO_ROOT, determinism_info, environment_info, git_info, key_metrics, open_run, write_metrics
+from reidkit.significance import describe, paired_bootstrap, rank1_hits, verdict
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, work_dir, run_dir, report_dir = (ROOT / p for p in (dataset_dir, work_dir, run_dir, report_dir))
@@ -86,8 +88,11 @@ display(Markdown("\n".join([EvalResult.table_header()] +
 viz.cmc_curves({f"{c} convention": r.cmc for c, r in results.items()}, title=f"CMC of {model.variant} on {manifest.name}")
 
 # %% [markdown]
-# The two curves come from the same features and scores; the gap between them is the
-# convention alone, which is why a number without its convention cannot be compared.
+# With the MARS protocol there are two curves, from the same features and scores: the gap
+# between them is the convention alone, which is why a number without its convention cannot be
+# compared. The cell below measures the gap on the queries both conventions count, with a
+# paired bootstrap over those queries (`reidkit.significance`): the same model ranks the same
+# queries twice, so only the draw of queries varies.
 
 # %%
 split0 = manifest.split(config.data.split)
@@ -106,10 +111,27 @@ convention_lines = [f"This split has {len(q_pos)} queries and {len(g_pos)} galle
                     f"{common_n.mean():.2f} correct matches in the common gallery and {official_n.mean():.2f} once the "
                     f"queries join it, so {100 * share:.0f}% of the official convention's correct matches are other "
                     f"queries."]
+comparisons = []  # every same-model comparison of this lesson: paired bootstrap over queries
+
+
+def compare(name, a, b, claim=None):
+    """Rank-1 of scoring A minus scoring B on the same queries, with its interval and verdict."""
+    interval = paired_bootstrap(a, b, seed=seed)
+    comparisons.append({"comparison": name, "claim": claim, **interval.to_dict(), "verdict": verdict(interval),
+                        "queries": len(a)})
+    return interval
+
+
 if "official" in results:
     d_r1 = results["official"].rank1 - results["common"].rank1
     d_map = results["official"].mAP - results["common"].mAP
-    convention_lines.append(f"Official minus common: rank-1 {d_r1:+.1f}, mAP {d_map:+.1f} points.")
+    pc, po = results["common"].per_query, results["official"].per_query
+    counted = np.isfinite(pc.ap)  # the queries the common convention counts (the official one counts all)
+    gap = compare("official − common convention", (po.first_hit[counted] == 1).astype(float),
+                  (pc.first_hit[counted] == 1).astype(float), "the official convention gives a higher rank-1")
+    convention_lines.append(f"Official minus common, as reported: rank-1 {d_r1:+.1f}, mAP {d_map:+.1f} points. On the "
+                            f"{int(counted.sum())} queries both count, for the claim that the official convention "
+                            f"gives the higher rank-1: {describe(gap)}.")
 display(Markdown(" ".join(convention_lines)))
 
 # %% [markdown]
@@ -117,10 +139,16 @@ display(Markdown(" ".join(convention_lines)))
 #
 # The `all` model has both branches, so the same trained network can rank the gallery by
 # $F$ alone (the feature branch, as CNN+TAM does), by $M$ alone (the metric branch, as CNN+SRM
-# does), or by $S = \frac{1}{1+F} + \lambda M$ at several weights $\lambda$. Only this
-# comparison, on one model, shows what the joint similarity adds over each of its parts. Each
-# is scored exactly (every query × gallery pair) and as the report does it (M or S on the top-$K$
-# of the feature ranking). The test features are extracted once and reused.
+# does), or by $S = \frac{1}{1+F} + \lambda M$ at several weights $\lambda$ (the paper sets
+# $\lambda = 1$, Sec. 3.1). Only this comparison, on one model, shows what the joint similarity
+# adds over each of its parts. Each is scored exactly (every query × gallery pair) and on the
+# top-$K$ of the feature ranking ($K$ = `eval.rerank_top_k`); this run's own evaluation is the
+# first when `eval.exact` is set, else the second. The test features are extracted once.
+#
+# The differences between these rows are two scorings of **one model on the same queries**, so
+# their yardstick is a paired bootstrap over the queries (`reidkit.significance`): it resamples
+# the queries and keeps each query's two outcomes together. The spread over training seeds
+# (lesson 3) answers another question, how much a retrained model moves.
 
 # %%
 if model.has_metric_branch and model.has_feature_branch:
@@ -128,17 +156,31 @@ if model.has_metric_branch and model.has_feature_branch:
                              batch_size=config.eval.batch_size, device=dev, progress=False,
                              feature_cache_dir=work_dir / "features", with_pool5=True)
     # M's logits of every query × gallery pair are computed once and reused by every row
-    eq2 = eq2_breakdown(model, manifest, feats, config.eval, split=config.data.split, lambdas=lambdas, device=dev)
+    lam = float(config.model.lam)  # the model's λ, the one its evaluation uses
+    eq2 = eq2_breakdown(model, manifest, feats, config.eval, split=config.data.split, device=dev,
+                        lambdas=sorted({float(x) for x in lambdas} | {lam}))
     display(Markdown("\n".join(["| ranking | scored | rank-1 | mAP |", "|---|---|---|---|"] + [
         f"| {e['ranking']} | {e['mode']} | {e['rank1']:.1f} | {e['mAP']:.1f} |" for e in eq2])))
-    best_part = max((e for e in eq2 if e["ranking"] in ("F only", "M only")), key=lambda e: e["rank1"])
-    best_s = max((e for e in eq2 if e["ranking"].startswith("S")), key=lambda e: e["rank1"])
-    gain = best_s["rank1"] - best_part["rank1"]
-    display(Markdown(f"The best single part is **{best_part['ranking']}** ({best_part['mode']}, rank-1 "
-                     f"{best_part['rank1']:.1f}); the best joint score is **{best_s['ranking']}** ({best_s['mode']}, "
-                     f"rank-1 {best_s['rank1']:.1f}): the joint similarity "
-                     f"{'adds' if gain > 0 else 'does not add'} {abs(gain):.1f} rank-1 points on this one model "
-                     f"(one model and one seed: lesson 3's seed spread is the yardstick for such a gap)."))
+    mode = "exact" if config.eval.exact else f"top-{config.eval.rerank_top_k}"  # as this run's evaluation scores
+    row = {(e["ranking"], e["mode"]): e for e in eq2}
+    hits = {k: rank1_hits(e["per_query"]) for k, e in row.items()}
+    S = (f"S, λ = {lam:g}", mode)
+    s_vs_f = compare(f"S (λ = {lam:g}, {mode}) − F only", hits[S], hits[("F only", "exact")], "S beats F (Eq. 2)")
+    s_vs_m = compare(f"S (λ = {lam:g}, {mode}) − M only ({mode})", hits[S], hits[("M only", mode)], "S beats M (Eq. 2)")
+    for other in sorted({float(x) for x in lambdas} - {lam}):
+        compare(f"S (λ = {other:g}) − S (λ = {lam:g}), {mode}", hits[(f"S, λ = {other:g}", mode)], hits[S])
+    compare(f"S (λ = {lam:g}) exact − top-{config.eval.rerank_top_k}",
+            *(hits[(S[0], m)] for m in ("exact", f"top-{config.eval.rerank_top_k}")))
+    display(Markdown("\n".join(
+        ["| rank-1 of A − rank-1 of B, same queries | difference (points) | 95 % interval | verdict on A > B |",
+         "|---|---:|---|---|"] + [f"| {c['comparison']} | {c['diff']:+.1f} | [{c['interval'][0]:+.1f}, "
+                                  f"{c['interval'][1]:+.1f}] | {c['verdict']} |"
+                                  for c in comparisons if c["comparison"].startswith("S")])))
+    display(Markdown(
+        f"Eq. 2's claim on this one model, with $S$ at its λ = {lam:g} scored as this run's evaluation scores it "
+        f"({mode}), over the {len(hits[S])} queries: **S against F alone**: {describe(s_vs_f)}; **S against M "
+        f"alone**: {describe(s_vs_m)}. `holds` needs the whole interval above 0, `reversed` below it; anything "
+        f"else is `inconclusive`: this many queries cannot tell the two scorings apart."))
 else:
     eq2 = []
     display(Markdown(f"The `{model.variant}` model has only one branch, so Eq. 2 cannot be taken apart here."))
@@ -149,9 +191,9 @@ else:
 # Each row: a query (a few of its frames), then its top-ranked gallery tracklets, one frame
 # each, framed green for the same person, red for a wrong one and blue for a distractor.
 # Entries that the protocol ignores (same person in the same camera, junk) are left out, so
-# the columns are the ranks CMC counts. We show three queries found at rank 1 and two that
-# failed, drawn at random (seeded) among the queries that have a correct match in the gallery
-# (the others are skipped by the common convention and cannot fail).
+# the columns are the ranks CMC counts. We show up to three queries found at rank 1 and up to
+# two that failed, drawn at random (seeded) among the queries that have a correct match in the
+# gallery (the others are skipped by the common convention and cannot fail).
 
 # %% tags=["headline"]
 pq = results["common"].per_query
@@ -176,9 +218,53 @@ if chosen:
                                title="retrieval (green = same person, red = wrong, blue = distractor)"))
 
 # %% [markdown]
-# The failures are the instructive rows: look for look-alike clothing (the synthetic benchmark
-# draws some identities as near copies of others) and for queries whose frames are mostly
-# occluded.
+# The failures are the instructive rows. What ranks above the first correct match in each
+# failure shown: distractors (pid 0: tracklets of no identity of the dataset), other identities, and
+# among them look-alikes (on the synthetic benchmark some identities are drawn as near copies
+# of another one, listed in `meta.json`'s `hard_negatives`), and how visible the query's own
+# frames are:
+
+# %%
+look_alike = set()
+for rel in manifest.meta.get("hard_negatives", []):  # the synthetic benchmark's hard negatives
+    look_alike |= {(int(rel["pid"]), int(rel["base"])), (int(rel["base"]), int(rel["pid"]))}
+
+
+def n_of(n, one, many):
+    return f"{n} {one if n == 1 else many}"
+
+
+failure_lines, failures = [], []
+for i in chosen:
+    if pq.first_hit[i] == 1:
+        continue
+    fh = int(pq.first_hit[i])
+    above = [(int(f), int(g)) for f, g in zip(pq.flags[i, :top], pq.gallery_ids[i, :top])
+             if g >= 0][:(fh - 1) if 0 < fh <= top else top]
+    qpid = int(pq.query_pids[i])
+    wrong = [int(manifest.pids[manifest.index(g)]) for f, g in above if f == 0]
+    counts = {"distractors": sum(f == 2 for f, _ in above), "other identities": len(wrong),
+              "look-alikes": sum((qpid, w) in look_alike for w in wrong)}
+    vis = manifest.tracklets[manifest.index(int(pq.query_ids[i]))].visibility
+    failures.append({"query": int(pq.query_ids[i]), "first_hit": fh, "ranks_above": len(above), **counts,
+                     "query_mean_visibility": None if vis is None else float(np.mean(vis))})
+    where = (f"first correct match at rank {fh}; above it" if 0 < fh <= top else
+             f"first correct match at rank {fh}, below the {top} shown, which hold" if fh else
+             f"no correct match ranked; the {top} shown hold")
+    failure_lines.append(
+        f"- query {int(pq.query_ids[i])} (pid {qpid}), {where} {n_of(counts['distractors'], 'distractor', 'distractors')} "
+        f"and {n_of(counts['other identities'], 'other identity', 'other identities')}"
+        + (f" ({counts['look-alikes']} of them drawn as {'a look-alike' if counts['look-alikes'] == 1 else 'look-alikes'}"
+           f" of the query)" if manifest.meta.get("hard_negatives") else "")
+        + (f"; the query's frames are {np.mean(vis):.0%} visible on average" if vis is not None else "") + ".")
+if failures:
+    total = {k: sum(f[k] for f in failures) for k in ("ranks_above", "distractors", "other identities", "look-alikes")}
+    failure_lines.append(
+        f"\nOver the {n_of(len(failures), 'failure', 'failures')} shown, of the {total['ranks_above']} entries ranked "
+        f"above the first correct match (within the top {top}), {total['distractors']} are distractors and "
+        f"{n_of(total['other identities'], 'is another identity', 'other identities')}"
+        + (f" ({total['look-alikes']} of them look-alikes)" if manifest.meta.get("hard_negatives") else "") + ".")
+display(Markdown("\n".join(failure_lines) if failure_lines else "No query of those drawn failed at rank 1."))
 
 # %%
 if interactive:
@@ -206,7 +292,7 @@ lines = ["| | |", "|---|---|",
          f"| dataset | {manifest.name} ({dataset_dir}) |",
          f"| model | {config.model.variant}: {config.model.cnn} ×{config.model.width_mult}, {config.model.height}×{config.model.width}, T = {T} |",
          f"| seeds | report {seed}, training {config.train.seed} |",
-         f"| evaluation | {', '.join(conventions)} convention(s), M re-scores the top {config.eval.rerank_top_k} |"]
+         f"| evaluation | {', '.join(conventions)} convention(s); ranking: {results['common'].ranking} |"]
 display(Markdown("\n".join(lines)))
 rows = ["| notebook | time (s) | key metrics |", "|---|---|---|"]
 for name, m in metrics.items():
@@ -262,7 +348,13 @@ write_metrics(report_dir / "reproducibility.json", reproducibility)
 key = {"rank1": summary["common"]["rank1"], "mAP": summary["common"]["mAP"]}
 if "official" in summary:
     key.update(rank1_official=summary["official"]["rank1"], mAP_official=summary["official"]["mAP"])
-write_metrics(metrics_path, {"key": key, "evaluation": summary, "eq2": eq2,
-                             "correct_matches": {"common": common_n.mean(), "official": official_n.mean()},
-                             "cmc": {n: r.cmc for n, r in results.items()}, "seconds": seconds,
-                             "git_commit": git["commit"]})
+claims = [{"claim": c["claim"], "verdict": c["verdict"], "interval": c["interval"], "diff": c["diff"]}
+          for c in comparisons if c["claim"] and c["claim"].endswith("(Eq. 2)")]
+written = write_metrics(metrics_path, {
+    "reproduces": "Eq. 2 taken apart on one model (S against its parts F and M), Fig. 9's CMC and Fig. 10's "
+                  "retrieval examples" + (", in both MARS conventions" if "official" in results else ""),
+    "claims": claims, "comparisons": comparisons, "failures": failures,
+    "key": key, "evaluation": summary, "eq2": [{k: v for k, v in e.items() if k != "per_query"} for e in eq2],
+    "correct_matches": {"common": common_n.mean(), "official": official_n.mean()},
+    "cmc": {n: r.cmc for n, r in results.items()}, "seconds": seconds, "git_commit": git["commit"]})
+print(f"this lesson's numbers: metrics/{written.name}")

@@ -603,13 +603,16 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalCo
 
 def eq2_breakdown(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig | None = None, *,
                   split: int | None = None, lambdas: Sequence[float] = (0.25, 1.0, 4.0), device=None,
-                  pair_batch: int = 4096, max_rank: int = 20) -> list[dict]:
+                  pair_batch: int = 4096, max_rank: int = 20, keep_top: int = 0) -> list[dict]:
     """Eq. 2 taken apart on one model with both branches: rank the gallery by F only, by M only
     and by S at each λ of ``lambdas``, each scored exactly (every pair) and on the top-K of the
     feature ranking (``eval_cfg.rerank_top_k``). M's logits are computed once for every query ×
     gallery pair and looked up, so the table costs one exact evaluation; each row equals what
     ``evaluate_features(..., score=..., lam=...)`` gives. One split (``split``, default the
-    protocol's first). Returns rows ``{"ranking", "score", "lam", "mode", "rank1", "mAP"}``.
+    protocol's first). Returns rows ``{"ranking", "score", "lam", "mode", "rank1", "mAP", "per_query"}``;
+    ``per_query`` is the row's ``PerQuery`` (first-hit rank and AP of every query, the same queries
+    in the same order in every row, so two rows compare query by query, e.g. with
+    ``reidkit.significance.paired_bootstrap``; its retrieval lists hold ``keep_top`` entries).
     """
     if not (model.has_feature_branch and model.has_metric_branch):
         raise ValueError(f"variant {model.variant!r} has a single branch: Eq. 2 has nothing to take apart")
@@ -647,8 +650,10 @@ def eq2_breakdown(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig
             scorer = None if kind == "distance" else lookup(kind, lam)
             ranking = rank_gallery(dist, scorer, e.rerank_top_k, bool(exact), pair_batch)
             m = evaluate_order(ranking.order, q_pids, g_pids, q_cams, g_cams, e.convention, max_rank)
+            per_query = _per_query(ranking, m, np.asarray(query_ids), np.asarray(gallery_ids), q_pids, g_pids,
+                                   q_cams, g_cams, keep_top)
             rows.append({"ranking": label, "score": kind, "lam": lam, "mode": mode,
-                         "rank1": 100.0 * float(m.cmc[0]), "mAP": 100.0 * float(m.mAP)})
+                         "rank1": 100.0 * float(m.cmc[0]), "mAP": 100.0 * float(m.mAP), "per_query": per_query})
     return rows
 
 

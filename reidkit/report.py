@@ -6,7 +6,9 @@ They run in order, each with parameters injected by papermill after its cell tag
 ``all`` checkpoint, the ablation table) lives under ``<out>/work/`` and is passed on as paths.
 Each notebook writes its numbers to ``<out>/metrics/<notebook>.json`` (plain JSON instead of
 scrapbook, which is no longer maintained); ``index.html`` links the executed notebooks, their
-HTML renderings and those numbers.
+HTML renderings and those numbers, and shows beside each headline figure what the lesson
+reproduces from the paper and the verdict on each of its claims, where its metrics carry
+``"reproduces"`` and ``"claims"`` (:func:`claims_html`).
 
 Choices worth knowing:
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import copy
 import html
 import io
 import json
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from reidkit.lessons import REPO_ROOT, key_metrics
+from reidkit.significance import VERDICTS
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = (
@@ -149,7 +153,8 @@ class NotebookResult:
 
 
 HEADLINE_TAG = "headline"  # a lesson tags the cell whose figure stands for it in the index
-THUMB_WIDTH = 360
+THUMB_WIDTH, THUMB_HEIGHT = 480, 400  # the box a thumbnail fits in (pixels)
+THUMB_ASPECT = (1.0, 2.0)  # width / height a thumbnail is cropped to before it is shrunk
 
 
 def headline_png(nb) -> bytes | None:
@@ -165,13 +170,28 @@ def headline_png(nb) -> bytes | None:
     return None
 
 
-def write_thumbnail(png: bytes, path: Path, width: int = THUMB_WIDTH) -> None:
-    """A ``width``-pixel-wide copy of a PNG (never enlarged)."""
+def write_thumbnail(png: bytes, path: Path, width: int = THUMB_WIDTH, height: int = THUMB_HEIGHT,
+                    aspect: tuple[float, float] = THUMB_ASPECT) -> None:
+    """A copy of a PNG that fits in ``width`` × ``height`` pixels (never enlarged).
+
+    A figure wider or taller than the ``aspect`` range (width / height) allows is first cropped
+    from its top-left corner to the nearest allowed aspect: shrunk whole, a wide row of panels or
+    a tall stack of map rows would fit the box only at a scale where no text can be read. The
+    crop keeps the first panel(s) or row(s) legible; the full figure is one click away.
+    """
     from PIL import Image
 
     image = Image.open(io.BytesIO(png))
-    if image.width > width:
-        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.LANCZOS)
+    w, h = image.size
+    lo, hi = aspect
+    if w > hi * h:  # too wide: keep the left part
+        image = image.crop((0, 0, max(1, round(hi * h)), h))
+    elif w < lo * h:  # too tall: keep the top part
+        image = image.crop((0, 0, w, max(1, round(w / lo))))
+    scale = min(1.0, width / image.width, height / image.height)
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.LANCZOS)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, optimize=True)
 
@@ -260,12 +280,24 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
+def is_idle_widget_cell(cell) -> bool:
+    """A code cell that only builds the interactive explorers (its code starts with
+    ``if interactive:``) and printed nothing: in a static report it is an empty box."""
+    if cell.get("cell_type") != "code" or cell.get("outputs"):
+        return False
+    lines = [ln for ln in cell.get("source", "").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return bool(lines) and lines[0].replace(" ", "") == "ifinteractive:"
+
+
 def export_html(nb, path: Path, mathjax_url: str | None = None) -> None:
     """The executed notebook as one HTML page; ``mathjax_url`` (see :func:`install_mathjax`)
-    points MathJax at the report's own copy."""
+    points MathJax at the report's own copy. Cells that would show as empty boxes (see
+    :func:`is_idle_widget_cell`) are left out of the page; the executed ``.ipynb`` keeps them."""
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if not is_idle_widget_cell(c)]
     options = {"mathjax_url": mathjax_url} if mathjax_url else {}
     exporter = HTMLExporter(extra_loaders=[DictLoader({"reidkit.html.j2": _TEMPLATE})],
                             template_file="reidkit.html.j2", **options)
@@ -391,15 +423,52 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _signed(v) -> str:
+    return f"{v:+.3g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+
+def claims_html(metrics: Mapping) -> str:
+    """What a lesson reproduces from the paper and the verdict on each of its claims, from its
+    metrics JSON: ``"reproduces"`` (one line) and ``"claims"`` (a list of ``{"claim", "verdict",
+    "interval": [lo, hi], "diff"}``, verdict one of ``VERDICTS``). Empty when it has neither."""
+    parts = []
+    reproduces = metrics.get("reproduces")
+    if isinstance(reproduces, str) and reproduces.strip():
+        parts.append(f'<div class="reproduces">{html.escape(reproduces.strip())}</div>')
+    items = []
+    for c in metrics.get("claims") or []:
+        if not isinstance(c, Mapping) or not c.get("claim"):
+            continue
+        v = str(c.get("verdict", ""))
+        detail = []
+        if "diff" in c:
+            detail.append(_signed(c["diff"]))
+        interval = c.get("interval")
+        if isinstance(interval, (list, tuple)) and len(interval) == 2:
+            level = c.get("level", 0.95)
+            detail.append(f"{level:.0%} interval [{_signed(interval[0])}, {_signed(interval[1])}]".replace("%", " %"))
+        items.append(f'<li><span class="verdict {v if v in VERDICTS else "unknown"}">{html.escape(v or "?")}</span> '
+                     f'{html.escape(str(c["claim"]))}' + (f' <span class="detail">({", ".join(detail)})</span>'
+                                                          if detail else "") + "</li>")
+    if items:
+        parts.append('<ul class="claims">' + "".join(items) + "</ul>")
+    return "".join(parts)
+
+
 def write_index(out_dir: Path, results: Sequence[NotebookResult], *, title: str = "reidkit report",
                 started: datetime | None = None, profile: str | None = None) -> Path:
-    """``index.html`` (a table of the notebooks) and ``run.json`` (the same, machine-readable)."""
+    """``index.html`` (a table of the notebooks) and ``run.json`` (the same, machine-readable).
+
+    Beside each headline figure: what the lesson reproduces and its verdict per claim
+    (:func:`claims_html`), in a column that appears when any lesson's metrics have them."""
     out_dir = Path(out_dir)
     rows = []
-    for r in results:
+    claims = [claims_html(r.metrics) for r in results]
+    with_claims = any(claims)
+    for r, claim_cell in zip(results, claims):
         links = " ".join(f'<a href="{html.escape(x)}">{x.rsplit(".", 1)[1]}</a>'
                          for x in (r.html, r.ipynb) if x)
-        km = key_metrics(r.metrics)
+        km = {k: v for k, v in key_metrics(r.metrics).items() if k not in ("reproduces", "claims")}
         metrics = "<br>".join(f"{html.escape(k)} = {html.escape(_fmt(v))}" for k, v in km.items())
         if r.error:
             metrics = f'<span class="err">{html.escape(r.error)}</span>' + (
@@ -408,12 +477,14 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], *, title: str 
         target = html.escape(r.html or r.ipynb or "")
         figure = (f'<a href="{target}"><img src="{html.escape(r.thumbnail)}" alt="headline figure of {html.escape(r.name)}"></a>'
                   if r.thumbnail else "")
+        claim_td = f"<td>{claim_cell}</td>" if with_claims else ""
         rows.append(f'<tr class="{r.status.replace(" ", "-")}"><td>{html.escape(r.name)}</td>'
-                    f"<td>{r.status}</td><td>{dur}</td><td>{links}</td><td>{figure}</td><td>{metrics}</td></tr>")
+                    f"<td>{r.status}</td><td>{dur}</td><td>{links}</td><td>{figure}</td>{claim_td}<td>{metrics}</td></tr>")
     total = sum(r.duration_s or 0 for r in results)
     files = " · ".join(f'<a href="{n}">{n}</a>' for n in ("run.json", "reproducibility.json", "metrics/")
                        if n == "run.json" or (out_dir / n).exists())
     when = (started or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    claims_th = "<th>what it reproduces: verdict per claim</th>" if with_claims else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -422,12 +493,15 @@ table {{ border-collapse: collapse; width: 100%; }}
 td, th {{ border: 1px solid #ccc; padding: .4em .6em; text-align: left; vertical-align: top; }}
 tr.ok td:nth-child(2) {{ color: #1a7f37; }} tr.failed td:nth-child(2), .err {{ color: #cf222e; }}
 tr.not-run {{ color: #888; }}
-td img {{ max-width: {THUMB_WIDTH}px; height: auto; border: 1px solid #eee; }}
+td img {{ max-width: {THUMB_WIDTH}px; max-height: {THUMB_HEIGHT}px; height: auto; border: 1px solid #eee; }}
+.claims {{ margin: .4em 0 0 0; padding-left: 1.1em; }}
+.verdict {{ font-weight: 600; }} .verdict.holds {{ color: #1a7f37; }} .verdict.reversed {{ color: #cf222e; }}
+.verdict.inconclusive {{ color: #9a6700; }} .detail {{ color: #555; font-size: .9em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Started {when}; {sum(r.status == "ok" for r in results)}/{len(results)} notebooks ran,
 {total:.1f} s in total. Zhou et al., CVPR 2017, "See the Forest for the Trees".</p>
-<table><tr><th>notebook</th><th>status</th><th>duration</th><th>open</th><th>headline figure</th><th>key metrics</th></tr>
+<table><tr><th>notebook</th><th>status</th><th>duration</th><th>open</th><th>headline figure</th>{claims_th}<th>key metrics</th></tr>
 {chr(10).join(rows)}
 </table>
 <p>Also here: {files}.</p>

@@ -44,10 +44,11 @@ class Interval(NamedTuple):
 
 
 def rank1_hits(result) -> np.ndarray:
-    """Per-query rank-1 outcomes (float 0/1) of an ``EvalResult`` with ``per_query``; queries the
-    metric skips (no valid match in the gallery) are left out, as rank-1 leaves them out."""
-    pq = getattr(result, "per_query", None)
-    if pq is None:
+    """Per-query rank-1 outcomes (float 0/1) of an ``EvalResult`` with ``per_query``, or of a
+    ``PerQuery`` itself (e.g. a row of ``eq2_breakdown``); queries the metric skips (no valid
+    match in the gallery) are left out, as rank-1 leaves them out."""
+    pq = getattr(result, "per_query", result)
+    if pq is None or not hasattr(pq, "first_hit"):
         raise ValueError("the result has no per-query outcomes: evaluate with per_query kept (keep_top >= 1)")
     first_hit, ap = np.asarray(pq.first_hit), np.asarray(pq.ap, dtype=np.float64)
     return (first_hit[~np.isnan(ap)] == 1).astype(np.float64)

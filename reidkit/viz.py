@@ -248,6 +248,7 @@ def frame_strip(frames, weights=None, visibility=None, title: str | None = None,
         bar_ax.set_xticks(x)
         bar_ax.set_xlim(-0.5, T - 0.5)
         bar_ax.set_xlabel("frame")
+        bar_ax.set_ylabel(" / ".join(n for n, a in (("weight ω̄", w), ("visibility", v)) if a is not None))
         bar_ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         sns.despine(ax=bar_ax)
     if title:
@@ -348,6 +349,7 @@ def spread_of_attention(attention_batch, bins: int = 30, title: str | None = Non
     a2.hist(s["entropy"], bins=bins, color=sns.color_palette()[1])
     a2.axvline(1.0, color="k", ls="--", lw=1, label="uniform")
     a2.set_xlabel("entropy / log T (mean over steps)")
+    a2.set_ylabel("clips")
     a2.legend(fontsize="small")
     for ax in (a1, a2):
         sns.despine(ax=ax)
@@ -406,13 +408,17 @@ def _row_image(ax, stack, label, gap, **imshow_kwargs):
     return im
 
 
+MAP_NORM_LABEL = "‖·‖₂ over\nchannels"  # what an SRM map row's colour bar measures
+
+
 def _draw_map_rows(fig, axes, rows, shared=None):
-    """``rows`` = [(label, (T, h, w))] on ``axes`` (one each), a colour bar per row.
+    """``rows`` = [(label, (T, h, w))] on ``axes`` (one each), a colour bar per row, labelled.
     ``shared``: {label: (vmin, vmax)} colour limits, else 0 … the row's max."""
     for ax, (label, m) in zip(axes, rows):
         vmin, vmax = shared[label] if shared and label in shared else (0.0, float(m.max()) or 1.0)
         im = _row_image(ax, m, label, gap=1, cmap="magma", vmin=vmin, vmax=vmax)
-        fig.colorbar(im, ax=ax, pad=0.01, aspect=6, fraction=0.04)
+        cbar = fig.colorbar(im, ax=ax, pad=0.01, aspect=6, fraction=0.04)
+        cbar.set_label(MAP_NORM_LABEL, fontsize="x-small")
 
 
 def _frame_rows(axes, frame_sets, map_width: int | None = None):
@@ -502,7 +508,8 @@ def cmc_curves(curves: Mapping[str, np.ndarray], max_rank: int = 20, title: str 
     """Fig. 9: CMC curves, one line per method, rank 1 … ``max_rank``.
 
     ``curves``: ``{name: cmc}`` with ``cmc[k]`` = matching rate at rank k+1, as a fraction
-    (all values ≤ 1, then shown in %) or already in %. The legend gives each rank-1. One axis.
+    (all values ≤ 1, then shown in %) or already in %. The legend gives each rank-1. One axis,
+    its y axis always 0–100 %.
     """
     fig = _figure(figsize=(5.5, 4), layout="constrained")
     ax = fig.subplots()
@@ -514,6 +521,7 @@ def cmc_curves(curves: Mapping[str, np.ndarray], max_rank: int = 20, title: str 
         ax.plot(ranks, c, marker="o", ms=3, label=f"{name} (rank-1 {c[0]:.1f}%)")
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
+    ax.set_ylim(0, 101)  # the whole scale: a curve near the top is not stretched into a large gap
     ax.set_xlim(1, max_rank)
     ax.set_xticks([1] + list(range(5, max_rank + 1, 5)))
     ax.legend(fontsize="small", loc="lower right")
@@ -613,12 +621,17 @@ def _retrieval(queries, galleries, flags, scores, query_labels, gallery_labels, 
 # --------------------------------------------------------------------------- training
 
 
+CURVE_LABELS = {"loss": "total loss", "triplet": "triplet loss (feature branch)",
+                "bce": "pair loss, BCE (metric branch)"}
+
+
 @_styled
 def training_curves(history, keys: Sequence[str] = ("loss", "triplet", "bce"), x: str | None = None,
                     title: str | None = None) -> Figure:
     """Loss curves from a ``Trainer`` history: a list of dicts (one per step or epoch) or a
     dict of lists. One axis per key present in the history (missing keys are skipped). The x
-    axis is ``x`` if given, else ``step`` or ``epoch`` when present, else the entry index."""
+    axis is ``x`` if given, else ``step`` or ``epoch`` when present, else the entry index; the
+    y axis is labelled with the loss (``CURVE_LABELS``, else the key)."""
     if isinstance(history, Mapping):
         cols = {k: np.asarray(v, np.float64) for k, v in history.items()}
     else:
@@ -638,6 +651,7 @@ def training_curves(history, keys: Sequence[str] = ("loss", "triplet", "bce"), x
         ax.plot(xs[ok], y[ok], lw=1.2)
         ax.set_title(k)
         ax.set_xlabel(x or "entry")
+        ax.set_ylabel(CURVE_LABELS.get(k, k))
         ax.grid(alpha=0.3)
         sns.despine(ax=ax)
     if title:
@@ -649,7 +663,8 @@ def training_curves(history, keys: Sequence[str] = ("loss", "triplet", "bce"), x
 
 
 @_styled
-def attribution_figure(frames, attributions: Mapping, title: str | None = None, alpha: float = 0.55) -> Figure:
+def attribution_figure(frames, attributions: Mapping, title: str | None = None, alpha: float = 0.55,
+                       clip_percentile: float = 99.0) -> Figure:
     """Which frames (and where) drove the score (see ``reidkit.explain``).
 
     ``frames``: ``uint8 (T, H, W, 3)``. ``attributions``: ``{method: result}`` where a result
@@ -658,6 +673,12 @@ def attribution_figure(frames, attributions: Mapping, title: str | None = None, 
     time steps side by side): the frames, one overlay per method with maps (signed maps in a
     diverging colour map centred on 0), then a bar chart of each method's frame importance
     divided by its largest absolute value (signs kept).
+
+    Pixel attributions are heavy-tailed (Integrated Gradients puts most of its mass on a few
+    pixels), so a colour scale up to the largest value leaves nearly every pixel invisible. Each
+    overlay's scale is symmetric, ±(the ``clip_percentile`` percentile of |value|) of that
+    method's maps (0 … that value for non-negative maps such as Grad-CAM's); larger values
+    saturate, and the colour bar's label says so.
     """
     frames = _as_frames(frames)
     T, H, W = frames.shape[:3]
@@ -677,13 +698,15 @@ def attribution_figure(frames, attributions: Mapping, title: str | None = None, 
     for ax, (method, maps) in zip(axes[1:], with_maps):
         if maps.shape != (T, H, W):
             raise ValueError(f"{method}: maps must be (T, H, W) = {(T, H, W)}, got {maps.shape}")
-        lim = float(np.abs(maps).max()) or 1.0
+        lim = float(np.percentile(np.abs(maps), clip_percentile)) or float(np.abs(maps).max()) or 1.0
         signed = maps.min() < 0
         _row_image(ax, frames, method, gap)
         units = (T * W + (T - 1) * gap) / W
         im = ax.imshow(mosaic(maps, gap), extent=(0, units, 1, 0), aspect="auto", alpha=alpha,
                        cmap="RdBu_r" if signed else "magma", vmin=-lim if signed else 0.0, vmax=lim)
-        fig.colorbar(im, ax=ax, pad=0.01, aspect=6, fraction=0.04)
+        cbar = fig.colorbar(im, ax=ax, pad=0.01, aspect=6, fraction=0.04)
+        cbar.set_label(f"per pixel\n(saturates at {'±' if signed else ''}{lim:.2g},\n"
+                       f"p{clip_percentile:g} of |·|)", fontsize="x-small")
     bar_ax = axes[-1]
     names = list(attributions)
     bw = 0.8 / max(len(names), 1)
@@ -716,6 +739,7 @@ def attention_training(steps: Sequence[Mapping], title: str | None = None) -> Fi
                               ("triplet loss", "entropy of ω / log T", "‖∇ attention sub-net‖")):
         ax.plot(x, [r[key] for r in rows], marker="o", ms=2)
         ax.set_xlabel("step")
+        ax.set_ylabel(label)
         ax.set_title(label)
         ax.grid(alpha=0.3)
         sns.despine(ax=ax)

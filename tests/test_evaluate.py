@@ -330,6 +330,7 @@ def test_eq2_parts_isolated_on_a_real_all_model(all_model):
 
 def test_eq2_breakdown_equals_separate_evaluations(all_model):
     from reidkit.evaluate import eq2_breakdown
+    from reidkit.significance import rank1_hits
 
     model, manifest, feats = all_model
     cfg = EvalConfig(rerank_top_k=2)
@@ -341,6 +342,11 @@ def test_eq2_breakdown_equals_separate_evaluations(all_model):
         one = evaluate_features(model, manifest, feats, dataclasses.replace(cfg, exact=r["mode"] == "exact"),
                                 progress=False, score=r["score"], lam=r["lam"])
         assert r["rank1"] == pytest.approx(one.rank1) and r["mAP"] == pytest.approx(one.mAP), r
+        # each row keeps its per-query outcomes: the same queries, in the same order, as the evaluation
+        np.testing.assert_array_equal(r["per_query"].query_ids, one.per_query.query_ids)
+        np.testing.assert_array_equal(r["per_query"].first_hit, one.per_query.first_hit)
+        np.testing.assert_allclose(r["per_query"].ap, one.per_query.ap)
+        assert 100 * rank1_hits(r["per_query"]).mean() == pytest.approx(r["rank1"])
 
 
 def test_a_damaged_feature_cache_file_is_extracted_again(make_manifest, tmp_path):

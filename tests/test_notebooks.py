@@ -138,6 +138,39 @@ def test_metrics_srm_and_retrieval(smoke):
     assert {r for r, _ in rankings} >= {"S, λ = 0.25", "S, λ = 1", "S, λ = 4"}
 
 
+_REPR = re.compile(r"^\s*(?:PosixPath|WindowsPath|Manifest|FrameCache)\(|<[\w.]+ object at 0x")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["01_data_preparation", "05_srm_difference_maps", "06_retrieval_report"])
+def test_outputs_are_sentences_figures_and_tables_not_reprs(smoke, name):
+    nb = nbformat.read(str(smoke / f"{name}.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    texts = [o.get("text") or o.get("data", {}).get("text/plain", "") for c in code for o in c.outputs
+             if "image/png" not in o.get("data", {}) and "text/markdown" not in o.get("data", {})]
+    assert not [t for t in texts if _REPR.search(t)], f"{name} shows a bare object repr"
+    # the static page leaves out the cells that only build widgets (they print nothing)
+    idle = sum(report.is_idle_widget_cell(c) for c in code)
+    page = (smoke / f"{name}.html").read_text()
+    assert page.count("jp-Cell jp-CodeCell") == len(code) - idle
+
+
+@pytest.mark.slow
+def test_lessons_state_what_they_reproduce_and_their_verdicts(smoke):
+    for name in ("01_data_preparation", "05_srm_difference_maps", "06_retrieval_report"):
+        assert _metrics(smoke, name)["reproduces"]
+    m = _metrics(smoke, "06_retrieval_report")
+    names = [c["comparison"] for c in m["comparisons"]]  # same-model comparisons: paired over queries
+    assert any(n.startswith("S (") and "F only" in n for n in names) and any("M only" in n for n in names)
+    assert any("convention" in n for n in names) and sum("S (λ = " in n and ") − S (λ = " in n for n in names) == 2
+    for c in m["comparisons"] + _metrics(smoke, "05_srm_difference_maps")["claims"]:
+        low, high = c["interval"]
+        assert low <= high and c["verdict"] in ("holds", "reversed", "inconclusive")
+    assert [c["claim"] for c in m["claims"]] == ["S beats F (Eq. 2)", "S beats M (Eq. 2)"]
+    index = (smoke / "index.html").read_text()
+    assert 'S beats F (Eq. 2)' in index and '<span class="verdict ' in index
+
+
 @pytest.mark.parametrize("name", report.NOTEBOOKS)
 def test_ipynb_in_sync_with_py(name):
     py = report.NOTEBOOK_DIR / f"{name}.py"

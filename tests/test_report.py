@@ -130,3 +130,65 @@ def test_headline_figure_becomes_the_index_thumbnail(tmp_path):
     nb.cells[1].metadata["tags"] = []  # no tag: the first figure
     assert Image.open(io.BytesIO(report.headline_png(nb))).getpixel((0, 0))[:3] == (255, 0, 0)
     assert report.headline_png(nbformat.v4.new_notebook()) is None
+
+
+def test_thumbnails_of_wide_and_tall_figures_stay_legible(tmp_path):
+    import io
+
+    from PIL import Image
+
+    def thumb(size):
+        buf = io.BytesIO()
+        Image.new("RGB", size, "white").save(buf, format="PNG")
+        report.write_thumbnail(buf.getvalue(), tmp_path / "t.png")
+        return Image.open(tmp_path / "t.png").size
+
+    # a row of three loss panels: its left 2:1 part, shrunk to the box's width (scale 0.8, not 0.33)
+    assert thumb((1080, 300)) == (report.THUMB_WIDTH, report.THUMB_WIDTH // 2)
+    w, h = thumb((600, 1660))  # a tall stack of map rows: its top part
+    assert h == report.THUMB_HEIGHT and w == h and w / 600 > 0.6
+    assert thumb((200, 150)) == (200, 150)  # never enlarged
+
+
+def test_static_pages_leave_out_idle_widget_cells(tmp_path):
+    import nbformat
+
+    def code(source, text=None):
+        c = nbformat.v4.new_code_cell(source)
+        if text is not None:
+            c.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        return c
+
+    idle = code("if interactive:\n    from reidkit.widgets import query_explorer\n    display(query_explorer())")
+    printing = code("if interactive:\n    pass\nelse:\n    print('static figure')", "static figure\n")
+    nb = nbformat.v4.new_notebook(cells=[code("x = 1\nprint('MARKER_KEPT')", "MARKER_KEPT\n"), idle, printing,
+                                         code("# comment first\nif interactive:\n    explore_me()")])
+    assert [report.is_idle_widget_cell(c) for c in nb.cells] == [False, True, False, True]
+    report.export_html(nb, tmp_path / "page.html")
+    page = (tmp_path / "page.html").read_text()
+    assert "MARKER_KEPT" in page and "static figure" in page
+    assert "query_explorer" not in page and "explore_me" not in page
+    assert len(nb.cells) == 4  # the notebook itself keeps every cell
+
+
+def test_index_shows_what_each_lesson_reproduces_and_its_verdicts(tmp_path):
+    claims = {"reproduces": "Eq. 2: S against its parts F and M, on one model",
+              "claims": [{"claim": "S beats F (Eq. 2)", "verdict": "holds", "interval": [1.25, 9.5], "diff": 5.9},
+                         {"claim": "S beats M (Eq. 2)", "verdict": "inconclusive", "interval": [-2.0, 4.0],
+                          "diff": 1.0},
+                         {"claim": "<b>escaped</b>", "verdict": "reversed", "interval": [-9, -1], "diff": -4}],
+              "key": {"rank1": 50.0}}
+    results = [report.NotebookResult("06_x", status="ok", duration_s=1.0, metrics=claims),
+               report.NotebookResult("01_y", status="ok", duration_s=1.0, metrics={"key": {"n": 3}})]
+    page = report.write_index(tmp_path, results).read_text()
+    assert "Eq. 2: S against its parts F and M, on one model" in page
+    assert '<span class="verdict holds">holds</span> S beats F (Eq. 2)' in page
+    assert "+5.9, 95 % interval [+1.25, +9.5]" in page
+    assert '<span class="verdict inconclusive">inconclusive</span> S beats M (Eq. 2)' in page
+    assert '<span class="verdict reversed">reversed</span> &lt;b&gt;escaped&lt;/b&gt;' in page
+    assert "rank1 = 50" in page and "reproduces =" not in page  # not repeated among the key metrics
+    row_01 = page[page.index("<td>01_y</td>"):].split("</tr>")[0]
+    assert "<td></td><td>n = 3</td>" in row_01  # a lesson without claims: an empty cell, nothing else
+    # no lesson with claims: no extra column at all
+    plain = report.write_index(tmp_path, results[1:]).read_text()
+    assert 'class="verdict' not in plain and "what it reproduces" not in plain

@@ -80,3 +80,16 @@ def test_refusals(a, b, match):
     fn = paired_bootstrap if np.ndim(a) == 1 else variant_interval
     with pytest.raises(ValueError, match=match):
         fn(a, b)
+
+
+def test_rank1_hits_of_a_result_or_of_its_per_query():
+    from types import SimpleNamespace
+
+    from reidkit.significance import rank1_hits
+
+    pq = SimpleNamespace(first_hit=np.array([1, 3, 0, 1]), ap=np.array([1.0, 0.3, np.nan, 0.5]))
+    expected = [1.0, 0.0, 1.0]  # the skipped query (AP NaN) is left out, as rank-1 leaves it out
+    np.testing.assert_array_equal(rank1_hits(SimpleNamespace(per_query=pq)), expected)
+    np.testing.assert_array_equal(rank1_hits(pq), expected)
+    with pytest.raises(ValueError, match="per-query"):
+        rank1_hits(SimpleNamespace(per_query=None))

@@ -254,3 +254,70 @@ def test_sweep_impulses_one_row_per_direction():
     fig = viz.sweep_impulses(resp, (2, 1, 1))
     rows = [ax for ax in fig.axes if ax.images]
     assert [ax.get_ylabel() for ax in rows] == [d.replace("_", " ") for d in DIRECTIONS]
+
+
+def _unlabelled_axes(fig):
+    """Axes that plot data (lines, bars, scatter) but lack an x or y label, and colour bars
+    without a label."""
+    bad = []
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            if not (ax.get_ylabel() or ax.get_xlabel()):
+                bad.append("colour bar")
+            continue
+        if ax.images or not (ax.lines or ax.patches or ax.collections):
+            continue  # image rows carry their row label; decoration-only axes carry no data
+        if not (ax.get_xlabel() and ax.get_ylabel()):
+            bad.append(ax.get_title() or "an axis")
+    return bad
+
+
+def test_every_data_axis_and_colour_bar_is_labelled():
+    T = 4
+    att = np.stack([softmax_rows(RNG.normal(size=(T, T))) for _ in range(6)])
+    vis = [RNG.uniform(size=T) for _ in range(6)]
+    steps = [{"step": s, "loss": 1.0 / (s + 1), "triplet": 0.5, "bce": 0.7, "attention_entropy": 0.9,
+              "attention_grad_norm": 0.1 + s} for s in range(5)]
+    probe = {"blank": {1: {"occluded": 0.9, "clean": 1.03}, 2: {"occluded": 0.8, "clean": 1.2}}}
+    dose = [{"method": m, "occlusion": lv, "rank1": 50.0, "spearman_rho": 0.1}
+            for m in ("CNN", "CNN+TAM") for lv in ("none", "default", "heavy")]
+    attr = {"integrated_gradients": {"frame_importance": RNG.normal(size=T), "maps": RNG.normal(size=(T, 16, 8))},
+            "frame_occlusion": {"frame_importance": RNG.normal(size=T), "maps": None}}
+    figures = {
+        "training_curves": viz.training_curves(steps),
+        "attention_training": viz.attention_training(steps),
+        "cmc_curves": viz.cmc_curves({"a": np.linspace(0.8, 1.0, 20)}),
+        "length_histogram": viz.length_histogram(RNG.integers(5, 100, 50)),
+        "frame_strip": viz.frame_strip(frames(T), weights=att[0], visibility=vis[0]),
+        "attention_heatmap": viz.attention_heatmap(att[0]),
+        "attention_vs_visibility": viz.attention_vs_visibility(list(att), vis,
+                                                               labels=[np.array(["none", "object"] * 2)] * 6),
+        "spread_of_attention": viz.spread_of_attention(att),
+        "occlusion_probe_plot": viz.occlusion_probe_plot(probe, T),
+        "dose_response_plot": viz.dose_response_plot(dose),
+        "srm_maps": viz.srm_maps(srm_dict()),
+        "srm_pair_comparison": viz.srm_pair_comparison(srm_dict(), srm_dict()),
+        "attribution_figure": viz.attribution_figure(frames(T), attr),
+    }
+    bad = {name: b for name, fig in figures.items() if (b := _unlabelled_axes(fig))}
+    assert not bad, f"axes without labels: {bad}"
+    for fig in figures.values():
+        assert renders(fig)
+
+
+def test_cmc_axis_shows_the_whole_scale():
+    ax = viz.cmc_curves({"high": np.linspace(0.85, 1.0, 20)}).axes[0]
+    low, high = ax.get_ylim()
+    assert low == 0 and high >= 100  # a curve between 85 and 100 % is not drawn as if it started at 0
+
+
+def test_attribution_overlay_scale_follows_the_bulk_of_the_values():
+    T = 4
+    maps = RNG.normal(scale=0.001, size=(T, 16, 8))
+    maps[0, 0, 0] = 0.5  # one extreme pixel, as Integrated Gradients produces
+    fig = viz.attribution_figure(frames(T), {"ig": {"frame_importance": np.ones(T), "maps": maps}})
+    vmin, vmax = [ax for ax in fig.axes if ax.images][1].images[1].get_clim()
+    lim = np.percentile(np.abs(maps), 99)
+    assert vmax == pytest.approx(lim) and vmin == pytest.approx(-lim) and vmax < 0.05
+    cbar = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"][0]
+    assert "saturates" in cbar.get_ylabel()
