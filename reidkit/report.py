@@ -56,68 +56,30 @@ NOTEBOOKS = (
     "06_retrieval_report",
 )
 
-# Parameters per profile. "*" goes to every notebook; a notebook's own entry is added on top.
-# Paths (dataset_dir, work_dir, run_dir, ...) and `device` are filled in by `build_parameters`.
-# Lessons 2 and 3 get the same fine-tuning overrides: lesson 2's `all` run is then lesson 3's
-# ALL row for the first seed (kept, not trained twice), and lessons 4-6 study that run.
-_SMOKE_FT = ["train.epochs=1", "train.steps_per_epoch=2", "data.val_ids=3", "train.eval_every=1"]
-_DEFAULT_FT = ["train.epochs=3", "train.steps_per_epoch=20", "data.val_ids=12", "train.eval_every=1"]
-PROFILES: dict[str, dict[str, dict]] = {
-    # ~2 minutes on 2 CPU cores: proves every notebook runs end to end; the numbers mean nothing.
-    "smoke": {
-        "*": {"profile": "smoke", "seed": 0},
-        "01_data_preparation": {"config_file": "configs/smoke.yaml", "synthetic_preset": "tiny"},
-        "02_training": {"config_file": "configs/smoke.yaml", "overrides": _SMOKE_FT,
-                        "pretrain_overrides": ["train.epochs=1", "train.steps_per_epoch=2"],
-                        "pretrain_preset": "tiny", "pretrain_seed": 7},
-        "03_ablations": {"config_file": "configs/smoke.yaml", "overrides": _SMOKE_FT, "seeds": [0, 1],
-                         "baselines": ["cnn"]},
-        "04_temporal_attention": {"max_tracklets": 32, "probe_clips": 8, "dose_response": "skip"},
-        "05_srm_difference_maps": {"ig_steps": 4},
-        "06_retrieval_report": {},
-    },
-    # <= 15 minutes on 2 CPU cores: the CPU-sized model (configs/cpu.yaml, bf16 + channels_last
-    # where the CPU has native bf16) on the small synthetic benchmark; the frame CNN pretrained on
-    # 150 other people, then every variant fine-tuned from it with three seeds.
-    "default": {
-        "*": {"profile": "default", "seed": 0},
-        "01_data_preparation": {"config_file": "configs/cpu.yaml", "synthetic_preset": "small"},
-        "02_training": {"config_file": "configs/cpu.yaml", "overrides": _DEFAULT_FT,
-                        "pretrain_overrides": ["train.epochs=6", "train.steps_per_epoch=50"]},
-        "03_ablations": {"config_file": "configs/cpu.yaml", "overrides": _DEFAULT_FT, "seeds": [0, 1, 2],
-                         "baselines": ["cnn"]},
-        "04_temporal_attention": {"max_tracklets": 300, "probe_clips": 120, "dose_response": "show"},
-        "05_srm_difference_maps": {"ig_steps": 16},
-        "06_retrieval_report": {},
-    },
-    # The paper's setting (configs/default.yaml: 227×227 CaffeNet) on a real dataset: hours on a GPU.
-    # The frame CNN is pretrained on the MARS-sized synthetic population (`large` preset). M scores
-    # every query × gallery pair (eval.exact; docs/gpu_check.md has the reference throughput).
-    "paper": {
-        "*": {"profile": "paper", "seed": 0},
-        "01_data_preparation": {"config_file": "configs/default.yaml", "synthetic_preset": ""},
-        "02_training": {"config_file": "configs/default.yaml", "overrides": ["eval.exact=true", "data.val_ids=60"],
-                        "pretrain_overrides": ["train.epochs=30"], "pretrain_preset": "large"},
-        "03_ablations": {"config_file": "configs/default.yaml", "overrides": ["eval.exact=true", "data.val_ids=60"],
-                         "seeds": [0, 1, 2]},
-        "04_temporal_attention": {"max_tracklets": 2000, "dose_response": "skip"},
-        "05_srm_difference_maps": {"ig_steps": 32},
-        "06_retrieval_report": {},
-    },
-}
+PROFILE_DIR = REPO_ROOT / "configs" / "profiles"
 
 
-# The default profile with a longer fine-tuning budget, five seeds, the same table trained from
-# random weights beside it, and the attention lesson's dose-response study (CNN and CNN+TAM at
-# three occlusion levels).
-_FULL_FT = ["train.epochs=5", "train.steps_per_epoch=30", "data.val_ids=12", "train.eval_every=1"]
-PROFILES["full"] = {**PROFILES["default"], "*": {"profile": "full", "seed": 0},
-                    "02_training": {**PROFILES["default"]["02_training"], "overrides": _FULL_FT},
-                    "03_ablations": {**PROFILES["default"]["03_ablations"], "seeds": [0, 1, 2, 3, 4],
-                                     "overrides": _FULL_FT, "from_scratch": True},
-                    "04_temporal_attention": {**PROFILES["default"]["04_temporal_attention"], "dose_response": "run",
-                                              "dose_config_file": "configs/cpu.yaml",
-                                              "dose_overrides": ["train.epochs=8", "train.steps_per_epoch=50"]}}
+def load_profile(name: str, directory: Path = PROFILE_DIR) -> dict[str, dict]:
+    """A report profile: ``configs/profiles/<name>.yaml``, ``{"*": {...}, notebook: {...}}``.
+    ``"*"`` goes to every notebook, a notebook's own entry on top; ``extends: other`` starts from
+    another profile, each notebook entry here replacing single keys of the one there."""
+    import yaml  # noqa: PLC0415
+
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
+        raise ReportError(f"unknown profile {name!r}: no {path}; choose from {known}")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base = spec.pop("extends", None)
+    unknown = sorted(set(spec) - {"*", *NOTEBOOKS})
+    if unknown:
+        raise ReportError(f"{path}: unknown notebook(s) {unknown}; expected '*' or one of {', '.join(NOTEBOOKS)}")
+    if base is None:
+        return spec
+    merged = load_profile(base, directory)
+    for key, entry in spec.items():
+        merged[key] = {**merged.get(key, {}), **(entry or {})}
+    return merged
 
 
 class ReportError(RuntimeError):
@@ -520,9 +482,7 @@ td img {{ max-width: {THUMB_WIDTH}px; max-height: {THUMB_HEIGHT}px; height: auto
 def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
                      device: str = "auto") -> dict[str, dict]:
     """Per-notebook parameters for a profile; shared state goes under ``<out_dir>/work``."""
-    if profile not in PROFILES:
-        raise ReportError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
-    spec = PROFILES[profile]
+    spec = load_profile(profile)
     if profile == "paper" and not dataset:
         raise ReportError("--profile paper needs --dataset DIR (a manifest written by data_prep)")
     out_dir = Path(out_dir).resolve()
@@ -574,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="reidkit report",
         description="Execute the lesson notebooks (papermill) and write an HTML report.")
-    ap.add_argument("--profile", choices=sorted(PROFILES), default="default",
+    ap.add_argument("--profile", choices=sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")), default="default",
                     help="smoke: ~1 min check; default: ≤15 min on 2 CPU cores (synthetic); full: default "
                          "+ the attention dose-response study; paper: 227×227 CaffeNet on --dataset (long)")
     ap.add_argument("--dataset", help="dataset folder with a manifest (default: generate the "
