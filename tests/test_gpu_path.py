@@ -5,15 +5,26 @@ the decision calls it)."""
 
 from __future__ import annotations
 
+import sys
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
 from reidkit import train as train_mod
+from reidkit.data import FrameCache, Manifest, Prefetcher, TrainClipLoader, iter_test_clips, normalize_clips
+from reidkit.data import cache as cache_mod
+from reidkit.data.sampling import test_frame_indices
 from reidkit.models.caffenet import cudnn_tf32, disable_cudnn_tf32
 from reidkit.train import Trainer, _rng_state, _set_rng_state, configure_cuda_backends
 from test_train import make_tiny_dataset, tiny_config  # tests/ is on sys.path (pytest rootdir import mode)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
 
 
 class Stop(Exception):
@@ -132,3 +143,117 @@ def test_evaluation_does_not_recompile_the_compiled_cnn(tmp_path):
         assert len(graphs) == trained
     finally:
         torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------ the host path
+
+@pytest.fixture
+def dataset(make_manifest):
+    root = make_manifest(num_ids=8, tracklets_per_cam=2, distractors=2, length_range=(2, 30))
+    m = Manifest.load(root)
+    return m, FrameCache.build(m, 12, 6, progress=False)
+
+
+def test_host_gather_threads_give_the_same_frames(dataset):
+    m, cache = dataset
+    rows = np.random.default_rng(0).integers(0, len(cache), (7, 5))
+    expected = cache.frames[rows]
+    for workers in (1, 2, 3, 8):
+        np.testing.assert_array_equal(cache.host_gather(rows, workers=workers).numpy(), expected)
+    buf = torch.empty(rows.shape + (12, 6, 3), dtype=torch.uint8)
+    assert cache.host_gather(rows, out=buf, workers=4) is buf
+    np.testing.assert_array_equal(buf.numpy(), expected)
+
+
+def test_upload_in_chunks_through_two_buffers_keeps_every_row(dataset, monkeypatch):
+    m, cache = dataset
+    monkeypatch.setattr(cache_mod, "UPLOAD_CHUNK_BYTES", 7 * cache.frame_bytes)  # 7 frames a chunk
+    rows = cache.tracklet_rows(m.positions(m.split(0).train))
+    assert len(rows) > 3 * 7
+    copy = cache.upload("cpu", rows, workers=3)
+    np.testing.assert_array_equal(copy.numpy(), cache.frames[rows])
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_train_loader_with_gather_threads_is_bit_identical(dataset, prefetch):
+    m, cache = dataset
+    make = lambda workers: TrainClipLoader(m, cache, P=2, K=3, T=5, seed=4, steps_per_epoch=3,  # noqa: E731
+                                           resident=False, prefetch=prefetch, gather_workers=workers)
+    assert make(None).gather_workers == 1  # the CPU's cores compute
+    for a, b in zip(make(1), make(3)):
+        assert torch.equal(a.clips, b.clips) and torch.equal(a.positions, b.positions)
+
+
+def test_test_clips_are_the_same_prefetched_and_gathered_by_threads(dataset):
+    m, cache = dataset
+    positions = m.positions(m.split(0).query + m.split(0).gallery)
+    T, batch = 4, 5
+    rows, owners = [], []
+    for p in positions:  # the reference: every chunk, in order, normalised from the map
+        for idx in test_frame_indices(int(m.lengths[p]), T, "chunks"):
+            rows.append(cache.offsets[p] + idx)
+            owners.append(p)
+    expected = normalize_clips(torch.from_numpy(cache.frames[np.stack(rows)]))
+    for prefetch in (0, 1, 2):
+        for workers in (1, 3):
+            got = list(iter_test_clips(m, cache, positions, T, batch_size=batch, prefetch=prefetch,
+                                       gather_workers=workers))
+            assert all(len(c) <= batch for c, _ in got)
+            assert torch.equal(torch.cat([c for c, _ in got]), expected), (prefetch, workers)
+            assert np.concatenate([o for _, o in got]).tolist() == owners
+    cache.upload("cpu", cache.tracklet_rows(positions))  # frames held by a device copy come from there
+    assert torch.equal(torch.cat([c for c, _ in iter_test_clips(m, cache, positions, T, batch_size=batch,
+                                                                prefetch=2)]), expected)
+
+
+def test_abandoned_test_clips_stop_their_thread(dataset):
+    m, cache = dataset
+    positions = m.positions(m.split(0).query + m.split(0).gallery)
+    clips = iter_test_clips(m, cache, positions, 2, batch_size=2, prefetch=2)
+    next(clips)
+    clips.close()
+    assert not [t for t in threading.enumerate() if t.name == "reidkit-prefetch" and t.is_alive()]
+
+
+@pytest.mark.parametrize("device, expected", [("cuda:1", [torch.device("cuda", 1)]), ("cpu", []), (None, [])])
+def test_prefetch_thread_selects_the_loaders_gpu(monkeypatch, device, expected):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append((torch.device(d),
+                                                                            threading.current_thread().name)))
+    with Prefetcher(range(3), lambda item, slot: item, 2, device=device) as ahead:
+        for item, slot in ahead:
+            ahead.release(slot)
+    assert chosen == [(d, "reidkit-prefetch") for d in expected]
+
+
+# ------------------------------------------------------------------------------ bench_model's step
+
+def test_bench_model_times_the_trainers_step(monkeypatch):
+    """The backward runs outside autocast and the pairs are mined from host pids, as in
+    ``Trainer.train_step``; the optimiser steps."""
+    import bench_model  # benchmarks/ is put on sys.path below
+
+    from reidkit.models import ModelConfig
+
+    backward_under_autocast, mined_from = [], []
+    original_backward, original_mine = torch.Tensor.backward, train_mod.mine_pairs
+
+    def backward(self, *args, **kwargs):
+        backward_under_autocast.append(torch.is_autocast_enabled("cpu"))
+        return original_backward(self, *args, **kwargs)
+
+    def mine_pairs(features, pids, *args, **kwargs):
+        mined_from.append(type(pids))
+        return original_mine(features, pids, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    monkeypatch.setattr(train_mod, "mine_pairs", mine_pairs)
+    config = ModelConfig.cpu()
+    objective, optimizer, batch = bench_model.setup("all", config, 8, torch.device("cpu"), amp=True)
+    before = [p.detach().clone() for p in objective.model.parameters()]
+    bench_model.train_step(objective, optimizer, *batch, amp=True)
+    assert backward_under_autocast == [False]
+    assert mined_from == [np.ndarray]
+    assert any(not torch.equal(a, b) for a, b in zip(before, objective.model.parameters())), "no optimiser step"
+    assert bench_model.bench("all", config, 4, "cpu", steps=1, warmup=0, amp=True) > 0
+    assert backward_under_autocast == [False, False]
