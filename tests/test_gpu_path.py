@@ -5,6 +5,7 @@ the decision calls it)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -257,3 +258,136 @@ def test_bench_model_times_the_trainers_step(monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(before, objective.model.parameters())), "no optimiser step"
     assert bench_model.bench("all", config, 4, "cpu", steps=1, warmup=0, amp=True) > 0
     assert backward_under_autocast == [False, False]
+
+
+# ------------------------------------------------------------------------------ the GPU check
+
+@pytest.fixture
+def gpu_check():
+    import gpu_check
+
+    return gpu_check
+
+
+def test_gpu_check_budgets_fit_the_default_total_with_room(gpu_check):
+    total = sum(s.budget for s in gpu_check.SECTIONS)
+    assert total <= 0.9 * gpu_check.DEFAULT_BUDGET_S, total
+    names = [s.name for s in gpu_check.SECTIONS]
+    assert names[:2] == ["environment", "training"], "the end-to-end training runs first"
+    assert all(p["runs"] and p["full_budget"] for p in gpu_check.schedule(gpu_check.DEFAULT_BUDGET_S))
+    short = {p["name"]: p for p in gpu_check.schedule(240)}  # the line for short device time
+    assert all(short[n]["runs"] and short[n]["full_budget"] for n in ("environment", "training", "cuda_tests", "checks"))
+    assert not short["compile"]["runs"]
+    assert all(s.least <= s.budget for s in gpu_check.SECTIONS)
+
+
+def test_gpu_check_writes_a_failed_section_before_cuda_is_touched_again(gpu_check, tmp_path, monkeypatch):
+    out = tmp_path / "report.json"
+    seen_on_disk = []
+
+    def illegal_address():  # the context is lost in the section "broken"
+        written = json.loads(out.read_text())["sections"]
+        if "broken" in written:
+            seen_on_disk.append(written["broken"])  # what was on disk by then
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def broken(run):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (in the section)")
+
+    def after(run):
+        raise AssertionError("a CUDA section ran on a lost context")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", illegal_address)
+    monkeypatch.setattr(torch.cuda, "empty_cache", illegal_address)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("asked for CUDA: --device cuda was given"))
+    monkeypatch.setattr(gpu_check, "SECTIONS", [gpu_check.Section("environment", lambda run: {"ok": 1}, 10, 1, False),
+                                                gpu_check.Section("broken", broken, 10, 1, True),
+                                                gpu_check.Section("after", after, 10, 1, True)])
+    assert gpu_check.main(["--in-process", "--device", "cuda", "--out", str(out)]) == 1
+    report = json.loads(out.read_text())
+    entry = report["sections"]["broken"]
+    assert seen_on_disk and seen_on_disk[0]["status"] == "failed" and "illegal memory access" in seen_on_disk[0]["error"]
+    assert any("def broken" in line or "raise RuntimeError" in line for line in seen_on_disk[0]["traceback"])
+    assert "illegal memory access" in entry["cleanup_error"]
+    assert report["sections"]["after"] == {"status": "skipped", "why": "CUDA unusable in this process after "
+                                                                       f"broken: {entry['cleanup_error']}"}
+    assert report["finished"] and report["failed"] == ["broken"]
+
+
+def test_gpu_check_watchdog_starts_before_cuda_is_asked_for(gpu_check, tmp_path, monkeypatch):
+    timers = []
+
+    def is_available():
+        timers.append(any(isinstance(t, threading.Timer) and t.is_alive() for t in threading.enumerate()))
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    monkeypatch.setattr(gpu_check, "SECTIONS", [gpu_check.Section("environment", lambda run: {}, 10, 1, False)])
+    assert gpu_check.main(["--in-process", "--out", str(tmp_path / "r.json")]) == 0
+    assert timers and all(timers)
+
+
+def _child(tmp_path, code: str) -> list[str]:
+    script = tmp_path / "child.py"
+    script.write_text(code)
+    return [sys.executable, str(script)]
+
+
+def test_gpu_check_keeps_what_a_dying_or_hanging_section_left(gpu_check, tmp_path):
+    out = tmp_path / "section.json"
+    lines = []
+    died = gpu_check.run_child(_child(tmp_path, "import os, traceback\n"
+                                                "try:\n    1 / 0\nexcept Exception:\n    traceback.print_exc()\n"
+                                                "os._exit(6)\n"), out, 30, lines.append)
+    assert died["status"] == "failed" and died["exit_status"] == 6 and "without writing a result" in died["why"]
+    assert any("ZeroDivisionError" in line for line in died["output_tail"]) and lines
+
+    hung = gpu_check.run_child(_child(tmp_path, f"import json, time\nopen({str(out)!r}, 'w').write("
+                                                "json.dumps({'status': 'running', 'epochs': [1]}))\n"
+                                                "print('noted', flush=True)\ntime.sleep(60)\n"), out, 3, lines.append)
+    assert hung["status"] == "failed" and "killed at its time limit" in hung["why"]
+    assert hung["noted"] == {"epochs": [1]} and "noted" in hung["output_tail"]
+
+    done = gpu_check.run_child(_child(tmp_path, f"import json\nopen({str(out)!r}, 'w').write("
+                                                "json.dumps({'status': 'ok', 'figure': 2}))\n"), out, 30, lines.append)
+    assert done == {"status": "ok", "figure": 2}
+
+
+# ------------------------------------------------------------------------------ on a GPU (gpu_check runs these)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check)")
+def test_cuda_host_path_gives_the_resident_batches_and_test_clips(dataset, monkeypatch):
+    m, cache = dataset
+    make = lambda **kw: TrainClipLoader(m, cache, P=2, K=2, T=4, seed=1, steps_per_epoch=3, device="cuda",  # noqa: E731
+                                        **kw)
+    resident = list(make())
+    for prefetch in (0, 2):
+        for workers in (1, 4):
+            host = list(make(resident=False, prefetch=prefetch, gather_workers=workers))
+            for a, b in zip(host, resident):
+                assert torch.equal(a.clips, b.clips) and torch.equal(a.frame_idx, b.frame_idx), (prefetch, workers)
+    positions = m.positions(m.split(0).query + m.split(0).gallery)
+    expected = torch.cat([c for c, _ in iter_test_clips(m, cache, positions, 4, batch_size=5)])
+    for prefetch in (0, 2):
+        for workers in (1, 3):
+            got = torch.cat([c.cpu() for c, _ in iter_test_clips(m, cache, positions, 4, batch_size=5, device="cuda",
+                                                                 prefetch=prefetch, gather_workers=workers)])
+            torch.testing.assert_close(got, expected)
+    monkeypatch.setattr(cache_mod, "UPLOAD_CHUNK_BYTES", 7 * cache.frame_bytes)
+    rows = cache.tracklet_rows(positions)
+    np.testing.assert_array_equal(cache.upload("cuda", rows, workers=3).cpu().numpy(), cache.frames[rows])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check)")
+def test_cuda_trainer_device_precision_rng_and_resume(tmp_path, cudnn_flags):
+    data = make_tiny_dataset(tmp_path / "tiny")
+    config = tiny_config(data, tmp_path / "run", "train.device=cuda", "train.epochs=1", "train.amp=auto")
+    trainer = Trainer(config)
+    assert trainer.device == torch.device("cuda", 0) and torch.cuda.current_device() == 0
+    assert cudnn_tf32()["conv"] is False and cudnn_tf32()["rnn"] is False
+    trainer.fit()
+    rng = trainer.state_dict()["rng"]
+    assert len(rng) == 1 and len(rng[0]["cuda"]) == 1  # the training GPU's state, whatever is visible
+    resumed = Trainer(tiny_config(data, tmp_path / "run", "train.device=cuda", "train.epochs=2", "train.amp=auto"))
+    resumed.fit(resume=True)
+    assert resumed.epoch == 2 and len(resumed.history) == 2
