@@ -155,15 +155,32 @@ def dataset(make_manifest):
     return m, FrameCache.build(m, 12, 6, progress=False)
 
 
-def test_host_gather_threads_give_the_same_frames(dataset):
+def test_host_gather_threads_give_the_same_frames(dataset, monkeypatch):
+    """Several threads: reads of the cache file (runs of consecutive rows in one read, long runs
+    split), or for a cache held in memory, index_select in parts."""
     m, cache = dataset
-    rows = np.random.default_rng(0).integers(0, len(cache), (7, 5))
-    expected = cache.frames[rows]
-    for workers in (1, 2, 3, 8):
-        np.testing.assert_array_equal(cache.host_gather(rows, workers=workers).numpy(), expected)
-    buf = torch.empty(rows.shape + (12, 6, 3), dtype=torch.uint8)
+    monkeypatch.setattr(cache_mod, "READ_ROWS", 3)
+    reads = []
+    preadv = cache_mod.os.preadv
+    monkeypatch.setattr(cache_mod.os, "preadv", lambda fd, bufs, offset: reads.append(offset) or preadv(fd, bufs, offset))
+    rng = np.random.default_rng(0)
+    runs = np.concatenate([np.arange(5, 13), [40, 2, 3], np.arange(20, 27)[::-1], [len(cache) - 1, 0]])
+    in_memory = FrameCache(np.array(cache.frames), cache.offsets, cache.lengths)
+    assert cache._file is not None and in_memory._file is None
+    for rows in (rng.integers(0, len(cache), (7, 5)), runs, runs[None].repeat(2, 0)):
+        expected = cache.frames[rows]
+        for workers in (1, 2, 3, 8):
+            reads.clear()
+            np.testing.assert_array_equal(cache.host_gather(rows, workers=workers).numpy(), expected)
+            assert bool(reads) == (workers > 1 and rows.size >= 8)
+            np.testing.assert_array_equal(in_memory.host_gather(rows, workers=workers).numpy(), expected)
+    reads.clear()
+    cache.host_gather(runs, workers=2)
+    assert len(reads) == 3 + 1 + 1 + 7 + 2  # 8 consecutive rows: reads of 3, 3, 2; 40; 2-3 in one; 7 descending; 2
+    buf = torch.empty((7, 5, 12, 6, 3), dtype=torch.uint8)
+    rows = rng.integers(0, len(cache), (7, 5))
     assert cache.host_gather(rows, out=buf, workers=4) is buf
-    np.testing.assert_array_equal(buf.numpy(), expected)
+    np.testing.assert_array_equal(buf.numpy(), cache.frames[rows])
 
 
 def test_upload_in_chunks_through_two_buffers_keeps_every_row(dataset, monkeypatch):

@@ -40,6 +40,7 @@ CACHE_VERSION = 1  # bump when the decode/resize recipe changes: old caches are 
 GPU_HEADROOM = 16 << 30
 INDEX_BYTES = 1 << 20  # disk asked for beside the frames: the .npy header and the JSON index
 UPLOAD_CHUNK_BYTES = 256 << 20  # frames per host buffer when copying the cache to a GPU
+READ_ROWS = 64  # most frames one read of the file asks for: threads share long runs of rows
 
 
 def _gb(n: int) -> str:
@@ -87,6 +88,19 @@ def gather_workers(device, world_size: int = 1) -> int:
     if torch.device(device).type == "cpu":
         return 1
     return max(1, min(8, (os.cpu_count() or 1) // max(1, world_size)))
+
+
+def _mapped_file(frames) -> tuple[str, int] | None:
+    """(path, byte offset of row 0) when ``frames`` is a C-contiguous memory map of a whole file
+    (a cache's .npy: its header, then the frames), else None."""
+    name, offset = getattr(frames, "filename", None), getattr(frames, "offset", None)
+    if not isinstance(frames, np.memmap) or not name or offset is None or not frames.flags.c_contiguous:
+        return None
+    try:
+        whole = os.path.getsize(name) == int(offset) + frames.nbytes
+    except OSError:
+        return None
+    return (str(name), int(offset)) if whole else None
 
 
 def _device(device) -> torch.device:
@@ -158,6 +172,7 @@ class FrameCache:
         self._host = torch.from_numpy(frames)  # shares memory with the map: no copy
         self._pool: ThreadPoolExecutor | None = None  # host_gather's threads (made on first use)
         self._pool_size = 0
+        self._file = _mapped_file(frames)  # (path, offset of row 0) when the frames map a whole .npy
         # device -> (frames there, remap): remap[cache row] = row there, -1 if absent; None = all rows
         self._resident: dict[str, tuple[torch.Tensor, np.ndarray | None]] = {}
 
@@ -438,8 +453,11 @@ class FrameCache:
 
         Fills ``out`` (a reused, possibly pinned, buffer of that shape) when given, else a new
         tensor (``pin``: in pinned memory, so the copy to a GPU can be asynchronous). ``workers``
-        > 1 splits the rows between that many threads: a cache larger than RAM is read by page
-        faults, one 154 KB frame at a time at 227x227, and one thread waits for each in turn.
+        > 1 splits the rows between that many threads, each reading its rows from the cache file
+        with ``os.preadv``, one read per run of consecutive rows: a cache larger than RAM is
+        otherwise read by page faults, a few pages at a time, and one thread waits for each in
+        turn (measured on a cold 6 GiB cache: 0.3 GB/s by page faults from 8 threads, 1 GB/s by
+        reads). The file holds what the map shows: nothing writes to a cache's frames.
         """
         rows = np.asarray(rows, dtype=np.int64)
         shape = rows.shape + (self.height, self.width, 3)
@@ -457,12 +475,38 @@ class FrameCache:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
             self._pool, self._pool_size = ThreadPoolExecutor(parts, thread_name_prefix="reidkit-gather"), parts
-        bounds = np.linspace(0, len(index), parts + 1).astype(np.int64)
-        jobs = [self._pool.submit(torch.index_select, self._host, 0, index[a:b], out=flat[a:b])
-                for a, b in zip(bounds[:-1], bounds[1:])]
+        if self._file is not None and hasattr(os, "preadv"):
+            rows = rows.reshape(-1)
+            starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)  # runs of consecutive rows
+            ends = np.append(starts[1:], len(rows))
+            pieces = [(a, min(a + READ_ROWS, b)) for start, b in zip(starts, ends) for a in range(start, b, READ_ROWS)]
+            target = flat.numpy().reshape(len(rows), -1)
+            jobs = [self._pool.submit(self._read, [pieces[i] for i in part], rows, target)
+                    for part in np.array_split(np.arange(len(pieces)), parts) if len(part)]
+        else:
+            bounds = np.linspace(0, len(index), parts + 1).astype(np.int64)
+            jobs = [self._pool.submit(torch.index_select, self._host, 0, index[a:b], out=flat[a:b])
+                    for a, b in zip(bounds[:-1], bounds[1:])]
         for job in jobs:
             job.result()  # raises a thread's error here
         return out
+
+    def _read(self, pieces, rows: np.ndarray, target: np.ndarray) -> None:
+        """Fill ``target[a:b]`` with cache rows ``rows[a] ...`` (consecutive) for each (a, b) of ``pieces``."""
+        path, base = self._file
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for a, b in pieces:
+                view = memoryview(target[a:b]).cast("B")
+                offset, done = base + int(rows[a]) * self.frame_bytes, 0
+                while done < len(view):
+                    n = os.preadv(fd, [view[done:]], offset + done)
+                    if n <= 0:
+                        raise ManifestError(f"{path}: the cache file ends before frame row {int(rows[a])} "
+                                            f"(truncated while open?)")
+                    done += n
+        finally:
+            os.close(fd)
 
     def gather(self, rows: np.ndarray, device=None) -> torch.Tensor:
         """uint8 frames at cache ``rows`` (any shape S) -> tensor (*S, H, W, 3) on ``device``.
