@@ -915,6 +915,8 @@ def run_child(cmd: list[str], out_path: Path, timeout: float, echo: Callable[[st
             except subprocess.TimeoutExpired:
                 continue
         rc = proc.returncode
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what it left running (compile workers hold the GPU and the pipe)
     reader.join(timeout=5)
     entry = None
     with contextlib.suppress(OSError, ValueError):

@@ -30,13 +30,15 @@ class Prefetcher:
 
     ``device``: a CUDA device makes it the thread's current device before any work (a new thread
     starts on cuda:0; under DDP that would put its pinned buffers, copies and events, and a CUDA
-    context, on another rank's GPU).
+    context, on another rank's GPU); "cuda" without an index means the creating thread's.
     """
 
     def __init__(self, items: Iterable, work: Callable[[Any, int], Any], slots: int = 2, device=None):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.device = torch.device(device) if device is not None else None
+        if self.device is not None and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # the creator's GPU
         self._free: queue.Queue = queue.Queue()
         for slot in range(slots):
             self._free.put((slot, None))
