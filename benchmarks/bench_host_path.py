@@ -287,6 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-batches", type=int, default=8, help="evaluation batches of 256 clips per measurement")
     ap.add_argument("--eval-step-ms", type=float, default=30.0, help="simulated forward of a 256-clip batch")
     ap.add_argument("--upload-gib", type=float, default=2.0)
+    ap.add_argument("--height", type=int, default=227)
+    ap.add_argument("--width", type=int, default=227)
     ap.add_argument("--warm", action="store_true", help="leave the file in the page cache (warm reads)")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--json", type=Path)
@@ -294,7 +296,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     figures = run(args.gib, args.dir, args.device, args.workers, args.steps, args.step_ms, args.eval_batches,
-                  args.eval_step_ms, args.warm, args.upload_gib)
+                  args.eval_step_ms, args.warm, args.upload_gib, args.height, args.width)
     print("\n".join(summary(figures)))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -27,6 +27,8 @@ def _run(script: str, *args: str) -> str:
     ("bench_train.py", ["--config", "configs/smoke.yaml", "--steps", "1", "--warmup", "0", "--threads", "1"],
      "throughput"),
     ("bench_eval.py", ["--scale", "0.002", "--top-k", "5", "--skip-metrics"], "rank-1"),
+    ("bench_host_path.py", ["--gib", "0.01", "--height", "64", "--width", "32", "--steps", "2", "--eval-batches", "1",
+                            "--upload-gib", "0.005", "--workers", "1", "2", "--threads", "1"], "(c) eval"),
 ])
 def test_benchmark_prints_its_figures(script, args, expect, tmp_path):
     figures = tmp_path / "figures.json"
