@@ -1,14 +1,17 @@
-"""Forward+backward throughput (frames/s) of every variant.
+"""Training-step throughput (frames/s) of every variant, without data loading.
 
     python benchmarks/bench_model.py                       # CPU: cpu config and a tiny 227×227 batch
     python benchmarks/bench_model.py --device cuda         # + bf16 autocast, 227×227, 32 clips × 6 frames
     python benchmarks/bench_model.py --device cuda --compile --channels-last
     python benchmarks/bench_model.py --json out.json       # the figures as JSON too
 
-A step is one training step without the optimizer: one CNN pass on (N·T, 3, H, W), triplet loss
-on F(x) with the batch's pids, and pair BCE on M for the mined pairs, then ``backward``.
-Synthetic tensors already on the device; no data loading. DESIGN.md's reference on one H200
-(bf16, 32 clips × 6 × 227×227): CaffeNet ~18k frames/s, ``all`` ~7k frames/s. On GPU the TAM's
+A step is the step ``Trainer.train_step`` takes: ``TrainingObjective`` (one CNN pass on
+(N·T, 3, H, W), triplet loss on F(x) with the batch's pids, pair BCE on M for the pairs mined
+from the host copy of the pids, as the loader hands them) under bf16 autocast on CUDA, then the
+backward outside autocast, gradient clipping and the optimiser step (Adam, fused on CUDA).
+Synthetic clips already on the device, bf16 on CUDA as the loader makes them; no data loading
+(``bench_train.py`` adds it). Reference (docs/gpu_check.md) on one H200 (bf16, 32 clips × 6 × 227×227):
+CaffeNet ~18k frames/s, ``all`` ~7k frames/s. On GPU the TAM's
 per-step loop (T = 6 steps of small kernels) is launch-bound; the SRM's six sweeps are six
 ``nn.LSTM`` calls over batched sequences (cuDNN), not per-position cells.
 """
@@ -16,52 +19,68 @@ per-step loop (T = 6 steps of small kernels) is launch-bound; the SRM's six swee
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a bare checkout: no pip install needed
-from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce  # noqa: E402
 from reidkit.models import VARIANTS, ModelConfig, build_model  # noqa: E402
+from reidkit.train import TrainingObjective, configure_cuda_backends  # noqa: E402
 
 
-def step(model, clips, pids):
-    out = model(clips)
-    loss = out.features.sum() * 0.0
-    if model.has_feature_branch:
-        loss = loss + batch_hard_triplet(out.features, pids)
-    if model.has_metric_branch:
-        idx_a, idx_b, labels = mine_pairs(out.features.detach(), pids)
-        loss = loss + pair_bce(model.metric(out.pool5[idx_a], out.pool5[idx_b]), labels)
-    loss.backward()
+def train_step(objective, optimizer, clips, pids, camids, host_pids, host_camids, amp: bool, grad_clip: float = 5.0):
+    """One optimiser step as ``Trainer.train_step`` takes it: forward and losses under bf16
+    autocast (``amp``), the backward outside it (autocast has recorded each op's dtype),
+    gradient clipping, the optimiser step. Returns the (device) loss terms; nothing syncs."""
+    with torch.autocast(clips.device.type, dtype=torch.bfloat16, enabled=amp):
+        terms = objective(clips, pids, camids, host_pids, host_camids)
+    optimizer.zero_grad(set_to_none=True)
+    terms[0].backward()
+    torch.nn.utils.clip_grad_norm_(objective.model.parameters(), grad_clip)
+    optimizer.step()
+    return terms
 
 
-def bench(variant, config, clips_per_batch, device, steps, warmup, amp=False, compile_=False, channels_last=False):
+def setup(variant, config, clips_per_batch, device, amp=False, compile_=False, channels_last=False, lr=3e-4):
+    """The model, objective, optimiser and one synthetic batch as the Trainer would have them
+    (configs/default.yaml's margin, Adam, weight decay; P×K ids with K = 4, two cameras)."""
     torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    configure_cuda_backends(device)  # cudnn.benchmark, cuDNN TF32 off: as the Trainer sets them
     model = build_model(variant, config=config).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile_:
-        model.cnn = torch.compile(model.cnn)  # the CNN dominates; the RNN loops compile poorly
-    clips = torch.randn(clips_per_batch, config.seq_len, 3, config.height, config.width, device=device)
-    # P×K-like ids: pairs of clips share an id (one clip alone gets a unique id)
-    pids = torch.arange(clips_per_batch, device=device) // 2
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        model.cnn.compile()  # in place, the frame CNN only, as the Trainer compiles it
+    objective = TrainingObjective(model, 0.3, device=device)
+    optimizer = torch.optim.Adam(model.parameter_groups(lr, lr), lr=lr, betas=(0.9, 0.999), weight_decay=5e-4,
+                                 **({"fused": True} if cuda else {}))
+    dtype = torch.bfloat16 if amp and cuda else torch.float32  # what the loader hands the step
+    clips = torch.randn(clips_per_batch, config.seq_len, 3, config.height, config.width, device=device).to(dtype)
+    k = 4 if clips_per_batch >= 8 else 2
+    host_pids = np.arange(clips_per_batch, dtype=np.int64) // k
+    host_camids = 1 + np.arange(clips_per_batch, dtype=np.int64) % 2
+    batch = (clips, torch.from_numpy(host_pids).to(device), torch.from_numpy(host_camids).to(device),
+             host_pids, host_camids)
+    return objective, optimizer, batch
+
+
+def bench(variant, config, clips_per_batch, device, steps, warmup, amp=False, compile_=False, channels_last=False):
+    """Frames/s of ``train_step`` after ``warmup`` untimed steps."""
+    device = torch.device(device)
+    objective, optimizer, batch = setup(variant, config, clips_per_batch, device, amp, compile_, channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with autocast:
-        for _ in range(warmup):
-            step(model, clips, pids)
-            model.zero_grad(set_to_none=True)
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step(model, clips, pids)
-            model.zero_grad(set_to_none=True)
-        sync()
+    for _ in range(warmup):
+        train_step(objective, optimizer, *batch, amp=amp)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(objective, optimizer, *batch, amp=amp)
+    sync()
     elapsed = time.perf_counter() - start
     return steps * clips_per_batch * config.seq_len / elapsed
 
@@ -117,7 +136,7 @@ def main(argv=None):
     print(header)
     rows = run(device, args.variants, args.steps, args.cpu_batch, args.gpu_batch, args.compile, args.channels_last)
     width = max(len(r["setting"]) for r in rows)
-    print(f"{'variant':<9} {'setting':<{width}} frames/s (forward+backward)")
+    print(f"{'variant':<9} {'setting':<{width}} frames/s (training step)")
     for r in rows:
         print(f"{r['variant']:<9} {r['setting']:<{width}} {r['frames_per_s']:10.1f}")
     if args.json:

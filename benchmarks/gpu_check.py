@@ -1,29 +1,43 @@
 """Everything that needs CUDA, in one run of at most 8 minutes, written to one JSON of figures.
 
-    python3 benchmarks/gpu_check.py --out gpu_check.json         # on the GPU machine (--budget-s 480)
-    python3 benchmarks/gpu_check.py --smoke --out /tmp/gc.json   # tiny sizes on the CPU, seconds
+    python3 benchmarks/gpu_check.py --out gpu_check.json                 # on the GPU machine (--budget-s 480)
+    python3 benchmarks/gpu_check.py --budget-s 240 --out gpu_check.json  # short of device time: sections 1-4
+    python3 benchmarks/gpu_check.py --plan                               # which sections a budget runs
+    python3 benchmarks/gpu_check.py --smoke --out /tmp/gc.json           # tiny sizes on the CPU
 
-Sections, in this order (most important first):
+Sections, most important first (each one's budget counts its process's start-up; they add up
+to 420 s, 60 s under the default budget):
 
-1. environment      torch / CUDA / cuDNN versions, the GPU and its memory, CPUs, free disk, git commit
-2. cuda_tests       the tests that skip without CUDA (found by their ``cuda.is_available`` skip
-                    markers), run by pytest in a subprocess (skipped when pytest is missing)
-3. checks           (a) dtypes of every nn.LSTM / nn.LSTMCell under bf16 autocast and the RNN
-                    kernels the profiler sees in the metric branch and the TAM; (b) host syncs per
-                    training step (loader and train_step apart, with the reidkit line that caused
-                    them), in ``torch.cuda.set_sync_debug_mode("warn")``; (c) the step's peak memory
-4. bench_model      forward+backward frames/s per variant: NCHW, channels_last, compiled CNN
-5. bench_train      end-to-end ``Trainer`` frames/s for all and cnn: cudnn.benchmark on/off,
-                    torch.compile on/off; target ≥ 20,000 frames/s for all
-6. bench_eval       MARS-size evaluation with SRM re-ranking (target ≤ 60 s) and exact M pairs/s
-7. medium_training  the synthetic medium preset: generation, frame cache, a short training of
-                    all with configs/default.yaml, rank-1 and mAP
+1. environment  (10 s) torch / CUDA / cuDNN versions, TF32 flags, the GPU and its memory, CPUs,
+                free disk, git commit
+2. training    (120 s) end to end on CUDA: the synthetic ``small`` preset generated, its 227×227
+                frame cache, ``all`` trained with configs/default.yaml for one epoch (checkpoint,
+                ``Trainer.evaluate``), resumed from last.pt in a new Trainer for the second (RNG
+                state, checkpoint, evaluation), then the checkpoint loaded and evaluated as
+                ``reidkit evaluate`` does; ``--train-compile`` compiles the CNN here too
+3. cuda_tests   (45 s) the tests that skip without CUDA, by pytest in a subprocess (skipped
+                when pytest is missing)
+4. checks       (35 s) (a) dtypes of every LSTM under bf16 autocast, the TF32 flags in effect
+                and what TF32 would change in pool5 differences and an LSTM sweep, the RNN
+                kernels; (b) host syncs per training step; (c) the step's peak memory
+5. bench_train  (45 s) end-to-end ``Trainer`` frames/s: all and cnn, the frames on the GPU or
+                gathered on the host (train.gpu_cache=never), cudnn.benchmark off
+6. host_path    (30 s) a memory-mapped cache on disk, read cold: gather threads, the training
+                loader's host path and evaluation's frame pipeline around simulated steps, upload
+7. bench_model  (30 s) the trainer's step on synthetic clips per variant: NCHW, channels_last
+8. bench_eval   (25 s) MARS-size ranking with SRM re-ranking (target ≤ 60 s), exact M pairs/s
+9. compile      (80 s) ``all`` with train.compile (one cold compile of the Trainer's own graph),
+                then ``Trainer.evaluate``: the graphs compiled during it (none expected)
 
-Each section runs in a try/except (a failure is recorded with its traceback's tail and the others
-still run), has a time budget, and is skipped ("time budget") when the total ``--budget-s`` no
-longer leaves it room; wall times are recorded. The JSON is rewritten after every section, and a
-watchdog writes it and exits if a section hangs past ``--hard-limit-s``. Figures only: nothing is
-asserted on time. Needs only python3 + torch (+ numpy, PIL, yaml); runs from a bare checkout.
+Each section runs in a process of its own (``--in-process``: all in this one): a failure, a
+crash, a hang or a CUDA error that poisons the context costs that section only. The section
+writes its result (with the traceback's tail when it failed) before anything else touches CUDA;
+a process that dies or overruns its budget by ``GRACE_S`` is killed, and its output's tail and
+the figures it had noted are kept. A section starts only when the total ``--budget-s`` leaves
+it the least time it needs, with its budget cut to what is left. The JSON is rewritten after
+every section, and a watchdog, started before anything asks for CUDA, writes it and exits at
+``--hard-limit-s``. Figures only: nothing is asserted on time. Needs only python3 + torch
+(+ numpy, PIL, yaml); runs from a bare checkout.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import time
 T0 = time.perf_counter()  # the budget counts from here, imports included
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -43,6 +58,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +67,7 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,63 +77,79 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a bare checkout: no pip install needed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_eval  # noqa: E402
+import bench_host_path  # noqa: E402
 import bench_model  # noqa: E402
 import bench_train  # noqa: E402
 
+from reidkit.checkpoint import load_model  # noqa: E402
 from reidkit.config import Config  # noqa: E402
 from reidkit.data import FrameCache, Manifest  # noqa: E402
+from reidkit.data.cache import gather_workers  # noqa: E402
 from reidkit.evaluate import evaluate  # noqa: E402
 from reidkit.models import VARIANTS, ModelConfig, build_model  # noqa: E402
-from reidkit.train import Trainer  # noqa: E402
+from reidkit.models.caffenet import cudnn_tf32  # noqa: E402
+from reidkit.train import Trainer, configure_cuda_backends  # noqa: E402
 
+DEFAULT_BUDGET_S = 480
+GRACE_S = 15  # past its budget, a section's process is killed
 TRAIN_TARGET_FPS = 20_000  # end-to-end training frames/s of `all` (64 clips × 6 × 227², bf16)
 EVAL_TARGET_S = 60  # MARS-size evaluation with SRM re-ranking of the top-100
 REFERENCE = {"srm_pairs_per_s": 150_000, "caffenet_train_step_fps_32_clips": 18_000,
              "caffenet_compiled_fps_32_clips": 26_000, "all_train_step_fps_32_clips": 7_000,
-             "end_to_end_fps_64_clips": 14_800}  # DESIGN.md, one H200
+             "end_to_end_fps_64_clips": 14_800}  # docs/gpu_check.md "Reference figures", one H200
 
 
 @dataclasses.dataclass
 class Sizes:
-    """What each section measures; the defaults fit one H200 in the 480 s budget."""
+    """What each section measures; the defaults fit one H100/H200 in the 480 s budget."""
 
     clips: int = 64  # clips per step (P × K = clips/4 × 4 in the Trainer)
     model_steps: int = 20  # timed steps per bench_model row
     train_steps: int = 50  # timed steps per bench_train run
     sync_steps: int = 10  # training steps whose host syncs are counted
     variants: tuple = VARIANTS
-    compile: bool = True
+    compile: bool = True  # the compile section
     eval_scale: float = 1.0  # fraction of MARS's test set
     eval_top_k: int = 100
     srm_pairs: int = 16384
-    medium_preset: str = "medium"
-    medium_config: str = "configs/default.yaml"
-    medium_epochs: int = 2
-    medium_steps: int = 100  # per epoch
-    medium_warmup: int = 20  # lr warm-up steps (default.yaml's 500 exceed the whole run)
+    train_preset: str = "small"  # the training section: synthetic preset, config, epochs × steps
+    train_config: str = "configs/default.yaml"
+    train_epochs: int = 2
+    train_steps_per_epoch: int = 100
+    train_warmup: int = 20  # lr warm-up steps (default.yaml's 500 exceed the whole run)
+    train_compile: bool = False
+    host_gib: float = 6.0  # the host_path section's cache file
+    host_size: tuple = (227, 227)
 
 
-SMOKE = Sizes(clips=4, model_steps=1, train_steps=1, sync_steps=2, compile=False, eval_scale=0.002, eval_top_k=5,
-              srm_pairs=16, medium_preset="tiny", medium_config="configs/smoke.yaml", medium_epochs=1,
-              medium_steps=2, medium_warmup=0)
+SMOKE = Sizes(clips=4, model_steps=1, train_steps=1, sync_steps=2, eval_scale=0.002, eval_top_k=5,
+              srm_pairs=16, train_preset="tiny", train_config="configs/smoke.yaml", train_epochs=2,
+              train_steps_per_epoch=2, train_warmup=0, host_gib=0.01, host_size=(64, 32))
 
 
 class Run:
-    """The run's settings and clock; ``deadline`` is the current section's."""
+    """The run's settings and clock; ``deadline`` is the current section's. ``note`` keeps a
+    section's figures as they come (written to ``notes_path``, so a killed section keeps them)."""
 
-    def __init__(self, args):
+    def __init__(self, args, cuda: bool | None = None):
         self.args, self.smoke = args, args.smoke
-        self.cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        if cuda is None:
+            cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        self.cuda = cuda
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.sizes = dataclasses.replace(SMOKE if args.smoke else Sizes())
-        for key in ("clips", "eval_scale", "medium_preset", "medium_epochs", "medium_steps"):
-            if getattr(args, key) is not None:
+        for key in ("clips", "eval_scale", "train_preset", "train_epochs", "train_steps_per_epoch", "host_gib"):
+            if getattr(args, key, None) is not None:
                 setattr(self.sizes, key, getattr(args, key))
         if args.variants:
             self.sizes.variants = tuple(args.variants)
         if args.no_compile:
             self.sizes.compile = False
+        if args.train_compile:
+            self.sizes.train_compile = True
         self.deadline = float("inf")
+        self.notes: dict = {}
+        self.notes_path: Path | None = None
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -124,6 +157,12 @@ class Run:
     def sync(self):
         if self.cuda:
             torch.cuda.synchronize()
+
+    def note(self, **figures) -> None:
+        self.notes.update(figures)
+        if self.notes_path is not None:
+            with contextlib.suppress(OSError):
+                write({"status": "running", **self.notes}, self.notes_path)
 
     def model_config(self) -> ModelConfig:
         """The paper's sizes (227×227 CaffeNet); configs/smoke.yaml's in --smoke."""
@@ -173,13 +212,6 @@ def reset_peak(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def forget_compiled() -> None:
-    """Drop dynamo's compiled graphs: later measurements compile their own models from scratch."""
-    import torch._dynamo as dynamo
-
-    dynamo.reset()
-
-
 def subprocess_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
@@ -198,27 +230,153 @@ def environment(run: Run) -> dict:
     env = dict(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
                numpy=np.__version__, cuda=torch.version.cuda, cuda_available=torch.cuda.is_available(),
                cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-               pytest=importlib.util.find_spec("pytest") is not None, cpu_count=os.cpu_count(),
+               pytest=importlib.util.find_spec("pytest") is not None,
+               triton=importlib.util.find_spec("triton") is not None, cpu_count=os.cpu_count(),
                cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                torch_threads=torch.get_num_threads(), tmp_dir=str(tmp),
                disk_free_gib=shutil.disk_usage(tmp).free / 2**30,
                repo_disk_free_gib=shutil.disk_usage(ROOT).free / 2**30,
-               git_commit=git("rev-parse", "HEAD"), git_dirty=bool(git("status", "--porcelain")))
-    if run.cuda:
+               memory_gib=(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+                           if hasattr(os, "sysconf") else None),
+               tf32_default=cudnn_tf32(), git_commit=git("rev-parse", "HEAD"),
+               git_dirty=bool(git("status", "--porcelain")))
+    if env["cuda_available"] and run.device.type == "cuda":
         props = torch.cuda.get_device_properties(run.device)
         free, total = torch.cuda.mem_get_info(run.device)
         env.update(gpu=props.name, capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
                    gpu_memory_total_gib=total / 2**30, gpu_memory_free_gib=free / 2**30,
-                   bf16_supported=torch.cuda.is_bf16_supported(), device_count=torch.cuda.device_count(),
-                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
+                   bf16_supported=torch.cuda.is_bf16_supported(), device_count=torch.cuda.device_count())
     gpu = (f"{env['gpu']} ({env['gpu_memory_free_gib']:.0f} of {env['gpu_memory_total_gib']:.0f} GiB free)"
-           if run.cuda else "no GPU")
+           if "gpu" in env else "no GPU")
     env["summary"] = [f"torch {env['torch']} CUDA {env['cuda']} cuDNN {env['cudnn']}, {gpu}, {env['cpu_count']} CPUs, "
-                      f"{env['disk_free_gib']:.0f} GiB free in {tmp}, commit {(env['git_commit'] or '?')[:10]}"]
+                      f"{env['disk_free_gib']:.0f} GiB free in {tmp}, commit {(env['git_commit'] or '?')[:10]}",
+                      f"TF32 by default: cuDNN conv {env['tf32_default']['conv']}, rnn {env['tf32_default']['rnn']}, "
+                      f"matmul {env['tf32_default']['matmul']}"]
     return env
 
 
-# ------------------------------------------------------------------------------ 2. cuda_tests
+# ------------------------------------------------------------------------------ 2. training
+
+def folder_gib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
+
+
+def training(run: Run) -> dict:
+    """End to end on the device: generate, cache, train an epoch (checkpoint, evaluation), resume
+    for the next in a new Trainer, then load the checkpoint and evaluate it as the CLI does."""
+    s = run.sizes
+    run.note(preset=s.train_preset, config=s.train_config, compile=bool(s.train_compile and run.cuda))
+    with tempfile.TemporaryDirectory(prefix="gpu_check_", dir=run.args.tmp) as tmp:
+        data, out_dir = Path(tmp) / "synthetic", Path(tmp) / "run"
+        t = time.perf_counter()
+        cmd = [sys.executable, "-m", "data_prep", "synthetic", "--out", str(data), "--preset", s.train_preset]
+        try:
+            p = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                               timeout=max(5.0, run.left() - 60))  # leave a minute to train
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"generating the {s.train_preset} preset took over {time.perf_counter() - t:.0f} s, "
+                               f"leaving no time to train (--train-preset tiny is quicker)") from None
+        if p.returncode != 0:
+            raise RuntimeError(f"data_prep failed (rc {p.returncode}): {(p.stdout + p.stderr)[-1500:]}")
+        manifest = Manifest.load(data)
+        run.note(generate_s=time.perf_counter() - t, dataset_gib=folder_gib(data), tracklets=len(manifest),
+                 frames=manifest.total_frames)
+
+        def config_for(epochs: int) -> Config:
+            overrides = [f"data.dataset={data}", f"data.cache_dir={Path(tmp) / 'cache'}",
+                         f"train.device={run.device.type}", f"train.epochs={epochs}",
+                         f"train.steps_per_epoch={s.train_steps_per_epoch}", f"train.warmup={s.train_warmup}",
+                         "train.eval_every=1", "train.progress=false", "train.keep_last=2",
+                         f"train.out_dir={out_dir}", f"train.compile={bool(s.train_compile)}", "eval.exact=false"]
+            return Config.from_yaml(ROOT / s.train_config, overrides)
+
+        config = config_for(1)
+        t = time.perf_counter()
+        cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir,
+                                 progress=False)
+        run.note(cache_s=time.perf_counter() - t, cache_gib=cache.nbytes / 2**30)
+
+        epochs: list[dict] = []
+
+        def timed_trainer(config: Config) -> Trainer:
+            """A Trainer whose evaluations and checkpoints are timed into ``epochs``' rows."""
+            t = time.perf_counter()
+            trainer = Trainer(config, manifest=manifest, cache=cache)
+            setup_s = time.perf_counter() - t  # the model, and the training frames copied to the GPU
+            evaluate_, save_ = trainer.evaluate, trainer.save_checkpoint
+            times = {"evaluate_s": 0.0, "checkpoint_s": 0.0}
+
+            def evaluate_timed():
+                t = time.perf_counter()
+                metrics = evaluate_()
+                times["evaluate_s"] += time.perf_counter() - t
+                return metrics
+
+            def save_timed():
+                t = time.perf_counter()
+                save_()
+                times["checkpoint_s"] += time.perf_counter() - t
+
+            def on_epoch_end(trainer, epoch, row):
+                epochs.append({**row, **times, "gpu_memory_peak_gib": peak_gib(run.device)})
+                times.update(evaluate_s=0.0, checkpoint_s=0.0)
+                run.note(epochs=epochs)
+
+            trainer.evaluate, trainer.save_checkpoint = evaluate_timed, save_timed
+            trainer.callbacks.append({"on_epoch_end": on_epoch_end})
+            run.note(setup_s=[*run.notes.get("setup_s", []), setup_s])
+            return trainer
+
+        reset_peak(run.device)
+        trainer = timed_trainer(config)
+        if run.cuda:
+            run.note(gpu_memory_after_setup_gib=torch.cuda.memory_allocated(run.device) / 2**30,
+                     frames_resident=trainer.loader.resident, tf32_after_setup=cudnn_tf32())
+        t = time.perf_counter()
+        trainer.fit()
+        run.note(first_fit_s=time.perf_counter() - t)
+        trainer.close()
+        del trainer
+        gc.collect()
+        if s.train_epochs > 1 and run.left() > 25:
+            trainer = timed_trainer(config_for(s.train_epochs))
+            t = time.perf_counter()
+            trainer.fit(resume=True)  # the checkpoint's model, optimiser, RNG states, history
+            run.note(resumed_fit_s=time.perf_counter() - t, resumed_from_epoch=1, epochs_run=trainer.epoch)
+            trainer.close()
+            del trainer
+            gc.collect()
+        elif s.train_epochs > 1:
+            run.note(resume=skipped(f"time budget ({run.left():.0f} s left)"))
+        if run.left() > 15:  # the checkpoint as `reidkit evaluate` reads it
+            t = time.perf_counter()
+            model, saved = load_model(out_dir / "last.pt")
+            model.to(run.device)
+            result = evaluate(model, manifest, cache, saved.eval, split=saved.data.split, device=run.device,
+                              progress=False)
+            run.note(checkpoint_mib=(out_dir / "last.pt").stat().st_size / 2**20,
+                     evaluate_from_checkpoint={"seconds": time.perf_counter() - t, "rank1": result.rank1,
+                                               "mAP": result.mAP, "queries": result.num_queries,
+                                               "gallery": result.num_gallery, "ranking": result.ranking,
+                                               "parts_s": {k: float(v) for k, v in result.seconds.items()}})
+        else:
+            run.note(evaluate_from_checkpoint=skipped(f"time budget ({run.left():.0f} s left)"))
+    out = dict(run.notes)
+    rows = out.get("epochs", [])
+    out["summary"] = [
+        f"{s.train_preset}: {out['tracklets']} tracklets, {out['frames']:,} frames generated in {out['generate_s']:.0f} s; "
+        f"cache {out['cache_gib']:.2f} GiB in {out['cache_s']:.0f} s",
+        *[f"epoch {r['epoch']}: {r['frames_per_s']:,.0f} frames/s, loss {r['loss']:.3f}, rank-1 {r.get('rank1', float('nan')):.1f}, "
+          f"mAP {r.get('mAP', float('nan')):.1f}; evaluation {r['evaluate_s']:.1f} s, checkpoint {r['checkpoint_s']:.1f} s"
+          for r in rows],
+        "resumed from last.pt in a new Trainer" if "resumed_fit_s" in out else "not resumed (time budget)"]
+    e = out.get("evaluate_from_checkpoint", {})
+    if "rank1" in e:
+        out["summary"].append(f"last.pt loaded and evaluated in {e['seconds']:.1f} s: rank-1 {e['rank1']:.1f}, "
+                              f"mAP {e['mAP']:.1f}")
+    return out
+
+# ------------------------------------------------------------------------------ 3. cuda_tests
 
 def cuda_test_ids() -> list[str]:
     """Node ids of the tests that skip without CUDA: a ``cuda.is_available`` in the decorators
@@ -269,7 +427,7 @@ def cuda_tests(run: Run) -> dict:
     return result
 
 
-# ------------------------------------------------------------------------------ 3. checks
+# ------------------------------------------------------------------------------ 4. checks
 
 RNN_NAME = re.compile(r"rnn|lstm", re.I)
 
@@ -305,9 +463,43 @@ def profile_kernels(fn, cuda: bool, top: int = 12) -> dict:
             "top": {short(k): v for k, v in ranked[:top]}}
 
 
+def tf32_effect(run: Run) -> dict:
+    """What cuDNN's TF32 would change where the models compute in fp32: the relative error of a
+    pool5 difference map (two similar clips, conv5/pool5 as under bf16 autocast) and of an SRM
+    sweep's LSTM output, TF32 against fp32. Leaves TF32 off, as the trainer sets it."""
+    if not run.cuda:
+        return skipped("no CUDA")
+    from reidkit.models.spatial import sweep
+
+    config = run.model_config()
+    torch.manual_seed(0)
+    cnn = build_model("cnn_diff", config=config).cnn.to(run.device).eval()
+    a = torch.randn(12, 3, config.height, config.width, device=run.device)
+    b = a + 0.05 * torch.randn_like(a)  # the same person, slightly changed
+    lstm = nn.LSTM(config.srm_in, config.srm_hidden, batch_first=True).to(run.device)
+    u = torch.randn(256, config.seq_len, 6, 6, config.srm_in, device=run.device)
+    out = {}
+    with torch.no_grad():
+        for tf32 in (True, False):
+            torch.backends.cudnn.allow_tf32 = tf32
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                pool5 = cnn(a)[0]
+                d = pool5 - cnn(b)[0]
+            out[tf32] = (d.float(), sweep(lstm, u, 2).float(), pool5.float())
+    torch.backends.cudnn.allow_tf32 = False
+    rel = lambda x, y: float((x - y).norm() / y.norm().clamp_min(1e-30))  # noqa: E731
+    return {"pool5_difference_rel_error": rel(out[True][0], out[False][0]),
+            "lstm_sweep_rel_error": rel(out[True][1], out[False][1]),
+            "pool5_difference_rel_size": float(out[False][0].norm() / out[False][2].norm()),
+            "note": "relative L2 error of TF32 against fp32; bf16 rounding is ~4e-3"}
+
+
 def lstm_dtypes(run: Run) -> dict:
-    """(a) Every LSTM's input/output dtypes under bf16 autocast (hooks), and which kernels run
-    the metric branch's six sweeps and the TAM's cell (profiler), forward + backward."""
+    """(a) Every LSTM's input/output dtypes under bf16 autocast (hooks), the cuDNN TF32 flags
+    the trainer leaves (an fp32 LSTM in TF32 is not fp32), what TF32 would change, and which
+    kernels run the metric branch's six sweeps and the TAM's cell (profiler), forward + backward."""
+    configure_cuda_backends(run.device)  # what a Trainer sets: cudnn.benchmark, TF32 off
+    tf32 = cudnn_tf32()
     config = run.model_config()
     model = build_model("all", config=config).to(run.device).train()
     records: dict[str, dict] = {}
@@ -335,6 +527,7 @@ def lstm_dtypes(run: Run) -> dict:
         for h in handles:
             h.remove()
     fp32 = all(r["input"] == r["output"] == ["torch.float32"] for r in records.values())
+    true_fp32 = fp32 and (tf32["rnn"] is False or not run.cuda)
 
     pairs = 256 if run.cuda else 8  # about the pairs one 64-clip batch mines
     pool5 = [torch.randn(pairs, *out.pool5.shape[1:], device=run.device, dtype=out.pool5.dtype).requires_grad_()
@@ -357,9 +550,15 @@ def lstm_dtypes(run: Run) -> dict:
     metric_branch(), tam()  # warm-up: cuDNN plans, allocator
     metric, attention = profile_kernels(metric_branch, run.cuda), profile_kernels(tam, run.cuda)
     names = lambda d: ", ".join(k.split("(")[0][:50] for k in d["rnn"]) or "none"  # noqa: E731
-    return {"lstms": records, "all_lstms_fp32": fp32, "pool5_dtype": str(out.pool5.dtype),
+    effect = attempt(tf32_effect, run)
+    return {"lstms": records, "all_lstms_fp32": fp32, "cudnn_tf32": tf32, "lstms_true_fp32": true_fp32,
+            "tf32_effect": effect, "pool5_dtype": str(out.pool5.dtype),
             "metric_branch": {"pairs": pairs, **metric}, "tam": {"clips": len(fc7), **attention},
-            "summary": [f"LSTMs under bf16 autocast all fp32 in/out: {fp32} ({len(records)} modules)",
+            "summary": [f"LSTMs under bf16 autocast all fp32 in/out: {fp32} ({len(records)} modules); cuDNN TF32 "
+                        f"conv {tf32['conv']}, rnn {tf32['rnn']}: true fp32 {true_fp32}",
+                        *([f"TF32 would change a pool5 difference by {effect['pool5_difference_rel_error']:.1e}, "
+                           f"an LSTM sweep by {effect['lstm_sweep_rel_error']:.1e} (relative)"]
+                          if "pool5_difference_rel_error" in effect else []),
                         f"metric-branch RNN {metric['source']}: {names(metric)}",
                         f"TAM RNN {attention['source']}: {names(attention)}"]}
 
@@ -472,43 +671,6 @@ def checks(run: Run) -> dict:
             + b.get("summary", [f"(b) {b.get('error')}"])}
 
 
-# ------------------------------------------------------------------------------ 4. bench_model
-
-def bench_model_section(run: Run) -> dict:
-    config, s = run.model_config(), run.sizes
-    if run.cuda:
-        torch.backends.cudnn.benchmark = True
-    plan = [(v, cl, False) for cl in (False, True) for v in s.variants]
-    plan += [(v, True, True) for v in ("cnn", "all") if v in s.variants]
-    rows, table = [], {}
-    for variant, channels_last, compiled in plan:
-        key = "channels_last+compile" if compiled else ("channels_last" if channels_last else "nchw")
-        if compiled and not (s.compile and run.cuda):
-            why = "compile: CUDA only" if s.compile else "--no-compile"
-            rows.append({"variant": variant, "layout": key, **skipped(why)})
-            continue
-        if run.left() < (60 if compiled else 8):  # compiling takes tens of seconds
-            rows.append({"variant": variant, "layout": key, **skipped("time budget")})
-            continue
-        reset_peak(run.device)
-        t = time.perf_counter()
-        row = attempt(lambda: {"frames_per_s": bench_model.bench(
-            variant, config, s.clips, run.device, s.model_steps, (10 if compiled else 5) if run.cuda else 1,
-            amp=run.cuda, compile_=compiled, channels_last=channels_last)})
-        if compiled:
-            forget_compiled()
-        rows.append({"variant": variant, "layout": key, **row, "wall_s": time.perf_counter() - t,
-                     "peak_memory_gib": peak_gib(run.device)})
-        if "frames_per_s" in row:
-            table.setdefault(variant, {})[key] = row["frames_per_s"]
-    setting = (f"{config.height}×{config.width} {config.cnn}, {s.clips} clips × {config.seq_len}, "
-               f"{'bf16 autocast' if run.cuda else 'fp32'}, {s.model_steps} timed steps, synthetic tensors on the device")
-    return {"setting": setting, "cudnn_benchmark": torch.backends.cudnn.benchmark, "rows": rows,
-            "frames_per_s": table, "reference": REFERENCE,
-            "summary": [setting] + [f"{v:<8} " + "  ".join(f"{k} {x:,.0f}" for k, x in d.items())
-                                    for v, d in table.items()]}
-
-
 # ------------------------------------------------------------------------------ 5. bench_train
 
 def bench_train_section(run: Run) -> dict:
@@ -519,34 +681,29 @@ def bench_train_section(run: Run) -> dict:
     ids = max(2 * config.train.P, 64 if run.cuda else 32)
     data = bench_train.random_dataset(ids, 4, 24, c.height, c.width)
     data_s = time.perf_counter() - t
-    plan = [("all", True, False), ("all", False, False), ("cnn", True, False), ("cnn", False, False),
-            ("all", True, True)]
+    plan = [("all", True, "auto"), ("cnn", True, "auto"), ("all", True, "never"), ("all", False, "auto")]
     runs = []
-    for variant, benchmark, compiled in plan:
+    for variant, benchmark, gpu_cache in plan:
         on = lambda flag: "on" if flag else "off"  # noqa: E731
-        head = {"variant": variant, "setting": f"benchmark={on(benchmark)} compile={on(compiled)}"}
-        if not run.cuda and (compiled or not benchmark):
+        head = {"variant": variant, "setting": f"benchmark={on(benchmark)} frames={'host' if gpu_cache == 'never' else 'GPU'}"}
+        if not run.cuda and (gpu_cache == "never" or not benchmark or variant != "all"):
             runs.append({**head, **skipped("no CUDA")})
             continue
-        if compiled and not s.compile:
-            runs.append({**head, **skipped("--no-compile")})
-            continue
-        if run.left() < (75 if compiled else 15):
+        if run.left() < 12:
             runs.append({**head, **skipped("time budget")})
             continue
-        warmup = (30 if compiled else 10) if run.cuda else 0
         t = time.perf_counter()
         figures = attempt(bench_train.bench, run.device.type, variant, run.train_config(), P, K, s.train_steps,
-                          warmup, compiled, overrides=[f"train.cudnn_benchmark={benchmark}"], data=data)
-        if compiled:
-            forget_compiled()
+                          10 if run.cuda else 0, overrides=[f"train.cudnn_benchmark={benchmark}"], data=data,
+                          gpu_cache=gpu_cache)
         runs.append({**head, **figures, "wall_s": time.perf_counter() - t})  # figures: what was in effect
+        run.note(runs=runs)
     measured = [r for r in runs if r["variant"] == "all" and "frames_per_s" in r]
     best = max(measured, key=lambda r: r["frames_per_s"], default=None)
     target = {"frames_per_s": TRAIN_TARGET_FPS, "variant": "all", "best": best and best["frames_per_s"],
-              "best_setting": best and {k: best[k] for k in ("cudnn_benchmark", "compile")},
+              "best_setting": best and best["setting"],
               "met": bool(best and best["frames_per_s"] >= TRAIN_TARGET_FPS), "applies": not run.smoke}
-    lines = [f"{r['variant']:<4} {r['setting']:<25} "
+    lines = [f"{r['variant']:<4} {r['setting']:<30} "
              + (f"{r['frames_per_s']:>9,.0f} frames/s, {r['ms_per_step']:.1f} ms/step, peak "
                 f"{r['peak_memory_gib'] or 0:.1f} GiB" if "frames_per_s" in r else r.get("why") or r.get("error", ""))
              for r in runs]
@@ -556,7 +713,51 @@ def bench_train_section(run: Run) -> dict:
     return {"random_data_s": data_s, "runs": runs, "target": target, "summary": lines}
 
 
-# ------------------------------------------------------------------------------ 6. bench_eval
+# ------------------------------------------------------------------------------ 6. host_path
+
+def host_path(run: Run) -> dict:
+    """bench_host_path at a cache of ``--host-gib`` in ``--tmp``: cold reads, 1 and the loader's
+    default number of gather threads, the real loader and test clips on CUDA."""
+    s = run.sizes
+    figures = bench_host_path.run(
+        s.host_gib, run.args.tmp, run.device, workers=(1, gather_workers(run.device if run.cuda else "cuda")),
+        steps=12 if not run.smoke else 2, eval_batches=6 if not run.smoke else 1,
+        upload_gib=min(2.0, s.host_gib / 2), height=s.host_size[0], width=s.host_size[1],
+        deadline=run.deadline - 5)
+    return {**figures, "summary": bench_host_path.summary(figures)}
+
+
+# ------------------------------------------------------------------------------ 7. bench_model
+
+def bench_model_section(run: Run) -> dict:
+    config, s = run.model_config(), run.sizes
+    rows, table = [], {}
+    for channels_last in (False, True):
+        for variant in s.variants:
+            key = "channels_last" if channels_last else "nchw"
+            if run.left() < 6:
+                rows.append({"variant": variant, "layout": key, **skipped("time budget")})
+                continue
+            reset_peak(run.device)
+            t = time.perf_counter()
+            row = attempt(lambda: {"frames_per_s": bench_model.bench(
+                variant, config, s.clips, run.device, s.model_steps, 5 if run.cuda else 1, amp=run.cuda,
+                channels_last=channels_last)})
+            rows.append({"variant": variant, "layout": key, **row, "wall_s": time.perf_counter() - t,
+                         "peak_memory_gib": peak_gib(run.device)})
+            if "frames_per_s" in row:
+                table.setdefault(variant, {})[key] = row["frames_per_s"]
+            run.note(rows=rows)
+    setting = (f"{config.height}×{config.width} {config.cnn}, {s.clips} clips × {config.seq_len}, "
+               f"{'bf16 autocast' if run.cuda else 'fp32'}, {s.model_steps} timed steps of Trainer.train_step's "
+               f"work (forward, losses, backward outside autocast, clip, Adam) on synthetic clips on the device")
+    return {"setting": setting, "cudnn_benchmark": torch.backends.cudnn.benchmark, "rows": rows,
+            "frames_per_s": table, "reference": REFERENCE,
+            "summary": [setting] + [f"{v:<8} " + "  ".join(f"{k} {x:,.0f}" for k, x in d.items())
+                                    for v, d in table.items()]}
+
+
+# ------------------------------------------------------------------------------ 8. bench_eval
 
 def bench_eval_section(run: Run) -> dict:
     s = run.sizes
@@ -585,78 +786,69 @@ def bench_eval_section(run: Run) -> dict:
             "summary": lines}
 
 
-# ------------------------------------------------------------------------------ 7. medium_training
-
-def folder_gib(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
 
 
-def medium_training(run: Run) -> dict:
-    s = run.sizes
-    out = {"preset": s.medium_preset, "config": s.medium_config}
-    with tempfile.TemporaryDirectory(prefix="gpu_check_", dir=run.args.tmp) as tmp:
-        data = Path(tmp) / "synthetic"
-        t = time.perf_counter()
-        cmd = [sys.executable, "-m", "data_prep", "synthetic", "--out", str(data), "--preset", s.medium_preset]
-        try:
-            p = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                               timeout=max(5.0, run.left() - 45))  # leave time to train
-        except subprocess.TimeoutExpired:
-            return {**out, **skipped(f"time budget: generating the {s.medium_preset} preset took over "
-                                     f"{time.perf_counter() - t:.0f} s")}
-        if p.returncode != 0:
-            raise RuntimeError(f"data_prep failed (rc {p.returncode}): {(p.stdout + p.stderr)[-1500:]}")
-        manifest = Manifest.load(data)
-        out.update(generate_s=time.perf_counter() - t, dataset_gib=folder_gib(data), tracklets=len(manifest),
-                   frames=manifest.total_frames)
-        overrides = [f"data.dataset={data}", f"data.cache_dir={Path(tmp) / 'cache'}", f"train.device={run.device.type}",
-                     f"train.epochs={s.medium_epochs}", f"train.steps_per_epoch={s.medium_steps}",
-                     f"train.warmup={s.medium_warmup}", "train.eval_every=0", "train.progress=false",
-                     "train.keep_last=1", f"train.out_dir={Path(tmp) / 'run'}", "eval.exact=false"]
-        config = Config.from_yaml(ROOT / s.medium_config, overrides)
-        out["overrides"] = [o for o in overrides if tmp not in o]
-        t = time.perf_counter()
-        cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir,
-                                 progress=False)
-        out.update(cache_s=time.perf_counter() - t, cache_gib=cache.nbytes / 2**30)
-        t = time.perf_counter()
-        trainer = Trainer(config, manifest=manifest, cache=cache)
-        out["trainer_setup_s"] = time.perf_counter() - t  # the model, and the cache copied to the GPU if it fits
-        if run.cuda:
-            out["gpu_memory_after_setup_gib"] = torch.cuda.memory_allocated(run.device) / 2**30
-        reset_peak(run.device)
-        t = time.perf_counter()
-        history = trainer.fit()
-        out.update(fit_s=time.perf_counter() - t, frames_per_s=[row["frames_per_s"] for row in history],
-                   final_loss=history[-1]["loss"], peak_memory_gib=peak_gib(run.device))
-        t = time.perf_counter()
-        with torch.no_grad():
-            result = evaluate(trainer.model, manifest, cache, config.eval, split=config.data.split,
-                              device=trainer.device, progress=False)
-        out.update(eval_s=time.perf_counter() - t, eval_seconds={k: float(v) for k, v in result.seconds.items()},
-                   rank1=result.rank1, rank5=result.rank5, mAP=result.mAP, queries=result.num_queries,
-                   gallery=result.num_gallery, ranking=result.ranking)
-        trainer.close()
-    out["summary"] = [
-        f"{s.medium_preset}: {out['tracklets']} tracklets, {out['frames']:,} frames generated in {out['generate_s']:.0f} s "
-        f"({out['dataset_gib']:.2f} GiB); cache {out['cache_gib']:.1f} GiB in {out['cache_s']:.0f} s",
-        f"trained {s.medium_epochs}×{s.medium_steps} steps in {out['fit_s']:.0f} s: "
-        + ", ".join(f"{x:,.0f}" for x in out["frames_per_s"]) + " frames/s per epoch",
-        f"evaluated in {out['eval_s']:.0f} s: rank-1 {out['rank1']:.1f}, mAP {out['mAP']:.1f}"]
-    return out
+# ------------------------------------------------------------------------------ 9. compile
+
+def compile_section(run: Run) -> dict:
+    """``all`` with train.compile: the cold compile in the warm-up (the Trainer's own graph, bf16
+    clips), the compiled steps, then ``Trainer.evaluate`` and the graphs compiled during it."""
+    s, (P, K) = run.sizes, run.pk()
+    if not s.compile:
+        return skipped("--no-compile")
+    config = Config.from_yaml(run.train_config(), [f"train.P={P}", f"train.K={K}"] if P else [])
+    c = config.model
+    ids = max(2 * config.train.P, 64 if run.cuda else 32)
+    data = bench_train.random_dataset(ids, 4, 24, c.height, c.width, test_ids=8)
+    figures = bench_train.bench(run.device.type, "all", run.train_config(), P, K, s.train_steps,
+                                30 if run.cuda else 0, True, data=data, evaluate=True)
+    summary = [f"compiled all: warm-up {figures['warmup_steps']} steps (the compile) {figures['warmup_s']:.0f} s, "
+               f"then {figures['frames_per_s']:,.0f} frames/s; graphs compiled in training "
+               f"{figures.get('graphs_compiled_training')}",
+               f"Trainer.evaluate {figures['evaluate_s']:.1f} s, graphs compiled during it "
+               f"{figures['graphs_compiled_during_evaluate']} (0 expected)"]
+    if not run.cuda:
+        summary.append("(no CUDA: the Trainer compiles only on CUDA; this ran uncompiled)")
+    return {**figures, "summary": summary}
 
 
 # ------------------------------------------------------------------------------ the run
 
-SECTIONS = [  # name, function, budget (s), least time left to start it (s), needs CUDA outside --smoke
-    ("environment", environment, 15, 0, False),
-    ("cuda_tests", cuda_tests, 90, 30, True),
-    ("checks", checks, 60, 20, True),
-    ("bench_model", bench_model_section, 150, 30, True),
-    ("bench_train", bench_train_section, 120, 30, True),
-    ("bench_eval", bench_eval_section, 60, 20, True),
-    ("medium_training", medium_training, 170, 90, True),
+@dataclasses.dataclass(frozen=True)
+class Section:
+    name: str
+    fn: Callable
+    budget: float  # seconds, the section's process start-up included
+    least: float  # fewest seconds left for it to start
+    needs_cuda: bool  # outside --smoke
+
+
+SECTIONS = [  # most important first
+    Section("environment", environment, 10, 5, False),
+    Section("training", training, 120, 60, True),
+    Section("cuda_tests", cuda_tests, 45, 20, True),
+    Section("checks", checks, 35, 15, True),
+    Section("bench_train", bench_train_section, 45, 20, True),
+    Section("host_path", host_path, 30, 15, True),
+    Section("bench_model", bench_model_section, 30, 15, True),
+    Section("bench_eval", bench_eval_section, 25, 10, True),
+    Section("compile", compile_section, 80, 60, True),
 ]
+BY_NAME = {s.name: s for s in SECTIONS}
+
+
+def schedule(budget_s: float, sections=SECTIONS) -> list[dict]:
+    """Which sections a ``budget_s`` run starts, and with what budget, when every section before
+    uses all of its own: the worst case (``--plan`` prints it)."""
+    plan, used = [], 0.0
+    for s in sections:
+        left = budget_s - used
+        runs = left >= s.least
+        given = min(s.budget, left) if runs else 0.0
+        plan.append({"name": s.name, "starts_at_s": used, "budget_s": given, "full_budget": given == s.budget,
+                     "runs": runs})
+        used += given
+    return plan
 
 
 def write(report: dict, path: Path) -> None:
@@ -665,36 +857,153 @@ def write(report: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> int:
+def finish_entry(entry: dict, seconds: float, budget: float) -> dict:
+    """A section's entry with its time, and "failed" when a part inside it failed."""
+    entry["seconds"], entry["budget_s"] = seconds, budget
+    bad = failures({k: v for k, v in entry.items() if k != "status"})
+    if bad and entry.get("status") == "ok":
+        entry.update(status="failed", why="failed parts: " + ", ".join(bad))
+    return entry
+
+
+def run_in_process(section: Section, run: Run, budget: float, record: Callable[[dict], None]) -> str | None:
+    """Run one section here: its entry goes to ``record`` (which writes the JSON) before anything
+    touches CUDA again; then the memory it left is freed. Returns why CUDA is no longer usable
+    (a sticky error: the freeing failed), else None."""
+    run.deadline, run.notes = time.perf_counter() + budget, {}
+    t = time.perf_counter()
+    entry = finish_entry({"status": "ok", **attempt(section.fn, run)}, time.perf_counter() - t, budget)
+    record(entry)
+    try:
+        gc.collect()  # free what the section left on the GPU
+        if run.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001 (e.g. an illegal address: the context is lost)
+        entry["cleanup_error"] = f"{type(e).__name__}: {e}"[:1000]
+        record(entry)
+        return f"{section.name}: {entry['cleanup_error']}"
+    return None
+
+
+def run_child(cmd: list[str], out_path: Path, timeout: float, echo: Callable[[str], None] = print) -> dict:
+    """Run one section's process (``cmd``) for at most ``timeout`` s; returns the entry it wrote
+    to ``out_path``, or, when it died, overran or wrote none, a "failed" entry with its exit
+    status, its output's tail and the figures it had noted."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", start_new_session=True)
+    tail: collections.deque = collections.deque(maxlen=60)
+
+    def read():
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            echo(f"   | {line.rstrip()}")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    killed = False
+    try:
+        rc = proc.wait(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        killed = True
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)  # the section and its children (pytest, compile workers)
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        rc = proc.returncode
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what it left running (compile workers hold the GPU and the pipe)
+    reader.join(timeout=5)
+    entry = None
+    with contextlib.suppress(OSError, ValueError):
+        entry = json.loads(out_path.read_text())
+    if isinstance(entry, dict) and entry.get("status") in ("ok", "failed", "skipped") and not killed:
+        if rc:
+            entry["exit_status"] = rc  # it wrote its result, then died (e.g. in CUDA's teardown)
+        return entry
+    why = (f"killed at its time limit ({timeout:.0f} s)" if killed else
+           f"its process died (exit status {rc}) without writing a result")
+    failed = {"status": "failed", "why": why, "exit_status": rc, "output_tail": list(tail)[-40:]}
+    if isinstance(entry, dict):  # the figures it had noted before
+        failed["noted"] = {k: v for k, v in entry.items() if k != "status"}
+    return failed
+
+
+def child_main(args) -> int:
+    """One section in this process (``--child``): its entry is written to ``--child-out`` as soon
+    as it is known, before anything else touches CUDA; then the process ends without tearing
+    CUDA down (after a sticky error that could raise or hang)."""
+    section = BY_NAME[args.child]
+    run = Run(args)
+    if args.threads or (run.smoke and not run.cuda):
+        torch.set_num_threads(args.threads or 1)
+    run.deadline, run.notes_path = T0 + args.section_budget, args.child_out
+    t = time.perf_counter()
+    entry = finish_entry({"status": "ok", **attempt(section.fn, run)}, time.perf_counter() - t, args.section_budget)
+    entry["process_s"] = time.perf_counter() - T0
+    write(entry, args.child_out)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def print_plan(budget_s: float) -> None:
+    print(f"budget {budget_s:.0f} s; sections take at most their budget (their process's start-up included):")
+    for p in schedule(budget_s):
+        when = f"starts by {p['starts_at_s']:>4.0f} s, budget {p['budget_s']:>4.0f} s" if p["runs"] else "skipped"
+        print(f"  {p['name']:<12} {when}{'' if p['full_budget'] or not p['runs'] else ' (cut short)'}")
+    print(f"  the budgets add up to {sum(s.budget for s in SECTIONS):.0f} s")
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (CPU without CUDA): the test's run")
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    ap.add_argument("--budget-s", type=float, default=480, help="total time; late sections are skipped past it")
+    ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                    help="total time; a section that no longer fits is skipped (240: sections 1-4)")
     ap.add_argument("--hard-limit-s", type=float, help="watchdog: write the JSON and exit (default budget + 30)")
-    ap.add_argument("--only", nargs="+", choices=[s[0] for s in SECTIONS], help="run these sections only")
+    ap.add_argument("--plan", action="store_true", help="print which sections the budget runs, and exit")
+    ap.add_argument("--only", nargs="+", choices=list(BY_NAME), help="run these sections only")
+    ap.add_argument("--in-process", action="store_true", help="run every section in this process")
     ap.add_argument("--clips", type=int, help="clips per step (default 64; 4 with --smoke)")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, help="bench_model's variants (default all six)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compile section")
+    ap.add_argument("--train-compile", action="store_true", help="compile the CNN in the training section too")
     ap.add_argument("--eval-scale", type=float, help="bench_eval's fraction of MARS (default 1)")
-    ap.add_argument("--medium-preset", choices=("tiny", "small", "medium", "large"), help="default medium")
-    ap.add_argument("--medium-epochs", type=int, help="default 2")
-    ap.add_argument("--medium-steps", type=int, help="steps per epoch (default 100)")
-    ap.add_argument("--tmp", help="folder for the generated dataset and its cache (default: the system's)")
+    ap.add_argument("--train-preset", choices=("tiny", "small", "medium", "large"), help="default small")
+    ap.add_argument("--train-epochs", type=int, help="default 2 (the second one resumed)")
+    ap.add_argument("--train-steps-per-epoch", type=int, help="default 100")
+    ap.add_argument("--host-gib", type=float, help="host_path's cache file (GiB, default 6)")
+    ap.add_argument("--tmp", help="folder for the generated dataset and the caches (default: the system's)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 with --smoke on a CPU)")
-    args = ap.parse_args(argv)
-    run = Run(args)
-    if args.threads or (run.smoke and not run.cuda):  # tiny CPU work: one thread beats busy neighbours
-        torch.set_num_threads(args.threads or 1)
+    ap.add_argument("--child", choices=list(BY_NAME), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--section-budget", type=float, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    if args.plan:
+        print_plan(args.budget_s)
+        return 0
     start = T0
-    report = {"script": "benchmarks/gpu_check.py", "mode": "smoke" if run.smoke else "full",
-              "device": str(run.device), "argv": sys.argv[1:] if argv is None else list(argv),
+    argv = sys.argv[1:] if argv is None else list(argv)
+    report = {"script": "benchmarks/gpu_check.py", "mode": "smoke" if args.smoke else "full", "argv": argv,
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "budget_s": args.budget_s, "sizes": dataclasses.asdict(run.sizes),
+              "budget_s": args.budget_s, "isolated": not args.in_process,
               "targets": {"train_frames_per_s": TRAIN_TARGET_FPS, "eval_seconds": EVAL_TARGET_S},
-              "sections": {}, "finished": False}
+              "plan": schedule(args.budget_s), "sections": {}, "finished": False}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     current = {"name": None}
+    hard = args.hard_limit_s or args.budget_s + 30
 
     def watchdog():  # a hung section must not cost the figures already measured
         name = current["name"]
@@ -707,45 +1016,68 @@ def main(argv=None) -> int:
         print(f"gpu_check: hard limit {hard:.0f} s reached in {name}; wrote {args.out}", flush=True)
         os._exit(3)
 
-    hard = args.hard_limit_s or args.budget_s + 30
-    timer = threading.Timer(hard - (time.perf_counter() - start), watchdog)
+    timer = threading.Timer(hard - (time.perf_counter() - start), watchdog)  # before anything asks for CUDA
     timer.daemon = True
     timer.start()
-    print(f"gpu_check ({report['mode']}, {run.device}, budget {args.budget_s:.0f} s) → {args.out}"
-          + ("" if run.cuda or run.smoke else "; no CUDA: only the environment (--smoke runs tiny sizes on the CPU)"),
-          flush=True)
-    for name, fn, budget, least, needs_cuda in SECTIONS:
-        left = args.budget_s - (time.perf_counter() - start)
-        if args.only and name not in args.only:
-            entry = skipped("not in --only")
-        elif needs_cuda and not run.cuda and not run.smoke:
-            entry = skipped("no CUDA")
-        elif left < least:
-            entry = skipped(f"time budget ({left:.0f} s left, needs {least} s)")
-        else:
-            current["name"], run.deadline = name, time.perf_counter() + min(budget, left)
-            print(f"-- {name} (budget {min(budget, left):.0f} s)", flush=True)
-            t = time.perf_counter()
-            entry = {"status": "ok", **attempt(fn, run)}
-            entry["seconds"] = time.perf_counter() - t
-            entry["budget_s"] = min(budget, left)
-            bad = failures({k: v for k, v in entry.items() if k != "status"})
-            if bad and entry["status"] == "ok":
-                entry.update(status="failed", why="failed parts: " + ", ".join(bad))
-            current["name"] = None
-            gc.collect()  # free what the section left on the GPU
-            if run.cuda:
-                torch.cuda.empty_cache()
-        report["sections"][name] = entry
-        report["total_s"] = time.perf_counter() - start
-        write(report, args.out)
-        took = f" ({entry['seconds']:.1f} s)" if "seconds" in entry else ""
-        why = entry.get("why") or entry.get("error")
-        print(f"== {name}: {entry['status']}{took}" + (f": {why}" if why else ""), flush=True)
-        for line in entry.get("summary", []):
-            print(f"   {line}", flush=True)
-        if entry["status"] == "failed" and entry.get("traceback"):
-            print("   " + "\n   ".join(entry["traceback"][-6:]), flush=True)
+    write(report, args.out)
+    # isolated: this process never touches CUDA; the environment section says whether there is one
+    run = Run(args, cuda=None if args.in_process else args.device == "cuda")
+    if args.in_process and (args.threads or (run.smoke and not run.cuda)):
+        torch.set_num_threads(args.threads or 1)  # tiny CPU work: one thread beats busy neighbours
+    report.update(device=str(run.device), sizes=dataclasses.asdict(run.sizes))
+    print(f"gpu_check ({report['mode']}, budget {args.budget_s:.0f} s, "
+          f"{'in one process' if args.in_process else 'a process per section'}) → {args.out}", flush=True)
+    lost = None  # why CUDA is unusable in this process (in-process mode, after a sticky error)
+    child_dir = Path(tempfile.mkdtemp(prefix="gpu_check_sections_"))
+    try:
+        for section in SECTIONS:
+            name = section.name
+            left = args.budget_s - (time.perf_counter() - start)
+            if args.only and name not in args.only and name != "environment":  # (always: it finds the GPU)
+                entry = skipped("not in --only")
+            elif section.needs_cuda and not run.cuda and not run.smoke:
+                entry = skipped("no CUDA")
+            elif section.needs_cuda and lost:
+                entry = skipped(f"CUDA unusable in this process after {lost}")
+            elif left < section.least:
+                entry = skipped(f"time budget ({left:.0f} s left, needs {section.least:.0f} s)")
+            else:
+                budget = min(section.budget, left)
+                current["name"] = name
+                print(f"-- {name} (budget {budget:.0f} s)", flush=True)
+                if args.in_process:
+                    def record(entry, name=name):
+                        report["sections"][name] = entry
+                        report["total_s"] = time.perf_counter() - start
+                        write(report, args.out)
+                    lost = run_in_process(section, run, budget, record)
+                    entry = report["sections"][name]
+                else:
+                    out = child_dir / f"{name}.json"
+                    t = time.perf_counter()
+                    limit = min(budget + GRACE_S, hard - (time.perf_counter() - start) - 5)
+                    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", name,
+                           "--child-out", str(out), "--section-budget", str(budget)]
+                    entry = run_child(cmd, out, limit)
+                    entry.setdefault("seconds", time.perf_counter() - t)
+                    entry.setdefault("budget_s", budget)
+                    entry["wall_s"] = time.perf_counter() - t
+                current["name"] = None
+                if name == "environment" and not args.in_process and args.device == "auto":
+                    run = Run(args, cuda=bool(entry.get("cuda_available")))  # the child saw it
+                    report["device"] = str(run.device)
+            report["sections"][name] = entry
+            report["total_s"] = time.perf_counter() - start
+            write(report, args.out)
+            took = f" ({entry['seconds']:.1f} s)" if "seconds" in entry else ""
+            why = entry.get("why") or entry.get("error")
+            print(f"== {name}: {entry['status']}{took}" + (f": {why}" if why else ""), flush=True)
+            for line in entry.get("summary", []):
+                print(f"   {line}", flush=True)
+            if entry["status"] == "failed" and (entry.get("traceback") or entry.get("output_tail")):
+                print("   " + "\n   ".join((entry.get("traceback") or entry.get("output_tail"))[-6:]), flush=True)
+    finally:
+        shutil.rmtree(child_dir, ignore_errors=True)
     timer.cancel()
     statuses = {n: e["status"] for n, e in report["sections"].items()}
     report.update(finished=True, total_s=time.perf_counter() - start,

@@ -11,7 +11,9 @@ The pipeline (``evaluate``):
    Memory: ``T × C × h × w`` values per tracklet: at the paper's size (256 × 6 × 6, T = 6) that
    is 55k values, 1.35 GB in bf16 for MARS's 12,180 test tracklets, kept on the device.
    Runs under ``torch.no_grad()`` in ``model.eval()`` (``eval_mode``: the training mode is restored after),
-   with bf16 autocast on CUDA. With ``feature_cache_dir`` the result is saved to disk, keyed by a
+   with bf16 autocast on CUDA (the fp32 regions in true fp32: ``disable_cudnn_tf32``). Frames
+   are gathered as uint8 on a background thread, a couple of batches ahead, and normalised on
+   the device (``iter_test_clips``). With ``feature_cache_dir`` the result is saved to disk, keyed by a
    hash of the model's weights, variant and config, the frame cache, the tracklets and T: a
    re-run with the same checkpoint skips extraction.
 
@@ -68,6 +70,7 @@ from .data import even_frame_indices, iter_test_clips, num_test_clips
 from .files import atomic_write, jsonable
 from .metrics import FLAG_IGNORED, evaluate_order, match_flags
 from .models import eval_mode, feature_distance_matrix, model_device
+from .models.caffenet import disable_cudnn_tf32
 
 __all__ = [
     "TrackletFeatures", "extract_features", "Ranking", "rank_gallery",
@@ -121,6 +124,12 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def _cuda_precision(device: torch.device) -> None:
+    """On CUDA, cuDNN's fp32 convolutions and RNNs in true fp32, as in training."""
+    if device.type == "cuda":
+        disable_cudnn_tf32()
+
+
 def feature_cache_key(model, manifest, cache, positions, T: int, with_pool5: bool, device) -> str:
     """SHA-256 over what determines the features: weights, variant, config, frames, tracklets, T."""
     h = hashlib.sha256()
@@ -161,6 +170,7 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
     T = int(T or getattr(getattr(model, "config", None), "seq_len", 6))
     positions = np.asarray(positions, dtype=np.int64)
     with_pool5 = _needs_pool5(model) if with_pool5 is None else with_pool5
+    _cuda_precision(device)
 
     path = key = None
     if feature_cache_dir is not None:
@@ -565,6 +575,7 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalCo
     convention, rerank_top_k, exact = e.convention, e.rerank_top_k, e.exact
     _check(manifest, convention)
     device = torch.device(device) if device is not None else feats.features.device
+    _cuda_precision(device)
     sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
     protocol = manifest.protocol
     pairs = sum(len(q) * len(g) for q, g in sets)

@@ -32,11 +32,13 @@ speed); the NaN/inf check happens then, and once more before any checkpoint is w
 diverged run raises ``TrainingDiverged`` and never overwrites the last good checkpoint.
 
 Resume is exact at epoch boundaries: a checkpoint holds the model, optimiser, step counters,
-the RNG states of torch (CPU and CUDA), numpy, python and the pair-mining generator (per rank),
-and the history; the clip loader is deterministic for (seed, epoch, rank).
+the RNG states of torch (CPU, and the rank's own GPU), numpy, python and the pair-mining
+generator (per rank), and the history; the clip loader is deterministic for (seed, epoch, rank).
+A run may resume on a machine with another number of visible GPUs.
 
 Multi-GPU: run the same script under ``torchrun --nproc_per_node=N``. The trainer reads
-RANK/WORLD_SIZE/LOCAL_RANK, initialises the process group (nccl on CUDA, gloo on CPU), wraps
+RANK/WORLD_SIZE/LOCAL_RANK, makes cuda:LOCAL_RANK its current device (also when the caller
+created the process group), initialises the group if needed (nccl on CUDA, gloo on CPU), wraps
 the training objective in DistributedDataParallel, shards each P×K batch by identity across
 ranks (P must divide by N), averages the logged metrics across ranks, and only rank 0 writes
 checkpoints and history or shows progress. BatchNorm normalises each rank's shard (per-rank
@@ -45,6 +47,7 @@ statistics, as plain DDP does); the running statistics are rank 0's, broadcast a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -68,9 +71,10 @@ from reidkit.data import FrameCache, Manifest, ManifestError, TrainClipLoader, p
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn, state_dict_differences
+from reidkit.models.caffenet import disable_cudnn_tf32
 
 __all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "check_out_dir", "config_changes", "run_files", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
-           "seed_everything", "use_amp"]
+           "configure_cuda_backends", "seed_everything", "use_amp"]
 
 TERMS = ("loss", "triplet", "bce", "grad_norm")  # what a step reports (device tensors until a sync)
 # and, for models with the TAM, how the attention trains: the mean normalised entropy H(ω_t)/log T
@@ -145,6 +149,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise ConfigError("train.device=cuda but torch sees no CUDA device (use --device auto or cpu)")
         return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def configure_cuda_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
+    """What training sets for a CUDA ``device`` (nothing elsewhere): ``cudnn.benchmark`` (every
+    step has the same shapes, so cuDNN's timed choice pays off) and cuDNN in true fp32 where the
+    model computes in fp32 (conv5/pool5 and the LSTMs; ``disable_cudnn_tf32``)."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    disable_cudnn_tf32()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -223,6 +237,13 @@ class TrainingObjective(nn.Module):
         return torch.stack(terms)
 
 
+def _eager():
+    """Run ``torch.compile``d modules eagerly inside the block (``torch.compiler.set_stance``;
+    a no-op on a torch without it): evaluation must not recompile the training graphs."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
 def _call(callbacks, name, *args):
     for cb in callbacks:
         fn = cb.get(name) if isinstance(cb, dict) else getattr(cb, name, None)
@@ -230,13 +251,17 @@ def _call(callbacks, name, *args):
             fn(*args)
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    """Every RNG the loop touches, as tensors/lists/ints (loadable with weights_only=True)."""
+def _rng_state(generator: torch.Generator, device=None) -> dict:
+    """Every RNG the loop touches, as tensors/lists/ints (loadable with weights_only=True).
+
+    CUDA: the state of ``device`` alone (the one this process trains on), not one per visible
+    GPU, so a run resumes on a machine that sees fewer GPUs."""
     np_state = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
+    cuda = device is not None and torch.device(device).type == "cuda"
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if cuda else [],
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
@@ -244,10 +269,21 @@ def _rng_state(generator: torch.Generator) -> dict:
     }
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator, device=None) -> None:
+    """Restore ``_rng_state``'s states; the CUDA one to ``device`` (when it is a GPU).
+
+    Older checkpoints hold one CUDA state per GPU visible when they were written: the one of
+    ``device``'s index is restored (the device this rank trained on), and none when that index
+    is not in the list (said so)."""
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    cuda = list(state.get("cuda") or [])
+    if cuda and device is not None and torch.device(device).type == "cuda":
+        index = 0 if len(cuda) == 1 else (torch.device(device).index or 0)
+        if index < len(cuda):
+            torch.cuda.set_rng_state(cuda[index].cpu(), device)
+        else:
+            warnings.warn(f"the checkpoint holds CUDA RNG states for {len(cuda)} GPUs, none for {device}: "
+                          f"its RNG is not restored (dropout differs from an uninterrupted run)", stacklevel=3)
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
@@ -277,13 +313,13 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = resolve_device(t.device, self.local_rank)
+        if self.device.type == "cuda":  # whoever made the process group: this rank's GPU, not cuda:0
+            torch.cuda.set_device(self.device)
         self.distributed = self.world_size > 1
         if t.P % self.world_size or t.P // self.world_size < 2:
             raise ValueError(f"train.P={t.P} must be a multiple of the {self.world_size} processes with at least 2 "
                              f"identities per process (batch-hard mining happens inside each process's shard)")
         if self.distributed and not dist.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
             # ranks wait in collectives while rank 0 alone builds the frame cache or evaluates
             # (MARS: tens of minutes); NCCL's default 10-minute timeout would kill the run
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
@@ -322,8 +358,7 @@ class Trainer:
             with_validation(manifest, config.data.split, config.data.val_ids) if config.data.val_ids
             else (manifest, config.data.split))
         cuda = self.device.type == "cuda"
-        if cuda:  # every training step has the same shapes: cuDNN's timed choice pays off
-            torch.backends.cudnn.benchmark = t.cudnn_benchmark
+        configure_cuda_backends(self.device, t.cudnn_benchmark)  # benchmark; fp32 regions in true fp32
         self.amp = use_amp(self.device, t.amp)  # bf16 autocast (CUDA, or a CPU with native bf16)
         train_positions = manifest.positions(self.train_manifest.split(self.train_split).train)
         lengths = manifest.lengths[train_positions]
@@ -577,8 +612,9 @@ class Trainer:
         query/gallery (``"test"``)."""
         metrics = {}
         if self.is_main:
-            result = evaluate(self.model, self.train_manifest, self.cache, self.config.eval, split=self.train_split,
-                              device=self.device, progress=False)
+            with _eager():  # a compiled CNN would recompile for eval mode, no_grad and the eval batch
+                result = evaluate(self.model, self.train_manifest, self.cache, self.config.eval,
+                                  split=self.train_split, device=self.device, progress=False)
             metrics = {k: float(getattr(result, k)) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")}
             metrics["scored_on"] = "validation" if self.config.data.val_ids else "test"
         self.model.train()
@@ -604,7 +640,7 @@ class Trainer:
         }
 
     def _gather_rng(self) -> list[dict]:
-        state = _rng_state(self.objective.generator)
+        state = _rng_state(self.objective.generator, self.device)
         if not self.distributed:
             return [state]
         states = [None] * self.world_size
@@ -653,7 +689,7 @@ class Trainer:
         self.history, self.step_history = list(state["history"]), list(state.get("step_history", []))
         rng = state["rng"]
         if len(rng) == self.world_size:
-            _set_rng_state(rng[self.rank], self.objective.generator)
+            _set_rng_state(rng[self.rank], self.objective.generator, self.device)
         else:  # world size changed: sampling stays exact (seeded by epoch), dropout is reseeded
             seed_everything(self.config.train.seed + 1000 * self.rank + self.epoch)
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .cache import FrameCache
+from .cache import FrameCache, gather_workers
 from .manifest import Manifest
 from .prefetch import Prefetcher
 from .sampling import PKSampler, test_frame_indices, train_frame_indices
@@ -125,6 +125,47 @@ def denormalize_clips(clips: torch.Tensor) -> torch.Tensor:
 # Loaders
 # --------------------------------------------------------------------------------------------
 
+def default_prefetch(device) -> int:
+    """Steps a loader prepares ahead on its thread: 2 on CUDA; on a CPU, 2 only when it has a core
+    more than torch's threads (where every core computes, the thread only competes)."""
+    spare_core = (os.cpu_count() or 1) > torch.get_num_threads()
+    return 2 if torch.device(device).type == "cuda" or spare_core else 0
+
+
+_gather_workers = gather_workers  # the loaders' parameter of the same name shadows it
+
+
+class DeviceCopy:
+    """uint8 host batches to ``device``; on CUDA asynchronously, on a side stream of its own.
+
+    ``start(host)`` (any thread; ``host`` pinned) issues the copy and returns ``(tensor, event)``:
+    on the side stream it overlaps the compute stream's work instead of queueing behind it, and
+    the event is blocking (a thread waiting for it sleeps). ``finish(tensor, event)``, on the
+    thread that uses the tensor, makes that thread's current stream wait for the copy (on the
+    GPU: no host sync) and tells the allocator the tensor is used there. Elsewhere a plain copy.
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def start(self, host: torch.Tensor):
+        if self.stream is None:
+            return host.to(self.device), None
+        with torch.cuda.stream(self.stream):
+            out = host.to(self.device, non_blocking=True)
+            done = torch.cuda.Event(blocking=True)
+            done.record(self.stream)
+        return out, done
+
+    def finish(self, out: torch.Tensor, done) -> torch.Tensor:
+        if done is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(done)
+            out.record_stream(stream)
+        return out
+
+
 @dataclass
 class ClipBatch:
     """One training batch. Tensors of N = P*K clips (per rank).
@@ -184,13 +225,16 @@ class TrainClipLoader:
         ``FrameCache.upload``ed to the device once (MARS at 227x227: 78.8 GB; test frames stay
         on disk), so a step gathers with one ``index_select`` there and moves only indices;
       - otherwise a step copies its uint8 frames out of the memory map into a reused buffer
-        (pinned for CUDA, then copied asynchronously) and normalises them on ``device``.
+        (pinned for CUDA) with ``gather_workers`` threads (default ``cache.gather_workers``:
+        1 on the CPU, up to 8 for a GPU), then, on CUDA, copies them to the GPU on a side stream
+        (``DeviceCopy``: the copy overlaps the training step) and normalises them on ``device``.
     With ``prefetch`` > 0 a background thread (``Prefetcher``) samples and gathers up to
-    ``prefetch`` steps ahead while the training step runs; on the CPU it also erases and
-    normalises there, so the training loop receives finished batches. The batches are
-    bit-identical with and without it. ``prefetch=None`` (default): 2 on CUDA, and on a CPU
-    only when it has a core more than torch's threads; where every core computes, the thread
-    only competes (measured: steps ~17 % slower on 2 cores with 2 torch threads), so it is 0.
+    ``prefetch`` steps ahead while the training step runs, and starts their copies to the GPU;
+    on the CPU it also erases and normalises there, so the training loop receives finished
+    batches. The batches are bit-identical with and without it. ``prefetch=None`` (default): 2
+    on CUDA, and on a CPU only when it has a core more than torch's threads; where every core
+    computes, the thread only competes (measured: steps ~17 % slower on 2 cores with 2 torch
+    threads), so it is 0.
 
     Deterministic for (seed, epoch, rank). Each full pass advances the epoch by one; call
     ``set_epoch(e)`` to choose it (e.g. when resuming).
@@ -200,7 +244,7 @@ class TrainClipLoader:
                  T: int = 6, steps_per_epoch: int | None = None, seed: int = 0, device="cpu",
                  mirror: bool = True, rank: int = 0, world_size: int = 1, resident: bool | None = None,
                  dtype: torch.dtype = torch.float32, frame_erasing: float = 0.0, prefetch: int | None = None,
-                 progress: bool = False):
+                 progress: bool = False, gather_workers: int | None = None):
         if len(cache.offsets) != len(manifest.tracklets):
             raise ValueError(f"cache has {len(cache.offsets)} tracklets, manifest {len(manifest.tracklets)}")
         self.manifest, self.cache, self.T = manifest, cache, T
@@ -208,12 +252,11 @@ class TrainClipLoader:
         self.mirror, self.seed, self.rank, self.dtype = mirror, seed, rank, dtype
         if not 0.0 <= frame_erasing <= 1.0:
             raise ValueError(f"frame_erasing must be a probability in [0, 1], got {frame_erasing}")
-        if prefetch is None:
-            spare_core = (os.cpu_count() or 1) > torch.get_num_threads()
-            prefetch = 2 if self.device.type == "cuda" or spare_core else 0
+        prefetch = default_prefetch(self.device) if prefetch is None else prefetch
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 steps, got {prefetch}")
         self.frame_erasing, self.prefetch = frame_erasing, prefetch
+        self.gather_workers = _gather_workers(self.device, world_size) if gather_workers is None else gather_workers
         train_pos = manifest.positions(manifest.split(split).train)
         self.sampler = PKSampler(manifest.pids[train_pos], P, K, seed=seed, rank=rank,
                                  world_size=world_size, positions=train_pos,
@@ -243,26 +286,28 @@ class TrainClipLoader:
         if not self.resident:
             shape = (self.sampler.batch_size, self.T, cache.height, cache.width, 3)
             buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda) for _ in range(max(1, self.prefetch))]
+        copier = DeviceCopy(dev) if cuda and not self.resident else None
 
         def sample(positions, slot):
-            """The step's random draws (in the order they have always been drawn) and its host frames."""
+            """The step's random draws (in the order they have always been drawn) and its host
+            frames; on CUDA their copy to the GPU is started (on the side stream)."""
             frame_idx = np.stack([train_frame_indices(int(m.lengths[p]), self.T, rng) for p in positions])
             flips = rng.random(len(positions)) < 0.5 if self.mirror else np.zeros(len(positions), bool)
             rows = cache.rows(positions, frame_idx)
-            raw = None if self.resident else cache.host_gather(rows, out=buffers[slot])
-            return positions, frame_idx, flips, rows, raw, clip_visibility(m, positions, frame_idx)
+            raw = None if self.resident else cache.host_gather(rows, out=buffers[slot], workers=self.gather_workers)
+            moving = copier.start(raw) if copier is not None else None
+            return positions, frame_idx, flips, rows, raw, moving, clip_visibility(m, positions, frame_idx)
 
-        def assemble(positions, frame_idx, flips, rows, raw, vis):
+        def assemble(positions, frame_idx, flips, rows, raw, moving, vis):
             """Frames on the device, erased, normalised, mirrored; returns the batch and the CUDA
             event after which the host buffer may be refilled (None: free now)."""
             event = None
             if raw is None:
                 raw = cache.gather(rows, dev)
+            elif moving is not None:
+                raw, event = copier.finish(*moving), moving[1]
             elif not on_host:
-                raw = raw.to(dev, non_blocking=cuda)
-                if cuda:
-                    event = torch.cuda.Event()
-                    event.record()
+                raw = raw.to(dev)
             if self.frame_erasing > 0:  # its own stream: the clips drawn do not depend on it
                 raw = erase_frames(raw, erase_rng, self.frame_erasing)[0]
             clips = normalize_clips(raw, torch.from_numpy(flips), self.dtype)  # CPU flags: no sync
@@ -293,7 +338,7 @@ class TrainClipLoader:
                     ahead.release(slot)  # normalising made new tensors: the buffer is free
                     yield batch
         else:
-            with Prefetcher(steps, sample, self.prefetch) as ahead:
+            with Prefetcher(steps, sample, self.prefetch, device=dev) as ahead:
                 for drawn, slot in ahead:
                     batch, event = assemble(*drawn)
                     ahead.release(slot, event)
@@ -307,8 +352,24 @@ def num_test_clips(manifest: Manifest, positions, T: int, mode: str = "chunks") 
     return int(np.ceil(lengths / T).sum()) if mode == "chunks" else len(lengths)
 
 
+def _test_batches(manifest: Manifest, cache: FrameCache, positions, T: int, mode: str = "chunks",
+                 batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The cache rows (B, T) and owners (B,) of each batch ``iter_test_clips`` yields."""
+    owners, rows = [], []
+    for p in np.asarray(positions, dtype=np.int64):
+        for idx in test_frame_indices(int(manifest.lengths[p]), T, mode):
+            owners.append(int(p))
+            rows.append(cache.offsets[p] + idx)
+            if len(rows) == batch_size:
+                yield np.stack(rows), np.array(owners, dtype=np.int64)
+                owners, rows = [], []
+    if rows:
+        yield np.stack(rows), np.array(owners, dtype=np.int64)
+
+
 def iter_test_clips(manifest: Manifest, cache: FrameCache, positions, T: int, mode: str = "chunks",
-                    batch_size: int = 64, device="cpu", dtype: torch.dtype = torch.float32
+                    batch_size: int = 64, device="cpu", dtype: torch.dtype = torch.float32,
+                    prefetch: int | None = None, gather_workers: int | None = None
                     ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Test clips of the tracklets at ``positions``: yields ``(clips, owners)``.
 
@@ -317,25 +378,59 @@ def iter_test_clips(manifest: Manifest, cache: FrameCache, positions, T: int, mo
     tracklet is covered, T at a time (see ``test_frame_indices``); a long tracklet spans several
     clips and batches, never one huge tensor. Average the features per owner to get a
     tracklet's descriptor. No mirroring.
+
+    Frames that a copy on ``device`` holds (``FrameCache.upload``) are gathered there. The others
+    (test frames: MARS reads ~105 GB of them at 227x227) are gathered as uint8 on the host into
+    reused buffers (pinned for CUDA) by ``gather_workers`` threads, copied to ``device`` as uint8
+    (a quarter of float32's bytes; on CUDA on a side stream, ``DeviceCopy``) and normalised
+    there. ``prefetch`` batches (default as the training loader's: 2 on CUDA) are prepared
+    ahead on a background thread while the model runs on the current one. The clips are the
+    same with and without it.
     """
     device = torch.device(device)
-    owners, rows = [], []
+    batches = _test_batches(manifest, cache, positions, T, mode, batch_size)
+    prefetch = default_prefetch(device) if prefetch is None else prefetch
+    workers = _gather_workers(device) if gather_workers is None else gather_workers
+    cuda, on_host = device.type == "cuda", device.type == "cpu"
+    copier = DeviceCopy(device) if cuda else None
+    buffers: dict[int, torch.Tensor] = {}  # per slot, made when first needed (pinned for CUDA)
 
-    def flush():
-        clips = normalize_clips(cache.gather(np.stack(rows), device), None, dtype)
-        out = (clips, np.array(owners, dtype=np.int64))
-        owners.clear()
-        rows.clear()
-        return out
+    def gather(batch, slot):
+        """The batch's uint8 frames: from the device copy, or gathered on the host (and, on
+        CUDA, their copy started; on the CPU, normalised here on the prefetch thread)."""
+        rows, owners = batch
+        if cache.resident_rows(rows, device) is not None:
+            return cache.gather(rows, device), None, owners
+        if slot not in buffers:
+            buffers[slot] = torch.empty((batch_size, T, cache.height, cache.width, 3), dtype=torch.uint8,
+                                        pin_memory=cuda)
+        raw = cache.host_gather(rows, out=buffers[slot][:len(rows)], workers=workers)
+        if copier is not None:
+            return *copier.start(raw), owners
+        if on_host and prefetch:
+            return normalize_clips(raw, None, dtype), None, owners  # new tensors: the buffer is free
+        return raw, None, owners
 
-    for p in np.asarray(positions, dtype=np.int64):
-        for idx in test_frame_indices(int(manifest.lengths[p]), T, mode):
-            owners.append(int(p))
-            rows.append(cache.offsets[p] + idx)
-            if len(rows) == batch_size:
-                yield flush()
-    if rows:
-        yield flush()
+    def finish(raw, event, owners):
+        if event is not None:
+            raw = copier.finish(raw, event)
+        if raw.dtype == torch.uint8:
+            raw = normalize_clips(raw if raw.device == device else raw.to(device), None, dtype)
+        return raw, owners
+
+    if not prefetch:
+        event = None
+        for batch in batches:
+            if event is not None:
+                event.synchronize()  # the one buffer's last copy has finished
+            raw, event, owners = gather(batch, 0)
+            yield finish(raw, event, owners)
+        return
+    with Prefetcher(batches, gather, prefetch, device=device) as ahead:
+        for (raw, event, owners), slot in ahead:
+            clips = finish(raw, event, owners)
+            ahead.release(slot, event)
+            yield clips
 
 
 def even_frame_indices(manifest: Manifest, positions, T: int) -> np.ndarray:

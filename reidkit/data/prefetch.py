@@ -1,10 +1,12 @@
 """A background thread that prepares the next training step while the current one runs.
 
 ``TrainClipLoader`` hands it the epoch's steps and a ``work(step, slot)`` function (sampling the
-frames and copying them out of the memory map, which releases the GIL); the training loop
-reads the results in order. ``slots`` bound how far ahead it runs: each slot owns a reused
-buffer, and a slot is refilled only after the consumer ``release``s it, waiting first for the
-CUDA event of an asynchronous copy still reading that buffer.
+frames, copying them out of the memory map, which releases the GIL, and on CUDA starting their
+copy to the GPU); the training loop reads the results in order. ``iter_test_clips`` does the same
+with the test batches. ``slots`` bound how far ahead it runs: each slot owns a reused buffer, and
+a slot is refilled only after the consumer ``release``s it, waiting first for the CUDA event of
+an asynchronous copy still reading that buffer (a blocking event: the thread sleeps, it does not
+spin a core).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import queue
 import threading
 from typing import Any, Callable, Iterable, Iterator
+
+import torch
 
 
 class Prefetcher:
@@ -23,11 +27,18 @@ class Prefetcher:
     raised again by the iteration, in the consumer's thread. ``close()`` stops the thread and
     waits for it (at most one ``work`` call); the ``with`` block and ``TrainClipLoader`` call it
     however the iteration ends (exhausted, ``break``, exception), so no thread outlives it.
+
+    ``device``: a CUDA device makes it the thread's current device before any work (a new thread
+    starts on cuda:0; under DDP that would put its pinned buffers, copies and events, and a CUDA
+    context, on another rank's GPU); "cuda" without an index means the creating thread's.
     """
 
-    def __init__(self, items: Iterable, work: Callable[[Any, int], Any], slots: int = 2):
+    def __init__(self, items: Iterable, work: Callable[[Any, int], Any], slots: int = 2, device=None):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        self.device = torch.device(device) if device is not None else None
+        if self.device is not None and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # the creator's GPU
         self._free: queue.Queue = queue.Queue()
         for slot in range(slots):
             self._free.put((slot, None))
@@ -39,6 +50,8 @@ class Prefetcher:
 
     def _run(self, items: Iterator, work) -> None:
         try:
+            if self.device is not None and self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
             for item in items:
                 got = self._free.get()
                 if got is None or self._stop.is_set():

@@ -34,6 +34,7 @@ up; at 227×227 this gives the same 55 → 27 → 13 → 6 sizes as floor roundi
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -170,7 +171,9 @@ class CaffeNet(nn.Module):
         x = self._layer("conv4", x)
         # conv5 and pool5 in fp32 under autocast: the metric branch compares two clips by the
         # *difference* of their pool5 maps, which bf16's 8-bit mantissa leaves mostly rounding
-        # noise (measured: CNN+DIFF rank-1 15-17 with a bf16 pool5, 25 in fp32, docs/experiments.md)
+        # noise (measured: CNN+DIFF rank-1 15-17 with a bf16 pool5, 25 in fp32, docs/experiments.md).
+        # On CUDA, cuDNN would run this fp32 convolution in TF32 (a 10-bit mantissa) by default:
+        # the trainer and evaluate turn that off (``disable_cudnn_tf32``)
         with torch.autocast(x.device.type, enabled=False):
             pool5 = self.pool(self._layer("conv5", x.float()))
         if not self.with_fc:
@@ -229,6 +232,42 @@ class CaffeNet(nn.Module):
         self.load_state_dict(state)
         loaded = [n for n in dict.fromkeys(k.rsplit(".", 1)[0] for k in own) if n not in fresh]
         return PretrainedLoad(loaded, skipped)
+
+
+def disable_cudnn_tf32() -> None:
+    """Run cuDNN's fp32 convolutions and RNNs in true fp32 (IEEE), not TF32.
+
+    cuDNN's default on Ampere and later GPUs is TF32 (a 10-bit mantissa, like fp16's) for fp32
+    convolutions and RNNs, so the regions the models keep in fp32 under bf16 autocast (conv5 and
+    pool5 here, every ``nn.LSTM`` in ``spatial.py`` and ``temporal.py``) would lose what fp32 was
+    kept for. Under bf16 autocast the other layers run in bf16 and are unaffected; with
+    ``train.amp=off`` every convolution is then true fp32 (slower). cuBLAS matmuls
+    (``nn.Linear``, ``nn.LSTMCell``) are fp32 by torch's default and left as they are. A global
+    setting (cuDNN has no per-call one that ``torch.compile`` keeps): ``Trainer`` and
+    ``reidkit.evaluate`` call it on CUDA. Through ``allow_tf32``, which keeps torch's older and
+    per-operator (2.9+) flags consistent; setting only the per-operator ones makes every later
+    read of ``allow_tf32`` (torch.compile's convolution templates read it) raise."""
+    with warnings.catch_warnings():  # a torch that prefers the per-operator API may say so
+        warnings.simplefilter("ignore")
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def cudnn_tf32() -> dict:
+    """Whether fp32 cuDNN convolutions and RNNs, and fp32 cuBLAS matmuls, may use TF32:
+    ``{"conv", "rnn", "matmul"}`` → True, False, or None when torch's flags cannot be read."""
+    def read(getter):
+        try:
+            value = getter()
+        except (AttributeError, RuntimeError):  # e.g. older and per-operator flags set inconsistently
+            return None
+        return value == "tf32" if isinstance(value, str) else bool(value)
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(cudnn, "conv") and hasattr(cudnn, "rnn"):  # torch 2.9+: per operator
+        return {"conv": read(lambda: cudnn.conv.fp32_precision), "rnn": read(lambda: cudnn.rnn.fp32_precision),
+                "matmul": read(lambda: matmul.allow_tf32)}
+    tf32 = read(lambda: cudnn.allow_tf32)
+    return {"conv": tf32, "rnn": tf32, "matmul": read(lambda: matmul.allow_tf32)}
 
 
 def state_dict_differences(own: dict, other: dict) -> tuple[list[str], list[str], list[str]]:

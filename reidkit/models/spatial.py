@@ -40,7 +40,9 @@ def sweep(lstm: nn.LSTM, x: torch.Tensor, axis: int, reverse: bool = False) -> t
     before and after, which runs the sequence backward and puts each output back at its own
     position (Fig. 6, right). Returns ``(..., hidden)`` with the input's layout, in float32: the
     LSTM runs with autocast off (torch's CUDA autocast would run cuDNN RNNs in fp16, and bf16
-    rounding compounds over a recurrence; the sweeps are a small part of the cost).
+    rounding compounds over a recurrence; the sweeps are a small part of the cost). On CUDA that fp32
+    is true fp32 only with cuDNN's TF32 off, which the trainer and evaluate ensure
+    (``reidkit.models.caffenet.disable_cudnn_tf32``).
     """
     if reverse:
         x = x.flip(axis)

@@ -35,7 +35,8 @@ class RecurrentPooling(nn.Module):
         self.out_dim = hidden
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, None]:
-        with torch.autocast(f.device.type, enabled=False):  # fp32 recurrence (see TemporalAttention)
+        # fp32 recurrence (see TemporalAttention); cuDNN's TF32 is off on CUDA (caffenet.disable_cudnn_tf32)
+        with torch.autocast(f.device.type, enabled=False):
             out, _ = self.lstm(f.float())
         return out.mean(dim=1), None
 
