@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m data_prep") -> in
     except ManifestError as err:  # DataPrepError (the raw layout) is one too
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # the generator says what it left (nothing half-written)
+        print(f"{err or 'interrupted'}", file=sys.stderr)
+        return 130
     meta = json.loads((args.out / "meta.json").read_text(encoding="utf-8"))
     splits = json.loads((args.out / "splits.json").read_text(encoding="utf-8"))
     print(summary(args.out, meta, splits))

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidkit.files import unreadable_torch_file
+
 # (name, out_channels, kernel, stride, padding, groups) for the five convolutions.
 _CONVS = (
     ("conv1", 96, 11, 4, 0, 1),
@@ -267,8 +269,7 @@ def read_weights(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or holding pickled code
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {type(e).__name__}: "
-                                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {unreadable_torch_file(path, e)}") from None
     if isinstance(state, dict) and {"model", "config"} <= set(state):
         raise PretrainedWeightsError(f"{path} is a reidkit training checkpoint, not CaffeNet weights: continue "
                                      f"its run with --resume, or load it with checkpoint.load_model")
