@@ -183,9 +183,6 @@ def unreadable_torch_file(path: str | os.PathLike, error: BaseException) -> str:
     """Why ``torch.load(path, weights_only=True)`` failed, in words for a user: never torch's advice
     to retry with ``weights_only=False`` (that would run whatever code the file holds)."""
     text = str(error)
-    if "weights only load failed" in text.lower() or "weights_only" in text:
-        return ("it holds pickled Python objects that a weights-only load refuses to run; reidkit's files never "
-                "do, so this file was not written by reidkit and is not loaded")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -193,6 +190,9 @@ def unreadable_torch_file(path: str | os.PathLike, error: BaseException) -> str:
         return f"it cannot be read ({e.strerror})"
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # a torch zip archive, or a legacy pickle
         return f"it is not a PyTorch file (it starts with {head!r})"
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        return ("it holds pickled Python objects that a weights-only load refuses to run; reidkit's files never "
+                "do, so this file was not written by reidkit and is not loaded")
     first = text.splitlines()[0] if text else ""
     return f"it is truncated or damaged ({type(error).__name__}: {first})"
 
