@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from reidkit.data.manifest import ManifestError
+from reidkit.files import DiskFullError
 
 from .common import CHECK_IMAGES, summary
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m data_prep") -> in
             else:
                 from .prid2011 import prepare
                 prepare(args.src, args.out, seed=args.seed, check_images=args.check_images, progress=progress)
-    except ManifestError as err:  # DataPrepError (the raw layout) is one too
+    except (ManifestError, DiskFullError) as err:  # DataPrepError (the raw layout) is a ManifestError too
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # the generator says what it left (nothing half-written)

@@ -150,8 +150,8 @@ def claim_ablation(out_dir: Path, config: Config, manifest: Manifest) -> None:
         except (OSError, ValueError) as e:
             raise RunExistsError(f"{path}: unreadable ({e}); choose another --out") from None
         if not isinstance(earlier, dict) or earlier.get("kind") != ABLATION_KIND:
-            raise RunExistsError(f"{path} is not an ablation's record (kind {earlier.get('kind') if isinstance(earlier, dict) else None!r}): "
-                                 f"choose another --out")
+            kind = earlier.get("kind") if isinstance(earlier, dict) else None
+            raise RunExistsError(f"{path} is not an ablation's record (kind {kind!r}): choose another --out")
         old = earlier.get("dataset") or {}
         if old.get("fingerprint") and manifest.fingerprint and old["fingerprint"] != manifest.fingerprint:
             raise RunExistsError(f"{out_dir} holds an ablation on another dataset ({old.get('name')} at "
@@ -176,7 +176,7 @@ def claim_ablation(out_dir: Path, config: Config, manifest: Manifest) -> None:
             if seed.lstrip("-").isdigit():
                 earlier_run(run_dir, Config.from_dict(config.to_dict(), settings={
                     "model.variant": run_dir.parent.name, "train.seed": int(seed), "train.out_dir": str(run_dir)}),
-                    fingerprint=fingerprint)
+                    ALLOWED_CHANGES, fingerprint)
     write_json(path, record, indent=1)
 
 
@@ -230,7 +230,7 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
             run_config = Config.from_dict(config.to_dict(), settings={
                 "model.variant": variant, "train.seed": seed, "train.out_dir": str(run_dir)})
             tick = time.perf_counter()
-            earlier, state = earlier_run(run_dir, run_config, fingerprint=manifest.fingerprint)
+            earlier, state = earlier_run(run_dir, run_config, ALLOWED_CHANGES, manifest.fingerprint)  # eval: again
             if earlier == "finished":  # an earlier, interrupted ablation finished this run: keep it
                 model, _ = load_model(run_dir / "last.pt", device=device)
                 steps, how = int(state["step"]), "kept from an earlier run"

@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from reidkit.files import FolderBusyError, folder_entries, hold_folder, write_text
+from reidkit.files import DiskFullError, FolderBusyError, folder_entries, hold_folder, write_text
 from reidkit.lessons import REPO_ROOT, key_metrics
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -597,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             run_notebooks([NOTEBOOK_DIR / f"{n}.py" for n in names], out, params,
                           title=f"reidkit report ({args.profile} profile)", profile=args.profile)
-    except (ReportError, FolderBusyError) as e:
+    except (ReportError, FolderBusyError, DiskFullError) as e:
         partial = f"\n  partial report: {out / 'index.html'}" if (out / "index.html").is_file() else ""
         print(f"reidkit report: {e}{partial}", file=sys.stderr)
         return 1

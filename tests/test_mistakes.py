@@ -730,17 +730,24 @@ def test_the_epoch_is_saved_before_a_failing_evaluation(trained, tmp_path, monke
     assert load_checkpoint(ctx.run / "last.pt")["epoch"] == 1  # the epoch's work is on disk
 
 
-def test_an_interrupted_ablation_keeps_finished_runs(trained, tmp_path, capsys):
+def test_an_ablation_run_again_keeps_its_runs(ablated, trained, tmp_path, capsys):
+    """Run again (after an interruption, or to score it otherwise): the same settings or other eval
+    settings keep every finished run (evaluated again); more epochs resume it."""
+    from reidkit.checkpoint import load_checkpoint
+
     dataset, _, cache = trained
-    argv = ["ablate", "--config", SMOKE, "--dataset", str(dataset), "--out", str(tmp_path / "abl"), "--variants", "cnn",
-            "--seeds", "0", "--no-baselines", "train.P=2", "train.progress=false", f"data.cache_dir={cache}"]
-    assert main(argv) == 0
-    last = tmp_path / "abl" / "cnn" / "seed_0" / "last.pt"
+    out = tmp_path / "abl"
+    shutil.copytree(ablated, out)
+    last = out / "cnn" / "seed_0" / "last.pt"
     first = (_digest(last), last.stat().st_mtime_ns)
-    capsys.readouterr()
-    assert main(argv) == 0
-    assert "kept from an earlier run" in capsys.readouterr().out
-    assert (_digest(last), last.stat().st_mtime_ns) == first  # not trained again
+    for extra in ((), ("eval.rerank_top_k=5",)):
+        capsys.readouterr()
+        assert main(_ablate_argv(dataset, out, cache, *extra)) == 0
+        assert "kept from an earlier run" in capsys.readouterr().out
+        assert (_digest(last), last.stat().st_mtime_ns) == first  # not trained again
+    assert main(_ablate_argv(dataset, out, cache, "train.epochs=3")) == 0
+    assert load_checkpoint(last)["epoch"] == 3
+    assert [r["epoch"] for r in json.loads((last.parent / "history.json").read_text())["epochs"]] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("command", ["stats", "prepare"])

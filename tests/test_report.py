@@ -130,3 +130,22 @@ def test_headline_figure_becomes_the_index_thumbnail(tmp_path):
     nb.cells[1].metadata["tags"] = []  # no tag: the first figure
     assert Image.open(io.BytesIO(report.headline_png(nb))).getpixel((0, 0))[:3] == (255, 0, 0)
     assert report.headline_png(nbformat.v4.new_notebook()) is None
+
+
+def test_main_records_the_report_before_any_notebook_runs(tmp_path, monkeypatch):
+    """run.json (kind, profile, dataset) is written and the folder locked before the first notebook;
+    --only continues a report of the same profile and dataset, --force replaces it."""
+    seen = []
+
+    def run_notebooks(paths, out, params, **kwargs):
+        record = json.loads((out / "run.json").read_text())
+        seen.append((record["kind"], record["profile"], record["dataset"]["path"], (out / ".reidkit.lock").exists()))
+        (out / "work").mkdir(exist_ok=True)
+        return []
+
+    monkeypatch.setattr(report, "run_notebooks", run_notebooks)
+    out = tmp_path / "rep"
+    assert report.main(["--profile", "smoke", "--out", str(out)]) == 0
+    assert report.main(["--profile", "smoke", "--out", str(out), "--only", "06"]) == 0
+    assert report.main(["--profile", "smoke", "--out", str(out), "--force"]) == 0
+    assert seen == [("reidkit report", "smoke", None, True)] * 3 and not (out / ".reidkit.lock").exists()
