@@ -399,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify-cache", help="check frame caches against the checksums written when they were built",
                        description="Re-hash frame caches (DATASET/.cache/frames_HxW.npy, or a folder of them) and "
-                                   "compare with the checksums recorded at build time; exit status 1 if any is damaged.")
+                                   "compare with the checksums recorded at build time; exit status 1 if any is damaged. "
+                                   "(Training rebuilds a cache written to since its build by itself.) A frame file "
+                                   "changed after the build with its modification time set back is not seen: delete "
+                                   "the cache to have it rebuilt from the files.")
     p.add_argument("paths", nargs="+", help="cache .npy files or folders holding them (e.g. DATASET/.cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify_cache)

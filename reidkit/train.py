@@ -33,7 +33,11 @@ diverged run raises ``TrainingDiverged`` and never overwrites the last good chec
 
 Resume is exact at epoch boundaries: a checkpoint holds the model, optimiser, step counters,
 the RNG states of torch (CPU and CUDA), numpy, python and the pair-mining generator (per rank),
-and the history; the clip loader is deterministic for (seed, epoch, rank).
+and the history; the clip loader is deterministic for (seed, epoch, rank). It also records what
+made the run, the config and the dataset (``dataset_record``: name, folder, manifest
+fingerprint), and a resume compares both (``check_resume``). Each epoch writes ``last.pt`` and
+then ``epoch_XXX.pt``, atomically; a full disk is named (``files.DiskFullError``) and costs at
+most the epoch being saved: ``--resume`` continues from the newest complete checkpoint.
 
 Multi-GPU: run the same script under ``torchrun --nproc_per_node=N``. The trainer reads
 RANK/WORLD_SIZE/LOCAL_RANK, initialises the process group (nccl on CUDA, gloo on CPU), wraps
@@ -123,7 +127,7 @@ def resume_point(out_dir: Path) -> Path | None:
 
 def dataset_record(manifest) -> dict:
     """What a run records about its data: the manifest's name, folder and ``manifest_fingerprint``."""
-    return {"name": manifest.name, "path": str(manifest.root), "fingerprint": manifest.fingerprint}
+    return {"name": manifest.name, "path": str(manifest.root), "fingerprint": getattr(manifest, "fingerprint", None)}
 
 
 def check_resume(state: dict, path: Path, config: Config, fingerprint: str | None, force: bool,
@@ -514,8 +518,9 @@ class Trainer:
     def fit(self, resume: bool = False, force: bool = False) -> list[dict]:
         """Train until ``train.epochs`` epochs are done; returns the per-epoch history.
 
-        ``resume``: continue ``out_dir/last.pt``; its config must match this one except for
-        bookkeeping (``RESUMABLE_CHANGES``) unless ``force``. Without ``resume``, an ``out_dir``
+        ``resume``: continue ``out_dir/last.pt`` (or, when it is missing, the newest epoch file:
+        ``resume_point``); its config and dataset must match this one's except for bookkeeping
+        (``RESUMABLE_CHANGES``) unless ``force`` (``check_resume``). Without ``resume``, an ``out_dir``
         that already holds a run is refused unless ``force`` (its run files are then removed):
         a new run never silently mixes its checkpoints and history with an old one's.
         """
