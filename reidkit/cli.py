@@ -462,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         print("reidkit: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # user errors: one line, no traceback
+        from reidkit.files import DiskFullError, is_disk_full  # noqa: PLC0415
+
+        if not debug and is_disk_full(e) and not isinstance(e, DiskFullError):  # a write not through files.py
+            where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+            print(f"reidkit: error: out of disk space{where} ({type(e).__name__}: {str(e).splitlines()[0]})",
+                  file=sys.stderr)
+            return 2
         if debug or not isinstance(e, _user_errors()):
             raise
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

@@ -750,6 +750,19 @@ def test_an_ablation_run_again_keeps_its_runs(ablated, trained, tmp_path, capsys
     assert [r["epoch"] for r in json.loads((last.parent / "history.json").read_text())["epochs"]] == [1, 2, 3]
 
 
+def test_a_full_disk_anywhere_else_is_named_in_one_line(monkeypatch, capsys):
+    """A write that does not go through reidkit.files (a figure, a library's file) on a full disk."""
+    import reidkit.cli as cli
+
+    def plot(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/abl/cmc.png")
+
+    monkeypatch.setattr(cli, "cmd_verify_cache", plot)
+    assert main(["verify-cache", "anything"]) == 2
+    err = capsys.readouterr().err
+    assert "reidkit: error: out of disk space writing /runs/abl/cmc.png" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("command", ["stats", "prepare"])
 def test_passthrough_commands_name_themselves(command, capsys):
     with pytest.raises(SystemExit):
