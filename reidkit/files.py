@@ -27,6 +27,7 @@ import shutil
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -259,8 +260,8 @@ def hold_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     at once (:class:`FolderBusyError`, naming the command and pid holding it) while another
     process holds it, and released by the kernel when the holder ends, even by SIGKILL, so a
     stale lock never blocks. Nested holds of one folder in one process are fine. A folder this
-    call created and nothing was written into is removed again. Without ``fcntl`` (Windows) the
-    folder is not locked.
+    call created and nothing was written into is removed again. Without ``fcntl`` (Windows), or
+    on a filesystem without locks (a warning says so), the folder is not locked.
     """
     folder = Path(folder)
     created = not folder.exists()
@@ -287,6 +288,13 @@ def hold_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
                 os.close(fd)
                 raise FolderBusyError(f"{folder} is in use by another reidkit command ({_holder(lock)}): wait "
                                       f"for it to finish, or choose another folder") from None
+            except OSError as e:  # a filesystem without locks (some network mounts): go on unlocked, said so
+                os.close(fd)
+                fd = None
+                lock.unlink(missing_ok=True)
+                warnings.warn(f"{folder}: cannot lock it ({e.strerror}); another reidkit command writing there at "
+                              f"the same time would not be stopped", stacklevel=3)
+                break
             try:  # the file may have been removed (and made again) by its last holder meanwhile
                 same = os.path.samestat(os.fstat(fd), os.stat(lock))
             except FileNotFoundError:
@@ -294,9 +302,13 @@ def hold_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
             if same:
                 break
             os.close(fd)
-        info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+        if fd is not None:
+            info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            try:  # who holds it, for the message another command gets
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(info).encode())
+            except OSError:  # a full disk: the lock holds all the same
+                pass
     _HELD[key] = 1
     try:
         yield folder
