@@ -362,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="Table 2: train and evaluate the six variants",
                        description="Train and evaluate every variant (once per --seeds seed), plus untrained CNN and ALL "
-                                   "as the floor; writes OUT/ablation.csv, summary.csv, ablation.md and cmc.json.")
+                                   "as the floor; writes OUT/ablation.csv, summary.csv, ablation.md and cmc.json. Run "
+                                   "again to resume: finished runs are kept, an interrupted one continues; only "
+                                   "train.epochs (growing) and eval.* may change, other settings or another dataset "
+                                   "are refused (OUT/run.json records them).")
     p.add_argument("--config", type=Path, default=None, help="YAML config shared by all variants (e.g. configs/cpu.yaml)")
     p.add_argument("--dataset", required=True, help="manifest folder")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per variant)")
