@@ -33,8 +33,9 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "write_text", "jsonable", "write_json", "DiskFullError",
-           "is_disk_full", "disk_full_error", "check_free_space", "unreadable_torch_file", "hold_folder", "FolderBusyError", "LOCK_NAME", "folder_entries"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "remove_stale_temporaries_in", "write_text", "jsonable",
+           "write_json", "DiskFullError", "is_disk_full", "disk_full_error", "check_free_space", "unreadable_torch_file",
+           "hold_folder", "FolderBusyError", "LOCK_NAME", "folder_entries"]
 
 LOCK_NAME = ".reidkit.lock"  # in a folder a command writes into (hold_folder); not part of its results
 

@@ -269,7 +269,8 @@ def read_weights(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or holding pickled code
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {unreadable_torch_file(path, e)}") from None
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: "
+                                     f"{unreadable_torch_file(path, e)}") from None
     if isinstance(state, dict) and {"model", "config"} <= set(state):
         raise PretrainedWeightsError(f"{path} is a reidkit training checkpoint, not CaffeNet weights: continue "
                                      f"its run with --resume, or load it with checkpoint.load_model")
