@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from reidkit.data.manifest import ManifestError
+from reidkit.files import DiskFullError
 
 from .common import CHECK_IMAGES, summary
 
@@ -79,9 +80,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m data_prep") -> in
             else:
                 from .prid2011 import prepare
                 prepare(args.src, args.out, seed=args.seed, check_images=args.check_images, progress=progress)
-    except ManifestError as err:  # DataPrepError (the raw layout) is one too
+    except (ManifestError, DiskFullError) as err:  # DataPrepError (the raw layout) is a ManifestError too
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # the generator says what it left (nothing half-written)
+        print(f"{err or 'interrupted'}", file=sys.stderr)
+        return 130
     meta = json.loads((args.out / "meta.json").read_text(encoding="utf-8"))
     splits = json.loads((args.out / "splits.json").read_text(encoding="utf-8"))
     print(summary(args.out, meta, splits))

@@ -177,9 +177,10 @@ print(", ".join(f"{k}: {v}-d" for k, v in sizes.items())
 scratch = None
 if from_scratch and pretrained:
     scratch_config = Config.from_dict(config.to_dict(), ["model.pretrained=null"])
-    scratch_rows = run_ablation(scratch_config, ablation_dir / "from_scratch", baselines=(), seeds=seeds, progress=False)
+    scratch_dir = ablation_dir.parent / f"{ablation_dir.name}_from_scratch"
+    scratch_rows = run_ablation(scratch_config, scratch_dir, baselines=(), seeds=seeds, progress=False)
     scratch_summary = {r["method"]: r for r in summarize(scratch_rows)}
-    scratch = json.loads((ablation_dir / "from_scratch" / "conclusions.json").read_text())
+    scratch = json.loads((scratch_dir / "conclusions.json").read_text())
     table = ["| Method | from the pretrained CNN | from random weights |", "|---|---|---|"]
     table += [f"| {k} | {format_cell(summary[k], 'rank1')} | {format_cell(scratch_summary[k], 'rank1')} |"
               for k in trained if k in scratch_summary]

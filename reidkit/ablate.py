@@ -17,6 +17,12 @@ pretrain``). It writes::
     out_dir/hits.json      every run's per-query rank-1 outcomes (what the intervals resample)
     out_dir/learning_curves.json  validation rank-1 against steps per method (``data.val_ids``)
     out_dir/conclusions.json      the paper's three conclusions: difference, 95 % interval, verdict
+    out_dir/run.json       what made the folder: the dataset (name, ``manifest_fingerprint``) and config
+
+Run again on the same ``out_dir``, finished runs are kept and unfinished ones resume; only
+``train.epochs`` (growing) and ``eval.*`` may change between calls (and the variants and seeds
+asked for). Other settings, or another dataset, are refused (:func:`claim_ablation`): the
+folder holds another experiment, and its runs are never trained over.
 
 A difference between two variants is real when the 95 % interval of
 ``reidkit.significance.variant_interval`` (seeds and queries resampled) excludes zero; that is
@@ -26,7 +32,9 @@ the one rule (:func:`conclusions`), used by the table and the lessons alike.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,17 +42,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from reidkit.config import Config
+from reidkit.config import Config, EvalConfig
 from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import evaluate
-from reidkit.files import write_json, write_text
+from reidkit.files import folder_entries, write_json, write_text
 from reidkit.models import METHOD_NAMES, VARIANTS, build_model, load_pretrained_cnn
 from reidkit.checkpoint import load_checkpoint, load_model
 from reidkit.significance import describe, rank1_hits, variant_interval, verdict
-from reidkit.train import RESUMABLE_CHANGES, Trainer, config_changes, resolve_device, seed_everything
+from reidkit.train import (RESUMABLE_CHANGES, RunExistsError, Trainer, config_changes, dataset_record, resolve_device,
+                           resume_point, seed_everything)
 
 __all__ = ["PAPER_RANK1", "PAPER_CONCLUSIONS", "PRETRAINED_FLOOR", "run_ablation", "summarize", "format_cell",
-           "write_tables", "earlier_run", "write_csv", "conclusions", "learning_curves"]
+           "write_tables", "earlier_run", "claim_ablation", "write_csv", "conclusions", "learning_curves"]
 
 # Zhou et al. (CVPR 2017), Table 2: rank-1 on MARS; the method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
@@ -139,20 +148,81 @@ def learning_curves(histories: dict[str, dict[int, list[dict]]]) -> dict:
     return out
 
 
-def earlier_run(run_dir: Path, config: Config, allowed=RESUMABLE_CHANGES) -> tuple[str, dict | None]:
+def earlier_run(run_dir: Path, config: Config, allowed=RESUMABLE_CHANGES,
+                fingerprint: str | None = None) -> tuple[str, dict | None]:
     """What an earlier ablation (or ten-split run) left in ``run_dir`` for ``config``: ``("finished", state)``
     when it did exactly what ``config`` asks (same settings but ``allowed`` ones, all ``train.epochs``),
-    ``("unfinished", None)`` when a run of the same settings stopped early (resume it), else ``("none", None)``."""
-    last = run_dir / "last.pt"
-    if not last.is_file():
+    ``("unfinished", None)`` when a run of the same settings stopped early (resume it), ``("none", None)``
+    when there is no run. A run of other settings, of more epochs, or (given the ``manifest_fingerprint``
+    of ``config``'s dataset) of another dataset is refused with ``RunExistsError``: never trained over."""
+    point = resume_point(run_dir)  # last.pt, or the newest epoch file when a full disk cost last.pt
+    if point is None:
         return "none", None
-    state = load_checkpoint(last)  # one read (and checksum) per run
-    if config_changes(state.get("config", {}), config.to_dict(), allowed):
-        return "none", None
+    state = load_checkpoint(point)  # one read (and checksum) per run
+    changes = config_changes(state.get("config", {}), config.to_dict(), allowed)
+    saved = state.get("dataset") or {}
+    if fingerprint and saved.get("fingerprint") and saved["fingerprint"] != fingerprint:
+        changes.append(f"trained on {saved.get('name')} at {saved.get('path')}, not on {config.data.dataset}")
     epoch = int(state.get("epoch", 0))
-    if epoch == config.train.epochs:
+    if epoch > config.train.epochs:
+        changes.append(f"train.epochs: {epoch} done, {config.train.epochs} asked")
+    if changes:
+        raise RunExistsError(f"{run_dir} holds a run of other settings or data: {'; '.join(changes)}. It is kept: "
+                             f"choose another --out, or delete {run_dir} to train it again")
+    if epoch == config.train.epochs and point.name == "last.pt":
         return "finished", state
-    return ("unfinished", None) if epoch < config.train.epochs else ("none", None)
+    return "unfinished", None
+
+
+RUN_FILE = "run.json"
+ABLATION_KIND = "reidkit ablation"
+# what may differ from the run.json of an earlier call: bookkeeping (train.epochs may only grow), eval
+# (every run is evaluated again), and what run_ablation sets per run
+ALLOWED_CHANGES = (RESUMABLE_CHANGES | {"model.variant", "train.seed"}
+                   | {f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)})
+_TABLES = {"ablation.csv", "summary.csv", "ablation.md", "cmc.json", "cmc.png", RUN_FILE}
+
+
+def claim_ablation(out_dir: Path, config: Config, manifest: Manifest) -> None:
+    """Refuse an ``out_dir`` that holds anything but an ablation of this dataset and these settings
+    (see the module docstring), before any work; then record them in ``out_dir/run.json``."""
+    out_dir = Path(out_dir)
+    record = {"kind": ABLATION_KIND, "dataset": dataset_record(manifest), "config": config.to_dict()}
+    path = out_dir / RUN_FILE
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunExistsError(f"{path}: unreadable ({e}); choose another --out") from None
+        if not isinstance(earlier, dict) or earlier.get("kind") != ABLATION_KIND:
+            kind = earlier.get("kind") if isinstance(earlier, dict) else None
+            raise RunExistsError(f"{path} is not an ablation's record (kind {kind!r}): choose another --out")
+        old = earlier.get("dataset") or {}
+        if old.get("fingerprint") and manifest.fingerprint and old["fingerprint"] != manifest.fingerprint:
+            raise RunExistsError(f"{out_dir} holds an ablation on another dataset ({old.get('name')} at "
+                                 f"{old.get('path')}; the manifest at {manifest.root} differs): choose another --out")
+        changes = config_changes(earlier.get("config", {}), record["config"], allowed=ALLOWED_CHANGES)
+        before = (earlier.get("config") or {}).get("train", {}).get("epochs", 0)
+        if before > config.train.epochs:
+            changes.append(f"train.epochs: {before} → {config.train.epochs} (it may only grow)")
+        if changes:
+            raise RunExistsError(f"{out_dir} holds an ablation of other settings: " + "; ".join(changes)
+                                 + " (only train.epochs, growing, and eval.* may change between calls): its runs "
+                                   "are kept; choose another --out")
+    else:
+        entries = folder_entries(out_dir)
+        foreign = [p.name for p in entries if p.name not in _TABLES and not (p.is_dir() and p.name in VARIANTS)]
+        if foreign:
+            raise RunExistsError(f"{out_dir} is not empty and holds no ablation ({', '.join(foreign[:3])}"
+                                 f"{', …' if len(foreign) > 3 else ''}): choose another --out")
+        fingerprint = manifest.fingerprint
+        for run_dir in sorted(out_dir.glob("*/seed_*")):  # written before run.json existed: check every run
+            seed = run_dir.name.split("_", 1)[1]
+            if seed.lstrip("-").isdigit():
+                earlier_run(run_dir, Config.from_dict(config.to_dict(), settings={
+                    "model.variant": run_dir.parent.name, "train.seed": int(seed), "train.out_dir": str(run_dir)}),
+                    ALLOWED_CHANGES, fingerprint)
+    write_json(path, record, indent=1)
 
 
 def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "all"), seeds=None,
@@ -179,6 +249,7 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, got {seeds}")
     manifest = Manifest.load(config.data.dataset)
+    claim_ablation(out_dir, config, manifest)  # before the frame cache: another experiment's folder is refused
     cache = FrameCache.build(manifest, config.model.height, config.model.width, config.data.cache_dir, progress=progress)
     device = resolve_device(config.train.device)
     rows, cmcs = [], {}
@@ -217,7 +288,7 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
             run_config = Config.from_dict(config.to_dict(), settings={
                 "model.variant": variant, "train.seed": seed, "train.out_dir": str(run_dir)})
             tick = time.perf_counter()
-            earlier, state = earlier_run(run_dir, run_config)
+            earlier, state = earlier_run(run_dir, run_config, ALLOWED_CHANGES, manifest.fingerprint)  # eval: again
             if earlier == "finished":  # an earlier, interrupted ablation finished this run: keep it
                 model, _ = load_model(run_dir / "last.pt", device=device)
                 steps, history, how = int(state["step"]), list(state.get("history", [])), "kept from an earlier run"

@@ -317,16 +317,30 @@ def fold_input_convention(weight: torch.Tensor, bias: torch.Tensor,
     return folded_w.float().contiguous(), folded_b.float()
 
 
+def _converted_before(path: Path) -> bool:
+    """Whether ``path`` is an earlier output of :func:`convert_caffemodel` (its own file to replace)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file, or one a weights-only load refuses: not ours
+        return False
+    return (isinstance(state, dict) and set(state) == {"state_dict", "meta"} and isinstance(state["meta"], dict)
+            and "sha256" in state["meta"] and "mean_bgr" in state["meta"])
+
+
 def convert_caffemodel(src: str | Path, out: str | Path,
-                       mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR) -> dict:
+                       mean_bgr: tuple[float, float, float] = CAFFE_MEAN_BGR, force: bool = False) -> dict:
     """Convert BVLC's CaffeNet ``src`` into ``out`` for ``CaffeNet.load_pretrained``; returns the meta.
 
     ``out`` holds ``{"state_dict": conv1..fc7, "meta": {...}}`` (source name, its sha256, format,
     the mean folded into conv1, fc width, layers dropped), written atomically; nothing is written
-    when the source is refused."""
+    when the source is refused. An existing ``out`` is replaced only when it is an earlier
+    conversion, or with ``force`` (never the source itself)."""
     src, out = Path(src), Path(out)
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise ValueError(f"{out} is the caffemodel being converted: refusing to overwrite it")
+    if out.exists() and not force and not _converted_before(out):
+        raise ValueError(f"{out} exists and is not an earlier output of convert-caffemodel (a checkpoint? other "
+                         f"weights?): refusing to replace it; choose another OUT, or pass --force")
     if len(mean_bgr) != 3 or not all(math.isfinite(float(m)) for m in mean_bgr):
         raise ValueError(f"mean: expected three finite numbers B,G,R, got {mean_bgr!r}")
     keep = tuple(n for n, *_ in conv_specs("caffenet")) + ("fc6", "fc7")

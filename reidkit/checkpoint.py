@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from reidkit.config import Config
-from reidkit.files import atomic_write
+from reidkit.files import atomic_write, unreadable_torch_file
 from reidkit.models import JSTRNN, build_model
 
 
@@ -68,7 +68,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated/corrupt files raise various errors from zipfile/pickle
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {unreadable_torch_file(path, e)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a reidkit checkpoint (expected a dict, got {type(state).__name__})")
     return verify_state(path, state)
@@ -84,10 +84,11 @@ def verify_state(path: str | Path, state: dict) -> dict:
     return state
 
 
-def load_model(path: str | Path, device="cpu") -> tuple[JSTRNN, Config]:
+def load_model(path: str | Path, device="cpu", state: dict | None = None) -> tuple[JSTRNN, Config]:
     """The one loader of a trained run: ``(model in eval mode on device, Config)`` from a
-    trainer checkpoint (``run_dir/last.pt`` or an ``epoch_XXX.pt``)."""
-    state = load_checkpoint(path, map_location="cpu")
+    trainer checkpoint (``run_dir/last.pt`` or an ``epoch_XXX.pt``); ``state``: its contents,
+    when the caller has already loaded them with ``load_checkpoint``."""
+    state = load_checkpoint(path, map_location="cpu") if state is None else state
     if "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a reidkit training checkpoint (no model/config)")
     config = Config.from_dict(state["config"], source=str(path))

@@ -11,8 +11,12 @@
     reidkit convert-caffemodel bvlc_reference_caffenet.caffemodel weights/caffenet_imagenet.pt
 
 Every option is in ``reidkit CMD --help``. A user error (a bad config value, a missing file, an
-unreadable manifest) prints one line ``reidkit: error: ...`` and exits with status 2; set
-``REIDKIT_TRACEBACK=1`` to see the full traceback instead.
+unreadable manifest, a full disk, an output folder another command is writing) prints one line
+``reidkit: error: ...`` and exits with status 2; set ``REIDKIT_TRACEBACK=1`` to see the full
+traceback instead.
+
+train, ablate and ten-split claim their output folder (``reidkit.files.hold_folder``) before
+any work: a second command on the same folder is refused while the first runs.
 """
 
 from __future__ import annotations
@@ -71,12 +75,26 @@ def _load_config(args):
 
 
 # ---------------------------------------------------------------------- subcommands
+def _main_process() -> bool:
+    """Not a torchrun worker of rank > 0 (rank 0 alone claims the output folder)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args) -> int:
+    from reidkit.files import hold_folder  # noqa: PLC0415
+
+    config = _load_config(args)
+    if not _main_process():
+        return _train(args, config)
+    with hold_folder(config.train.out_dir, "reidkit train"):  # before any work: one command per run folder
+        return _train(args, config)
+
+
+def _train(args, config) -> int:
     from reidkit.models.caffenet import check_weights_file  # noqa: PLC0415
     from reidkit.train import Trainer, check_out_dir  # noqa: PLC0415
 
-    config = _load_config(args)
-    check_out_dir(Path(config.train.out_dir), args.resume, args.force)  # before the frame cache is built
+    check_out_dir(Path(config.train.out_dir), args.resume, args.force, config)  # before the frame cache is built
     if config.model.pretrained:  # likewise
         check_weights_file(config.model.pretrained)
     trainer = Trainer(config)
@@ -123,30 +141,56 @@ def _check_result_path(out: Path, checkpoint: Path) -> None:
         raise ValueError(f"--out {out} exists and is not a result of `reidkit evaluate`: refusing to overwrite it")
 
 
+def _check_trained_on(checkpoint: Path, state: dict, manifest, explicit: bool) -> None:
+    """The checkpoint records the dataset it was trained on (``train.dataset_record``): evaluating on
+    other data found at the recorded path is refused; on a ``--dataset`` the user named, it is said."""
+    saved = state.get("dataset") or {}
+    if not saved.get("fingerprint") or saved["fingerprint"] == manifest.fingerprint:
+        return
+    if not explicit:
+        raise ValueError(f"{checkpoint} was trained on {saved.get('name')} at {saved.get('path')}, but the manifest "
+                         f"there has changed since (regenerated or re-converted): its test persons may be ones "
+                         f"the model trained on. Pass --dataset {manifest.root} to evaluate on it anyway")
+    print(f"[evaluate] note: {manifest.root} is not the dataset {checkpoint} was trained on ({saved.get('name')} "
+          f"at {saved.get('path')})", file=sys.stderr)
+
+
+def _result_bytes(manifest, split: int, conventions: int) -> int:
+    """A generous size of ``evaluate --out``'s JSON: per query, 50 ranked entries of 4 values each."""
+    queries = sum(len(s.query) for s in manifest.splits) if manifest.protocol == "two_camera" else \
+        len(manifest.split(split).query)
+    return conventions * queries * 50 * 4 * 40 + (1 << 20)
+
+
 def cmd_evaluate(args) -> int:
     from reidkit.data import FrameCache, Manifest  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     from reidkit.evaluate import evaluate, evaluate_features, evaluation_positions, extract_features  # noqa: PLC0415
-    from reidkit.checkpoint import load_model  # noqa: PLC0415
-    from reidkit.files import write_json  # noqa: PLC0415
+    from reidkit.checkpoint import load_checkpoint, load_model  # noqa: PLC0415
+    from reidkit.files import check_free_space, write_json  # noqa: PLC0415
     from reidkit.train import resolve_device  # noqa: PLC0415
 
     if args.out:
         _check_result_path(Path(args.out), Path(args.checkpoint))  # before minutes of evaluation
     device = resolve_device(args.device or "auto")
-    model, config = load_model(args.checkpoint, device)
+    state = load_checkpoint(args.checkpoint)
+    model, config = load_model(args.checkpoint, device, state)
     dataset = args.dataset or config.data.dataset
     if not dataset:
         raise ValueError("no dataset: pass --dataset DIR (the checkpoint does not name one)")
     manifest = Manifest.load(dataset)
+    _check_trained_on(Path(args.checkpoint), state, manifest, explicit=bool(args.dataset))
+    split = args.split if args.split is not None else config.data.split  # the split the model did not train on
+    if args.out:  # the result must not be lost to a full disk after the evaluation
+        check_free_space(Path(args.out).parent, _result_bytes(manifest, split, 2 if args.convention == "both" else 1),
+                         f"the result --out {args.out}")
     cache = FrameCache.build(manifest, config.model.height, config.model.width,
                              args.cache_dir or config.data.cache_dir, progress=not args.quiet)
     e = config.eval
     e = dataclasses.replace(e, convention=args.convention or e.convention, exact=args.exact or e.exact,
                             rerank_top_k=args.rerank_top_k if args.rerank_top_k is not None else e.rerank_top_k,
                             batch_size=args.batch_size or e.batch_size)
-    split = args.split if args.split is not None else config.data.split  # the split the model did not train on
     if args.convention != "both":
         result = evaluate(model, manifest, cache, e, split=split, device=device, progress=not args.quiet)
         print(result.summary())
@@ -195,6 +239,7 @@ def cmd_verify_cache(args) -> int:
 
 def cmd_ablate(args) -> int:
     from reidkit.ablate import run_ablation  # noqa: PLC0415
+    from reidkit.files import hold_folder  # noqa: PLC0415
     from reidkit.models import VARIANTS  # noqa: PLC0415
 
     config = _load_config(args)
@@ -203,17 +248,21 @@ def cmd_ablate(args) -> int:
     if bad:
         raise ValueError(f"--variants: unknown variant {bad[0]!r} (expected some of {', '.join(VARIANTS)})")
     baselines = () if args.no_baselines else ("cnn", "all")
-    run_ablation(config, args.out, variants=variants, baselines=baselines, seeds=args.seeds, progress=not args.quiet,
-                 on_curves=_draw_cmc if args.plot else None)
+    with hold_folder(args.out, "reidkit ablate"):
+        run_ablation(config, args.out, variants=variants, baselines=baselines, seeds=args.seeds,
+                     progress=not args.quiet, on_curves=_draw_cmc if args.plot else None)
     print((Path(args.out) / "ablation.md").read_text())
     return 0
 
 
 def cmd_ten_split(args) -> int:
+    from reidkit.files import hold_folder  # noqa: PLC0415
     from reidkit.protocol import run_splits  # noqa: PLC0415
 
     config = _load_config(args)
-    if run_splits(config, args.out, splits=args.splits, progress=not args.quiet) is None:
+    with hold_folder(args.out, "reidkit ten-split"):
+        summary = run_splits(config, args.out, splits=args.splits, progress=not args.quiet)
+    if summary is None:
         return 1  # a split stopped early (it resumes on the next call)
     print((Path(args.out) / "summary.md").read_text())
     return 0
@@ -239,7 +288,7 @@ def _mean_bgr(text: str) -> tuple[float, float, float]:
 def cmd_convert_caffemodel(args) -> int:
     from reidkit.caffemodel import convert_caffemodel  # noqa: PLC0415
 
-    meta = convert_caffemodel(args.src, args.out, mean_bgr=args.mean)
+    meta = convert_caffemodel(args.src, args.out, mean_bgr=args.mean, force=args.force)
     mean = ",".join(f"{m:g}" for m in meta["mean_bgr"])
     print(f"[convert-caffemodel] {args.src} ({meta['format']}, sha256 {meta['sha256'][:12]}…) → {args.out}: "
           f"conv1-conv5, fc6, fc7 (fc_dim {meta['fc_dim']}); dropped {', '.join(meta['dropped']) or 'nothing'}; "
@@ -346,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="Table 2: train and evaluate the six variants",
                        description="Train and evaluate every variant (once per --seeds seed), plus untrained CNN and ALL "
-                                   "as the floor; writes OUT/ablation.csv, summary.csv, ablation.md and cmc.json.")
+                                   "as the floor; writes OUT/ablation.csv, summary.csv, ablation.md and cmc.json. Run "
+                                   "again to resume: finished runs are kept, an interrupted one continues; only "
+                                   "train.epochs (growing) and eval.* may change, other settings or another dataset "
+                                   "are refused (OUT/run.json records them).")
     p.add_argument("--config", type=Path, default=None, help="YAML config shared by all variants (e.g. configs/cpu.yaml)")
     p.add_argument("--dataset", required=True, help="manifest folder")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per variant)")
@@ -383,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify-cache", help="check frame caches against the checksums written when they were built",
                        description="Re-hash frame caches (DATASET/.cache/frames_HxW.npy, or a folder of them) and "
-                                   "compare with the checksums recorded at build time; exit status 1 if any is damaged.")
+                                   "compare with the checksums recorded at build time; exit status 1 if any is damaged. "
+                                   "(Training rebuilds a cache written to since its build by itself.) A frame file "
+                                   "changed after the build with its modification time set back is not seen: delete "
+                                   "the cache to have it rebuilt from the files.")
     p.add_argument("paths", nargs="+", help="cache .npy files or folders holding them (e.g. DATASET/.cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify_cache)
@@ -399,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_mean_bgr, default=CAFFE_MEAN_BGR, metavar="B,G,R",
                    help="the per-channel mean Caffe subtracted, in B,G,R order on the 0-255 scale "
                         "(default 104,117,123)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT although it is not an earlier output of convert-caffemodel")
     p.set_defaults(func=cmd_convert_caffemodel)
 
     for name, (_, text) in PASSTHROUGH.items():
@@ -410,10 +467,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from reidkit.checkpoint import CheckpointError  # noqa: PLC0415
     from reidkit.config import ConfigError  # noqa: PLC0415
     from reidkit.data import ManifestError  # noqa: PLC0415
+    from reidkit.files import DiskFullError, FolderBusyError  # noqa: PLC0415
     from reidkit.train import RunExistsError, TrainingDiverged  # noqa: PLC0415
 
     errors = [ConfigError, CheckpointError, ManifestError, RunExistsError, TrainingDiverged, ValueError,
-              FileNotFoundError, KeyError, IndexError]
+              FileNotFoundError, KeyError, IndexError, DiskFullError, FolderBusyError]
     return tuple(errors)
 
 
@@ -440,6 +498,13 @@ def main(argv: list[str] | None = None) -> int:
         print("reidkit: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # user errors: one line, no traceback
+        from reidkit.files import DiskFullError, is_disk_full  # noqa: PLC0415
+
+        if not debug and is_disk_full(e) and not isinstance(e, DiskFullError):  # a write not through files.py
+            where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+            print(f"reidkit: error: out of disk space{where} ({type(e).__name__}: {str(e).splitlines()[0]})",
+                  file=sys.stderr)
+            return 2
         if debug or not isinstance(e, _user_errors()):
             raise
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

@@ -10,7 +10,8 @@ A run is described by four sections::
 ``Config.from_yaml("configs/cpu.yaml", ["train.lr=0.01", "model.variant=cnn"])`` reads a file
 and applies overrides. Every value is parsed and checked against the field's type, and an
 error names the key and the value: ``train.lr: expected float, got 'abc'``. Unknown keys are
-errors too, so a typo never silently does nothing.
+errors too, so a typo never silently does nothing, and so is a key given twice in one YAML
+mapping (plain YAML loaders keep the last one without a word).
 
 The variant is ``model.variant``, a field of the ``ModelConfig`` (``config.model``) handed to
 ``build_model``.
@@ -34,6 +35,29 @@ from reidkit.models import ModelConfig
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names it."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (lines {seen[key]} and {line}): remove one",
+                        key_node.start_mark)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _choices(*values):
@@ -220,7 +244,7 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+            d = _load_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -242,7 +266,7 @@ class Config:
         key, text = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _load_yaml(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         # keep the user's text for error messages and for str fields ("1e-3" stays a string there)

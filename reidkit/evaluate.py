@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig
 from .data import even_frame_indices, iter_test_clips, num_test_clips
-from .files import atomic_write, jsonable
+from .files import DiskFullError, atomic_write, jsonable
 from .metrics import FLAG_IGNORED, evaluate_order, match_flags
 from .models import eval_mode, feature_distance_matrix, model_device
 from .models.caffenet import disable_cudnn_tf32
@@ -220,9 +220,12 @@ def extract_features(model, manifest, cache, positions, T: int | None = None, ba
             pool5 = torch.cat(parts)
 
     if path is not None:
-        with atomic_write(path, suffix=".pt") as tmp:  # never a half-written file under the final name
-            torch.save({"key": key, "T": T, "positions": torch.from_numpy(positions),
-                        "features": features.cpu(), "pool5": None if pool5 is None else pool5.cpu()}, tmp)
+        try:
+            with atomic_write(path, suffix=".pt") as tmp:  # never a half-written file under the final name
+                torch.save({"key": key, "T": T, "positions": torch.from_numpy(positions),
+                            "features": features.cpu(), "pool5": None if pool5 is None else pool5.cpu()}, tmp)
+        except DiskFullError as e:  # a cache only: the features in hand are scored all the same
+            warnings.warn(f"{e} (the test features are not cached; the evaluation goes on)", stacklevel=2)
     return TrackletFeatures(positions, features, pool5, T, key or "", False, time.perf_counter() - start)
 
 

@@ -131,15 +131,13 @@ def mine_pairs(
         else:
             cams = _host(camids)
             cross_neg = cams[neg_i] != cams[neg_j]
-            n_cross = int(cross_neg.sum())
             quota_cross = math.ceil(int((cams[pos_i] != cams[pos_j]).sum()) * n_hard / k) if k else 0
-            short = n_hard - min(quota_cross, n_cross) - min(n_hard - quota_cross, len(neg_i) - n_cross)
             cross = torch.from_numpy(cross_neg).to(device, non_blocking=True)[order]
             # rank of each negative among those of its kind, in hardness order
             rank = torch.where(cross, torch.cumsum(cross, 0), torch.cumsum(~cross, 0)) - 1
             take = torch.where(cross, rank < quota_cross, rank < n_hard - quota_cross)
-            if short > 0:  # one kind ran out: top up with the hardest of the rest
-                take |= ~take & (torch.cumsum(~take, 0) <= short)
+            # when one kind runs short, take holds fewer than n_hard: the stable sort puts the
+            # rest in hardness order right after, so the slice tops up with the hardest of the rest
             chosen = order[_true_first(take)[:n_hard]]
         if n_hard < k:  # the rest at random among the negatives not chosen (in index order)
             picked = torch.zeros(len(neg_i), dtype=torch.bool, device=device).index_fill_(0, chosen, True)

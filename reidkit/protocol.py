@@ -46,7 +46,7 @@ from reidkit.checkpoint import load_model
 from reidkit.config import Config, EvalConfig
 from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import describe_convention, evaluate
-from reidkit.files import write_json, write_text
+from reidkit.files import folder_entries, write_json, write_text
 from reidkit.models import METHOD_NAMES
 from reidkit.train import RESUMABLE_CHANGES, RunExistsError, Trainer, config_changes, resolve_device
 
@@ -99,6 +99,7 @@ def _claim(out_dir: Path, config: Config, manifest: Manifest) -> None:
     then record them in ``run.json``."""
     record = {"kind": "reidkit ten-split", "dataset": {"name": manifest.name, "path": str(manifest.root),
                                                        "digest": dataset_digest(manifest),
+                                                       "fingerprint": manifest.fingerprint,
                                                        "num_splits": len(manifest.splits)},
               "config": config.to_dict()}
     path = out_dir / RUN_FILE
@@ -110,15 +111,16 @@ def _claim(out_dir: Path, config: Config, manifest: Manifest) -> None:
         if earlier.get("kind") != record["kind"]:
             raise RunExistsError(f"{path} is not a ten-split run's record: choose another --out")
         old = earlier.get("dataset") or {}
-        if old.get("digest") != record["dataset"]["digest"]:
+        other_files = old.get("fingerprint") and manifest.fingerprint and old["fingerprint"] != manifest.fingerprint
+        if old.get("digest") != record["dataset"]["digest"] or other_files:
             raise RunExistsError(f"{out_dir} holds a ten-split run on another dataset ({old.get('name')} at "
-                                 f"{old.get('path')}: other tracklets or splits than {manifest.root}): "
+                                 f"{old.get('path')}: other tracklets, splits or manifest files than {manifest.root}): "
                                  f"choose another --out")
         changes = config_changes(earlier.get("config", {}), record["config"], allowed=ALLOWED_CHANGES)
         if changes:
             raise RunExistsError(f"{out_dir} holds a ten-split run of other settings: " + "; ".join(changes)
                                  + " (only train.epochs and eval.* may change between calls): choose another --out")
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
+    elif folder_entries(out_dir):
         raise RunExistsError(f"{out_dir} is not empty and holds no ten-split run ({RUN_FILE}): choose another --out")
     write_json(path, record, indent=1)
 
@@ -165,7 +167,8 @@ def run_splits(config: Config, out_dir, splits: Sequence[int] | None = None, pro
         run_config = Config.from_dict(config.to_dict(), settings={"data.split": i, "train.out_dir": str(run_dir)})
         metrics_path = run_dir / "metrics.json"
         start = time.perf_counter()
-        earlier, state = earlier_run(run_dir, run_config, allowed=ALLOWED_CHANGES)  # eval settings: evaluate again
+        # eval settings may change: evaluate again; a run of other settings or data is refused
+        earlier, state = earlier_run(run_dir, run_config, allowed=ALLOWED_CHANGES, fingerprint=manifest.fingerprint)
         metrics = _kept_metrics(metrics_path, state, run_config.eval) if earlier == "finished" else None
         if metrics is not None:
             how = "kept"

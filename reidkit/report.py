@@ -21,6 +21,10 @@ Choices worth knowing:
   checked for every notebook before anything runs.
 * On failure the run stops, the partial ``index.html`` is written, and the error names the
   notebook and the failing cell (its index in the ``.py`` notebook and its first line).
+* ``run.json`` records what made the report (profile, dataset) before any notebook runs, and
+  ``index.html`` lists every lesson present in the folder: ``--only 04`` adds to the lessons
+  an earlier call ran, never hides them. ``--only`` continues only a report of the same
+  profile and dataset; ``--force`` replaces only a report, never another command's folder.
 
 papermill, jupytext and nbconvert are imported inside functions: importing ``reidkit.report``
 (e.g. from ``reidkit.cli``) costs nothing on a machine without the notebook extras.
@@ -43,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from reidkit.files import DiskFullError, FolderBusyError, folder_entries, hold_folder, write_text
 from reidkit.lessons import REPO_ROOT, key_metrics
 from reidkit.significance import VERDICTS
 
@@ -379,6 +384,42 @@ def _read_metrics(path: Path) -> dict:
 # --------------------------------------------------------------------------- index.html
 
 
+REPORT_KIND = "reidkit report"  # run.json's "kind": ten-split and ablation folders have one too
+
+
+def _read_record(out_dir: Path) -> dict | None:
+    """``out_dir/run.json`` as a dict; None when there is none, {} when it is unreadable."""
+    path = Path(out_dir) / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _is_report(record: dict) -> bool:
+    # reports written before run.json had a kind: a title, a profile and the notebooks
+    return record.get("kind") == REPORT_KIND or ("kind" not in record and "notebooks" in record)
+
+
+def _present(out_dir: Path, results: Sequence[NotebookResult]) -> list[NotebookResult]:
+    """Every lesson present in the report: ``results`` (this call's), and the lessons an earlier call
+    ran whose executed notebook is still in ``out_dir`` and that this call did not run; by name."""
+    by_name = {r.name: r for r in results}
+    record = _read_record(out_dir) or {}
+    fields = set(NotebookResult.__dataclass_fields__)
+    for entry in record.get("notebooks") or []:
+        if not isinstance(entry, dict) or "name" not in entry:
+            continue
+        current = by_name.get(entry["name"])
+        if (current is None or current.status == "not run") and entry.get("ipynb") \
+                and (Path(out_dir) / entry["ipynb"]).is_file():
+            by_name[entry["name"]] = NotebookResult(**{k: v for k, v in entry.items() if k in fields})
+    return [by_name[name] for name in sorted(by_name)]
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -419,11 +460,14 @@ def claims_html(metrics: Mapping) -> str:
 
 def write_index(out_dir: Path, results: Sequence[NotebookResult], *, title: str = "reidkit report",
                 started: datetime | None = None, profile: str | None = None) -> Path:
-    """``index.html`` (a table of the notebooks) and ``run.json`` (the same, machine-readable).
+    """``index.html`` (a table of the notebooks) and ``run.json`` (the same, machine-readable), of
+    ``results`` and every lesson an earlier call left in ``out_dir`` (see :func:`_present`).
 
     Beside each headline figure: what the lesson reproduces and its verdict per claim
     (:func:`claims_html`), in a column that appears when any lesson's metrics have them."""
     out_dir = Path(out_dir)
+    previous = _read_record(out_dir) or {}
+    results = _present(out_dir, results)
     rows = []
     claims = [claims_html(r.metrics) for r in results]
     with_claims = any(claims)
@@ -469,10 +513,11 @@ td img {{ max-width: {THUMB_WIDTH}px; max-height: {THUMB_HEIGHT}px; height: auto
 <p>Also here: {files}.</p>
 </body></html>
 """
-    (out_dir / "index.html").write_text(page, encoding="utf-8")
-    (out_dir / "run.json").write_text(json.dumps(
-        {"title": title, "profile": profile, "started": when, "notebooks": [asdict(r) for r in results]}, indent=2),
-        encoding="utf-8")
+    write_text(out_dir / "index.html", page)
+    record = {**(previous if _is_report(previous) else {}), "kind": REPORT_KIND, "title": title,
+              "profile": profile or previous.get("profile"), "started": when,
+              "notebooks": [asdict(r) for r in results]}
+    write_text(out_dir / "run.json", json.dumps(record, indent=2))
     return out_dir / "index.html"
 
 
@@ -509,25 +554,56 @@ def build_parameters(profile: str, out_dir: Path, *, dataset: str | None = None,
     return params
 
 
-def claim_out_dir(out: Path, profile: str, only: bool, force: bool) -> None:
-    """Refuse to overwrite an existing report: ``--only`` continues one of the same profile,
-    ``--force`` replaces it (the whole report folder, work/ included)."""
-    run_json = out / "run.json"
-    if not run_json.is_file():
-        return
+def _dataset_record(dataset: str | None) -> dict:
+    if not dataset:
+        return {"path": None, "fingerprint": None}  # the synthetic benchmark, generated under work/
+    from reidkit.data.manifest import ManifestError, manifest_fingerprint  # noqa: PLC0415 (torch: only when needed)
+
     try:
-        previous = json.loads(run_json.read_text(encoding="utf-8")).get("profile")
-    except (OSError, ValueError):
+        return {"path": str(Path(dataset).resolve()), "fingerprint": manifest_fingerprint(dataset)}
+    except ManifestError as e:
+        raise ReportError(f"--dataset {dataset}: {e}") from None
+
+
+def claim_out_dir(out: Path, profile: str, only: bool, force: bool, dataset: str | None = None) -> None:
+    """Refuse to overwrite an existing report: ``--only`` continues one of the same profile and
+    dataset, ``--force`` replaces it (the whole report folder, work/ included). A folder that holds
+    anything else (another command's ``run.json``, other files) is refused, ``--force`` or not.
+    Then ``run.json`` records the profile and dataset, before any notebook runs."""
+    out = Path(out)
+    previous = _read_record(out)
+    data = _dataset_record(dataset)
+    if previous is not None and not _is_report(previous):
+        kind = previous.get("kind")
+        raise ReportError(f"{out} holds {f'a {kind} run' if kind else 'an unreadable or foreign run.json'}, not a "
+                          f"report: choose another --out (--force replaces reports only)")
+    if previous is None and folder_entries(out):
+        raise ReportError(f"{out} is not empty and holds no report (run.json): choose another --out "
+                          f"(--force replaces reports only)")
+    if previous is not None and force:
+        for entry in folder_entries(out):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         previous = None
-    if force:
-        shutil.rmtree(out)
-        return
-    if not only:
-        raise ReportError(f"{out} already holds a report ({previous or 'unknown'} profile): --only NN re-runs "
-                          f"notebooks of it, --force replaces it, or choose another --out")
-    if previous != profile:
-        raise ReportError(f"{out} holds a {previous or 'unknown'}-profile report; --only cannot continue it with "
-                          f"--profile {profile} (its work/ was made for the other profile)")
+    elif previous is not None:
+        old = previous.get("profile")
+        if not only:
+            raise ReportError(f"{out} already holds a report ({old or 'unknown'} profile): --only NN re-runs "
+                              f"notebooks of it, --force replaces it, or choose another --out")
+        if old != profile:
+            raise ReportError(f"{out} holds a {old or 'unknown'}-profile report; --only cannot continue it with "
+                              f"--profile {profile} (its work/ was made for the other profile)")
+        before = previous.get("dataset")
+        if isinstance(before, dict):
+            where = lambda d: d.get("path") or "the synthetic benchmark it generated"  # noqa: E731
+            if before.get("path") != data["path"]:
+                raise ReportError(f"{out} holds a report on {where(before)}; --only cannot continue it on "
+                                  f"{where(data)} (its lessons would mix two datasets): choose another --out")
+            if before.get("fingerprint") and data["fingerprint"] and before["fingerprint"] != data["fingerprint"]:
+                raise ReportError(f"{out} holds a report on {data['path']}, whose manifest has changed since "
+                                  f"(regenerated?): --only cannot continue it; --force replaces it")
+    record = {**(previous or {}), "kind": REPORT_KIND, "profile": profile, "dataset": data}
+    record.setdefault("notebooks", [])
+    write_text(out / "run.json", json.dumps(record, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -561,11 +637,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ReportError(f"--dataset {args.dataset}: no manifest there (tracklets.csv); write one with "
                               f"`python -m data_prep ...`, or leave --dataset out to generate the synthetic benchmark")
         params = build_parameters(args.profile, out, dataset=args.dataset, device=args.device)
-        claim_out_dir(out, args.profile, bool(args.only), args.force)
-        t0 = time.perf_counter()
-        run_notebooks([NOTEBOOK_DIR / f"{n}.py" for n in names], out, params,
-                      title=f"reidkit report ({args.profile} profile)", profile=args.profile)
-    except ReportError as e:
+        with hold_folder(out, "reidkit report"):  # one command per report folder
+            claim_out_dir(out, args.profile, bool(args.only), args.force, dataset=args.dataset)
+            t0 = time.perf_counter()
+            run_notebooks([NOTEBOOK_DIR / f"{n}.py" for n in names], out, params,
+                          title=f"reidkit report ({args.profile} profile)", profile=args.profile)
+    except (ReportError, FolderBusyError, DiskFullError) as e:
         partial = f"\n  partial report: {out / 'index.html'}" if (out / "index.html").is_file() else ""
         print(f"reidkit report: {e}{partial}", file=sys.stderr)
         return 1

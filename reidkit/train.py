@@ -34,7 +34,11 @@ diverged run raises ``TrainingDiverged`` and never overwrites the last good chec
 Resume is exact at epoch boundaries: a checkpoint holds the model, optimiser, step counters,
 the RNG states of torch (CPU, and the rank's own GPU), numpy, python and the pair-mining
 generator (per rank), and the history; the clip loader is deterministic for (seed, epoch, rank).
-A run may resume on a machine with another number of visible GPUs.
+A run may resume on a machine with another number of visible GPUs. It also records what made
+the run, the config and the dataset (``dataset_record``: name, folder, manifest fingerprint),
+and a resume compares both (``check_resume``). Each epoch writes ``last.pt`` and then
+``epoch_XXX.pt``, atomically; a full disk is named (``files.DiskFullError``) and costs at most
+the epoch being saved: ``--resume`` continues from the newest complete checkpoint.
 
 Multi-GPU: run the same script under ``torchrun --nproc_per_node=N``. The trainer reads
 RANK/WORLD_SIZE/LOCAL_RANK, makes cuda:LOCAL_RANK its current device (also when the caller
@@ -49,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -67,13 +72,16 @@ from tqdm.auto import tqdm
 
 from reidkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reidkit.config import Config, ConfigError
-from reidkit.data import FrameCache, Manifest, ManifestError, TrainClipLoader, plan_gpu_cache, with_validation
+from reidkit.data import (FrameCache, Manifest, ManifestError, TrainClipLoader, manifest_fingerprint, plan_gpu_cache,
+                          with_validation)
+from reidkit.files import DiskFullError, disk_full_error, write_text
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn, state_dict_differences
 from reidkit.models.caffenet import disable_cudnn_tf32
 
-__all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "check_out_dir", "config_changes", "run_files", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
+__all__ = ["Trainer", "TrainingDiverged", "RunExistsError", "check_out_dir", "check_resume", "config_changes", "run_files",
+           "resume_point", "dataset_record", "TrainingObjective", "cpu_has_native_bf16", "resolve_device",
            "configure_cuda_backends", "seed_everything", "use_amp"]
 
 TERMS = ("loss", "triplet", "bce", "grad_norm")  # what a step reports (device tensors until a sync)
@@ -89,8 +97,8 @@ RESUMABLE_CHANGES = {"data.dataset", "data.cache_dir", "train.epochs", "train.ou
 
 def config_changes(saved: dict, now: dict, allowed=RESUMABLE_CHANGES) -> list[str]:
     """``"section.key: old → new"`` for every setting that differs, except ``allowed`` ones and
-    the removed ``data.height/width``. (``data.dataset`` may move on disk; the frame cache
-    fingerprints the manifest itself.)"""
+    the removed ``data.height/width``. (``data.dataset`` may move on disk: a run records its
+    dataset's ``manifest_fingerprint`` instead, see :func:`check_resume`.)"""
     changes = []
     for section in sorted(set(saved) | set(now)):
         a, b = saved.get(section) or {}, now.get(section) or {}
@@ -115,14 +123,60 @@ def run_files(out_dir: Path) -> tuple[Path, list[Path], list[Path]]:
             [out_dir / "history.csv", out_dir / "history.json"])
 
 
-def check_out_dir(out_dir: Path, resume: bool, force: bool) -> list[Path]:
+def resume_point(out_dir: Path) -> Path | None:
+    """The checkpoint a resume continues: ``last.pt``, else the newest ``epoch_N.pt`` (``last.pt`` is
+    written first each epoch, so an epoch file is never newer than it), else None."""
+    last, epochs, _ = run_files(out_dir)
+    return last if last.is_file() else (epochs[-1] if epochs else None)
+
+
+def dataset_record(manifest) -> dict:
+    """What a run records about its data: the manifest's name, folder and ``manifest_fingerprint``."""
+    return {"name": manifest.name, "path": str(manifest.root), "fingerprint": getattr(manifest, "fingerprint", None)}
+
+
+def check_resume(state: dict, path: Path, config: Config, fingerprint: str | None, force: bool,
+                 model=None) -> None:
+    """Refuse to continue the run in checkpoint ``state`` (read from ``path``) with ``config`` on the
+    dataset of ``fingerprint``: settings that differ but for ``RESUMABLE_CHANGES``, or another
+    dataset, unless ``force``; weights that do not fit ``config``'s model, even with ``force``
+    (``model``: that model, built here when a ``model.*`` setting changed and it is not given)."""
+    changes = config_changes(state.get("config", {}), config.to_dict())
+    saved = state.get("dataset") or {}
+    if fingerprint and saved.get("fingerprint") and saved["fingerprint"] != fingerprint:
+        changes.append(f"data: trained on {saved.get('name')} at {saved.get('path')}, but the manifest at "
+                       f"{config.data.dataset} differs (another or a regenerated dataset)")
+    if model is not None or any(c.startswith("model.") for c in changes):
+        if model is None:
+            model = build_model(config=config.model)
+        missing, unexpected, mismatched = state_dict_differences(model.state_dict(), state["model"])
+        problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected] + mismatched
+        if problems:
+            raise ConfigError(f"cannot resume from {path}: the config differs from the run's: "
+                              + "; ".join(changes or ["model settings"]) + f". Its weights cannot continue as this "
+                              f"model ({'; '.join(problems[:3])}{' …' if len(problems) > 3 else ''}), not even with "
+                              f"--force: resume with the run's model settings, or train into another --out")
+    if changes and not force:
+        raise ConfigError(f"cannot resume from {path}: the config differs from the run's: "
+                          + "; ".join(changes) + " (--force continues anyway)")
+
+
+def check_out_dir(out_dir: Path, resume: bool, force: bool, config: Config | None = None) -> list[Path]:
     """Refuse what ``fit`` would refuse about ``out_dir``, cheaply and early (the CLI calls it
-    before the frame cache is built): resuming a run that is not there, or starting a run over
-    one that is, without ``force``. Returns the old run's files that starting over replaces."""
+    before the frame cache is built): resuming a run that is not there (or, given ``config``,
+    one of other settings or data: :func:`check_resume`), or starting a run over one that is,
+    without ``force``. Returns the old run's files that starting over replaces."""
     last, epochs, history = run_files(out_dir)
     if resume:
-        if not last.is_file():
+        point = resume_point(out_dir)
+        if point is None:
             raise CheckpointError(f"cannot resume: {last} does not exist (train without --resume to start a run)")
+        if config is not None:
+            try:
+                fingerprint = manifest_fingerprint(config.data.dataset) if config.data.dataset else None
+            except ManifestError:
+                fingerprint = None  # Manifest.load says what is wrong with the dataset, later
+            check_resume(load_checkpoint(point), point, config, fingerprint, force)
         return []
     existing = [p for p in (last, *epochs, *history) if p.exists()]
     if existing and not force:
@@ -357,6 +411,7 @@ class Trainer:
         self.train_manifest, self.train_split = (
             with_validation(manifest, config.data.split, config.data.val_ids) if config.data.val_ids
             else (manifest, config.data.split))
+        self.dataset = dataset_record(manifest)  # recorded in every checkpoint
         cuda = self.device.type == "cuda"
         configure_cuda_backends(self.device, t.cudnn_benchmark)  # benchmark; fp32 regions in true fp32
         self.amp = use_amp(self.device, t.amp)  # bf16 autocast (CUDA, or a CPU with native bf16)
@@ -422,6 +477,11 @@ class Trainer:
         split = manifest.split(c.data.split)  # IndexError naming splits.json and how many it has
         pids = manifest.pids[manifest.positions(split.train)]
         identities = len(np.unique(pids[pids >= 1]))
+        if identities < 2:
+            raise ManifestError(f"split {c.data.split} of {manifest.root / 'splits.json'} has {identities} training "
+                                f"identit{'y' if identities == 1 else 'ies'} (pid >= 1): training compares identities, "
+                                f"so it needs at least 2; this dataset ({manifest.name} at {manifest.root}) cannot "
+                                f"train a model with that split")
         if identities < t.P:
             raise ValueError(f"train.P={t.P} identities per batch, but split {c.data.split} of "
                              f"{manifest.root / 'splits.json'} has {identities} training identities: lower train.P")
@@ -498,14 +558,18 @@ class Trainer:
     def fit(self, resume: bool = False, force: bool = False) -> list[dict]:
         """Train until ``train.epochs`` epochs are done; returns the per-epoch history.
 
-        ``resume``: continue ``out_dir/last.pt``; its config must match this one except for
-        bookkeeping (``RESUMABLE_CHANGES``) unless ``force``. Without ``resume``, an ``out_dir``
+        ``resume``: continue ``out_dir/last.pt`` (or, when it is missing, the newest epoch file:
+        ``resume_point``); its config and dataset must match this one's except for bookkeeping
+        (``RESUMABLE_CHANGES``) unless ``force`` (``check_resume``). Without ``resume``, an ``out_dir``
         that already holds a run is refused unless ``force`` (its run files are then removed):
         a new run never silently mixes its checkpoints and history with an old one's.
         """
         t = self.config.train
         if resume:
-            self.resume(self.out_dir / "last.pt", force=force)
+            point = resume_point(self.out_dir) or self.out_dir / "last.pt"
+            self.resume(point, force=force)
+            if point.name != "last.pt":  # last.pt was lost (a full disk, an old version): write it again
+                self.save_checkpoint()
         elif self.is_main:
             self._claim_out_dir(force)
         frames_per_step = self.loader.sampler.batch_size * self.config.model.seq_len * self.world_size
@@ -632,6 +696,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "config": self.config.to_dict(),
+            "dataset": self.dataset,
             "variant": self.config.model.variant,
             "rng": self._gather_rng(),
             "loader": {"epoch": self.epoch + 1, "seed": self.config.train.seed, "world_size": self.world_size},
@@ -656,13 +721,19 @@ class Trainer:
                                    f"{self.config.train.lr}) or train.grad_clip.")
         state = self.state_dict()  # collective in DDP: every rank takes part
         if self.is_main:
-            save_checkpoint(self.out_dir / f"epoch_{self.epoch:03d}.pt", state)
-            save_checkpoint(self.out_dir / "last.pt", state)
-            keep = self.config.train.keep_last
-            if keep is not None:
-                for old in run_files(self.out_dir)[1][:-keep]:  # by epoch number, not by name
-                    old.unlink()
-            self._write_history()
+            try:  # last.pt first: an epoch file is never newer than it (resume_point)
+                save_checkpoint(self.out_dir / "last.pt", state)
+                save_checkpoint(self.out_dir / f"epoch_{self.epoch:03d}.pt", state)
+                keep = self.config.train.keep_last
+                if keep is not None:
+                    for old in run_files(self.out_dir)[1][:-keep]:  # by epoch number, not by name
+                        old.unlink()
+                self._write_history()
+            except DiskFullError as e:
+                point = resume_point(self.out_dir)
+                then = (f"free space there, then `reidkit train --resume` continues from {point.name}" if point
+                        else "free space there and train again")
+                raise disk_full_error(e.path, e.existed, f"epoch {self.epoch} is not completely saved; {then}") from e
         if self.distributed:
             dist.barrier()
 
@@ -679,10 +750,7 @@ class Trainer:
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path} does not exist (train without --resume to start a run)")
         state = load_checkpoint(path, map_location="cpu")
-        changes = config_changes(state.get("config", {}), self.config.to_dict())
-        if changes and not force:
-            raise ConfigError(f"cannot resume from {path}: the config differs from the run's: "
-                              + "; ".join(changes) + " (--force continues anyway)")
+        check_resume(state, path, self.config, self.dataset["fingerprint"], force, model=self.model)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -694,13 +762,14 @@ class Trainer:
             seed_everything(self.config.train.seed + 1000 * self.rank + self.epoch)
 
     def _write_history(self) -> None:
-        (self.out_dir / "history.json").write_text(
-            json.dumps({"epochs": self.history, "steps": self.step_history}, indent=1))
+        write_text(self.out_dir / "history.json", json.dumps({"epochs": self.history, "steps": self.step_history},
+                                                             indent=1))
         keys = list(dict.fromkeys(k for row in self.history for k in row))
-        with open(self.out_dir / "history.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=keys, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_text(self.out_dir / "history.csv", table.getvalue())
 
     @staticmethod
     def _format_row(row: dict) -> str:

@@ -294,6 +294,13 @@ def test_cli_convert_and_its_errors(arrays, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["convert-caffemodel", str(src), str(out), "--mean", "104,117"])
     assert "expected three numbers B,G,R" in capsys.readouterr().err
+    # an earlier conversion is replaced; any other file only with --force
+    assert main(["convert-caffemodel", str(src), str(out)]) == 0 and load(out)["meta"]["mean_bgr"] == [104.0, 117.0, 123.0]
+    other = tmp_path / "other.pt"
+    torch.save({"model": {}, "config": {}}, other)
+    assert main(["convert-caffemodel", str(src), str(other)]) == 2
+    assert "is not an earlier output of convert-caffemodel" in capsys.readouterr().err
+    assert main(["convert-caffemodel", str(src), str(other), "--force"]) == 0 and "meta" in load(other)
 
 
 # ---------------------------------------------------------------------- model.pretrained in training

@@ -97,13 +97,16 @@ def test_mine_pairs_balances_when_negatives_are_few():
     assert all((pids[a] == pids[b]).item() == bool(y) for a, b, y in zip(idx_a, idx_b, labels))
 
 
-def _brute_force_camera_balanced(feats, pids, camids):
-    """The rule of mine_pairs(camids=...) written as loops: per kind, the hardest first."""
+def _brute_force_camera_balanced(feats, pids, camids, hard_fraction=1.0):
+    """The rule of mine_pairs(camids=...) written as loops: of the ceil(k · hard_fraction) hard
+    negatives, the cross-camera share of the positives (rounded up) cross-camera, the rest
+    same-camera, per kind the hardest first; topped up with the hardest of the rest."""
     pairs = list(itertools.combinations(range(len(pids)), 2))
     pos = [(i, j) for i, j in pairs if pids[i] == pids[j]]
     negs = sorted((_dist(feats[i].tolist(), feats[j].tolist()), i, j) for i, j in pairs if pids[i] != pids[j])
-    quota = {True: sum(camids[i] != camids[j] for i, j in pos)}
-    quota[False] = len(pos) - quota[True]
+    n_hard = math.ceil(len(pos) * hard_fraction)
+    quota = {True: math.ceil(sum(camids[i] != camids[j] for i, j in pos) * n_hard / len(pos))}
+    quota[False] = n_hard - quota[True]
     chosen = []
     for _, i, j in negs:
         kind = bool(camids[i] != camids[j])
@@ -111,7 +114,7 @@ def _brute_force_camera_balanced(feats, pids, camids):
             quota[kind] -= 1
             chosen.append((i, j))
     for _, i, j in negs:  # top up when one kind ran short
-        if len(chosen) < len(pos) and (i, j) not in chosen:
+        if len(chosen) < n_hard and (i, j) not in chosen:
             chosen.append((i, j))
     return set(chosen)
 
@@ -127,6 +130,36 @@ def test_mine_pairs_camera_balanced_matches_brute_force(seed):
     neg = [(a, b) for a, b, y in zip(idx_a.tolist(), idx_b.tolist(), labels.tolist()) if y == 0]
     assert len(neg) == len(pos) == 8 and len(set(neg)) == 8
     assert set(neg) == _brute_force_camera_balanced(feats, pids.tolist(), camids.tolist())
+
+
+def test_mine_pairs_camera_quota_with_random_negatives_matches_brute_force():
+    """What every config trains with: cameras and hard_negative_fraction < 1. The hard part (the
+    first ceil(k · fraction) negatives returned) follows the camera quota, rounded up."""
+    pids = torch.tensor([1, 1, 1, 2, 2, 2, 3, 3, 4, 4])  # k = 8 positive pairs
+    fractional = 0
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        camids = torch.randint(1, 4, (10,), generator=g)
+        feats = torch.randn(10, 5, generator=g)
+        for fraction in (0.3, 0.5, 0.7):
+            idx_a, idx_b, labels = mine_pairs(feats, pids, torch.Generator().manual_seed(seed), camids, fraction)
+            neg = [(a, b) for a, b, y in zip(idx_a.tolist(), idx_b.tolist(), labels.tolist()) if y == 0]
+            n_hard = math.ceil(8 * fraction)
+            assert len(neg) == 8 and len(set(neg)) == 8
+            assert set(neg[:n_hard]) == _brute_force_camera_balanced(feats, pids.tolist(), camids.tolist(), fraction)
+            cross_pos = sum(camids[i] != camids[j] for i, j in itertools.combinations(range(10), 2) if pids[i] == pids[j])
+            fractional += (cross_pos * n_hard) % 8 != 0
+    assert fractional > 0  # cases where rounding the quota down would pick another set
+
+
+def test_mine_pairs_camera_balanced_tops_up_when_one_kind_runs_short():
+    """One cross-camera and one same-camera positive ask for one negative of each kind, but every
+    negative pair is cross-camera: the two hardest of them, so the classes stay balanced."""
+    pids, camids = torch.tensor([1, 1, 2, 2]), torch.tensor([1, 2, 3, 3])
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.2, 1.0]])  # (0,2), (1,3) the hardest
+    idx_a, idx_b, labels = mine_pairs(feats, pids, camids=camids)
+    neg = {(a, b) for a, b, y in zip(idx_a.tolist(), idx_b.tolist(), labels.tolist()) if y == 0}
+    assert labels.tolist() == [1, 1, 0, 0] and neg == {(0, 2), (1, 3)}
 
 
 def test_mine_pairs_camera_balanced_removes_the_camera_shortcut():

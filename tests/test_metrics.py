@@ -65,10 +65,13 @@ def brute_official(dist, qp, gp, qc, gc, max_rank):
 
 
 def random_case(seed, num_q=12, num_g=40):
-    """Small case with many ties, same-camera positives, junk (-1) and distractors (0)."""
+    """Small case with many ties, same-camera positives, junk (-1) and distractors (0), in the gallery
+    and among the queries."""
     rng = np.random.default_rng(seed)
     dist = rng.integers(0, 5, size=(num_q, num_g)).astype(np.float64)  # few values: many ties
-    qp = rng.integers(1, 8, size=num_q)   # pids 6, 7 are not in the gallery: skipped queries
+    # pids 6, 7 are not in the gallery: skipped queries; so are pid 0 and -1 queries (a distractor or
+    # junk tracklet as the query), although the gallery holds those pids: they match nothing
+    qp = rng.integers(-1, 8, size=num_q)
     gp = rng.integers(-1, 6, size=num_g)
     qc = rng.integers(1, 4, size=num_q)
     gc = rng.integers(1, 4, size=num_g)

@@ -167,6 +167,23 @@ def test_refusals_are_one_line_and_write_nothing(case, message, first, make_mani
     assert not (out / "split_0").exists() or out == trained
 
 
+def test_a_split_trained_longer_than_asked_is_refused_not_trained_over(first, tmp_path, capsys):
+    """train.epochs may grow between calls; a run with more epochs than asked is kept, and refused."""
+    from reidkit.checkpoint import save_checkpoint
+
+    dataset, cache, original = first
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    last = out / "split_0" / "last.pt"
+    save_checkpoint(last, {**load_checkpoint(last), "epoch": 2})  # as a call with train.epochs=2 leaves it
+    before = last.read_bytes()
+    capsys.readouterr()
+    assert main(_argv(dataset, cache, out)) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'split_0'} holds a run of other settings or data: train.epochs: 2 done, 1 asked" in err, err
+    assert last.read_bytes() == before
+
+
 def test_split_list_is_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["ten-split", "--dataset", "d", "--out", "o", "--splits", "0,0"])

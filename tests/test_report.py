@@ -192,3 +192,22 @@ def test_index_shows_what_each_lesson_reproduces_and_its_verdicts(tmp_path):
     # no lesson with claims: no extra column at all
     plain = report.write_index(tmp_path, results[1:]).read_text()
     assert 'class="verdict' not in plain and "what it reproduces" not in plain
+
+
+def test_main_records_the_report_before_any_notebook_runs(tmp_path, monkeypatch):
+    """run.json (kind, profile, dataset) is written and the folder locked before the first notebook;
+    --only continues a report of the same profile and dataset, --force replaces it."""
+    seen = []
+
+    def run_notebooks(paths, out, params, **kwargs):
+        record = json.loads((out / "run.json").read_text())
+        seen.append((record["kind"], record["profile"], record["dataset"]["path"], (out / ".reidkit.lock").exists()))
+        (out / "work").mkdir(exist_ok=True)
+        return []
+
+    monkeypatch.setattr(report, "run_notebooks", run_notebooks)
+    out = tmp_path / "rep"
+    assert report.main(["--profile", "smoke", "--out", str(out)]) == 0
+    assert report.main(["--profile", "smoke", "--out", str(out), "--only", "06"]) == 0
+    assert report.main(["--profile", "smoke", "--out", str(out), "--force"]) == 0
+    assert seen == [("reidkit report", "smoke", None, True)] * 3 and not (out / ".reidkit.lock").exists()

@@ -46,7 +46,8 @@ def make_tiny_dataset(root: Path, identities: int = 8, frames: int = 7, seed: in
     split = {"train": [r["tracklet_id"] for r in rows if r["pid"] <= half],
              "query": [r["tracklet_id"] for r in rows if r["pid"] > half and r["camid"] == 1],
              "gallery": [r["tracklet_id"] for r in rows if r["pid"] > half and r["camid"] == 2]}
-    meta = {"name": "tiny", "source": "synthetic", "protocol": "two_camera", "frame_size": [H, W], "excluded": []}
+    meta = {"name": "tiny", "source": "synthetic", "protocol": "two_camera", "frame_size": [H, W], "excluded": [],
+            **({"seed": seed} if seed else {})}  # as the synthetic generator records its seed
     write_manifest(root, rows, [split], meta)
     return root
 
@@ -207,8 +208,31 @@ def test_checkpoint_load_errors_name_the_file(tmp_path):
         load_checkpoint(corrupt)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"obj": NotATensor()}, unsafe)  # arbitrary pickled objects are not loaded
-    with pytest.raises(CheckpointError, match="unsafe.pt"):
+    with pytest.raises(CheckpointError, match="unsafe.pt") as info:
         load_checkpoint(unsafe)
+    assert "not written by reidkit" in str(info.value) and "weights_only" not in str(info.value)  # no unsafe advice
+    text = tmp_path / "history.json"
+    text.write_text('{"epochs": []}')
+    with pytest.raises(CheckpointError, match=r"history.json: it is not a PyTorch file \(it starts with b'\{"):
+        load_checkpoint(text)
+
+
+def test_lr_schedules():
+    """Linear warm-up to train.lr, then the cosine decay from train.lr towards 0, or steps of lr_gamma."""
+    from types import SimpleNamespace
+
+    def lrs(*overrides):
+        config = Config.from_dict({}, ["train.lr=0.1", "train.warmup=4", "train.epochs=3", *overrides])
+        trainer = SimpleNamespace(config=config, steps_per_epoch=10)
+        return [Trainer.lr_at(trainer, step, step // 10 + 1) for step in range(30)]
+
+    cosine = lrs("train.schedule=cosine")
+    assert cosine[:5] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])  # warm-up, then the peak
+    assert all(a > b for a, b in zip(cosine[4:], cosine[5:]))  # then only down
+    assert cosine[-1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 25 / 26))) and cosine[-1] < 0.001
+    step = lrs("train.schedule=step", "train.lr_step_epochs=1", "train.lr_gamma=0.5")
+    assert step[4:] == pytest.approx([0.1] * 6 + [0.05] * 10 + [0.025] * 10)
+    assert lrs("train.schedule=none")[4:] == pytest.approx([0.1] * 26)
 
 
 def test_trainer_checkpoint_is_weights_only_loadable(tiny, tmp_path):
@@ -232,7 +256,7 @@ def test_eval_every_adds_metrics_to_history(tiny, tmp_path):
 
 
 def test_training_never_reads_the_ground_truth_columns(tmp_path):
-    """Visibility, occlusion and blur labels measure; they never train (issue 9's rule).
+    """Visibility, occlusion and blur labels measure; they never train (ground truth is for analysis only).
 
     The same synthetic data with and without those columns in tracklets.csv, the same seed:
     every weight and buffer of ``all`` (attention, SRM, BatchNorm statistics) is bit-identical

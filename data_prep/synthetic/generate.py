@@ -11,6 +11,11 @@ Layout of the dataset folder::
     bbox/0000/...                      distractors (pid 0)      bbox/00-1/...  junk (pid -1)
     tracklets.csv  splits.json  meta.json  identities.json
 
+Everything is written into a staging folder beside `out` (``.<name>.partial-<pid>``) that
+replaces `out` only once it is complete: an interruption, an error or a full disk leaves an
+earlier dataset in `out` exactly as it was (and removes the staging folder; one a killed
+generator left is removed by the next run).
+
 Frames are 128×64 (H×W) by default, half of MARS's 256×128: a CPU can train on them, and the
 CPU-sized CaffeNet variant still gets a real pool5 grid. Tracklets are shorter than MARS's
 (mean ~20 frames instead of ~59) to keep the large preset on disk in ~1.5 GB.
@@ -49,6 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from reidkit.files import is_disk_full
 
 from ..common import DataPrepError, write_manifest
 from .identity import Identity, change_one_region, perturb_identity, sample_identity
@@ -384,23 +391,60 @@ def _jobs(plan: Plan, out: Path, seed: int, params: dict, chunk: int = 12) -> li
     return [(str(out), seed, params, group) for group in items]
 
 
-def _prepare_out(out: Path) -> None:
-    """Create `out`; a previous synthetic dataset there is replaced, anything else is refused."""
+GENERATED = ("bbox", "tracklets.csv", "splits.json", "meta.json", "identities.json")  # what generate writes
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prepare_out(out: Path) -> Path:
+    """Refuse an `out` that holds anything but a synthetic dataset (which the new one replaces
+    once complete); return a fresh staging folder beside it to generate into."""
+    if out.exists() and not out.is_dir():
+        raise DataPrepError(f"{out}: exists and is not a folder; choose an empty --out")
     if out.exists() and any(out.iterdir()):
         meta = out / "meta.json"
         try:
             previous = json.loads(meta.read_text(encoding="utf-8")).get("source")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             previous = None
         if previous != "synthetic":
             raise DataPrepError(f"{out}: folder exists and is not a synthetic dataset; choose an empty --out")
-        for name in ("bbox", "tracklets.csv", "splits.json", "meta.json", "identities.json"):
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataPrepError(f"{out.parent}: cannot create the folder ({e.strerror})") from None
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a generator that was killed
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the complete dataset in `staging` in place of `out`. What `out` held beside an earlier
+    dataset's files (its frame cache, the user's notes) moves over to the new one."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.replace(staging, out)
+        return
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(staging, out)
+    for entry in old.iterdir():
+        if entry.name not in GENERATED:
+            os.replace(entry, out / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bool = True,
@@ -413,12 +457,33 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
     parameter of DEFAULTS/PRESETS, after the dial (e.g. `num_train_ids=5, workers=1`). Same seed,
     same bytes.
     """
-    from tqdm import tqdm
-
     params = preset_params(preset, occlusion, **overrides)
     level, r = occlusion_level(occlusion)
     out = Path(out)
-    _prepare_out(out)
+    staging = _prepare_out(out)
+    try:
+        _generate_into(staging, preset, seed, progress, params, level, r)
+    except BaseException as e:  # an error, a full disk, Ctrl-C: the earlier dataset stays as it was
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = f"the dataset already in {out} is intact" if (out / "meta.json").is_file() else f"nothing is in {out}"
+        if isinstance(e, OSError) and is_disk_full(e):
+            free = shutil.disk_usage(out.parent).free
+            raise DataPrepError(f"out of disk space writing the synthetic {preset} dataset for {out} "
+                                f"({free / 1e6:.1f} MB free on the disk of {out.parent} once the partial one was "
+                                f"removed); {kept}. Free space there or choose another --out") from e
+        if isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"interrupted: the partial dataset was removed and {kept}") from None
+        raise
+    _swap_in(staging, out)
+    if progress:
+        print(f"-> {out}")
+    return out
+
+
+def _generate_into(out: Path, preset: str, seed: int, progress: bool, params: dict, level: str, r: float) -> None:
+    """Render the benchmark into the (empty) folder `out`: the body of `generate`."""
+    from tqdm import tqdm
+
     start = time.perf_counter()
     plan = make_plan(params, seed)
     two_camera = params.get("protocol", "mars") == "two_camera"
@@ -483,5 +548,4 @@ def generate(out: str | Path, preset: str = "small", seed: int = 0, progress: bo
     if progress:
         elapsed = time.perf_counter() - start
         print(f"synthetic {preset} (seed {seed}, occlusion {level}): {len(rows)} tracklets, "
-              f"{sum(len(r['frames']) for r in rows)} frames in {elapsed:.1f} s -> {out}")
-    return out
+              f"{sum(len(r['frames']) for r in rows)} frames in {elapsed:.1f} s", end=" ")

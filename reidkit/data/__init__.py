@@ -16,14 +16,14 @@ from .cache import CACHE_VERSION, GPU_HEADROOM, FrameCache, check_disk_space, de
 from .clips import (MEAN, STD, ClipBatch, TrainClipLoader, clip_visibility, denormalize_clips, erase_frames,
                     even_clip, even_frame_indices, iter_test_clips, normalize_clips, num_test_clips)
 from .manifest import (FORMAT_VERSION, PROTOCOLS, SOURCES, Manifest, ManifestError, Split, Tracklet,
-                       write_manifest)
+                       manifest_fingerprint, write_manifest)
 from .prefetch import Prefetcher
 from .sampling import PKSampler, test_frame_indices, train_frame_indices
 from .validation import with_validation
 
 __all__ = [
     "MEAN", "STD", "FORMAT_VERSION", "PROTOCOLS", "SOURCES", "CACHE_VERSION",
-    "ManifestError", "Tracklet", "Split", "Manifest", "write_manifest",
+    "ManifestError", "Tracklet", "Split", "Manifest", "write_manifest", "manifest_fingerprint",
     "decode_frame", "FrameCache", "check_disk_space", "plan_gpu_cache", "GPU_HEADROOM", "Prefetcher",
     "train_frame_indices", "test_frame_indices", "PKSampler",
     "normalize_clips", "denormalize_clips", "erase_frames", "clip_visibility", "ClipBatch",

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from reidkit.config import ConfigError
-from reidkit.files import atomic_write, write_text
+from reidkit.files import atomic_write, remove_stale_temporaries_in, write_text
 
 from .manifest import Manifest, ManifestError
 
@@ -132,6 +133,11 @@ def decode_frame(path, height: int, width: int) -> np.ndarray:
 CHUNK_FRAMES = 1024  # frames per checksum: damage is located to about a thousand frames
 
 
+def _stat(path: Path) -> dict:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def chunk_checksums(frames: np.ndarray, chunk: int = CHUNK_FRAMES, progress: bool = False) -> list[str]:
     """SHA-256 of each run of ``chunk`` frame rows of a uint8 frame array (memory-mapped is fine)."""
     out = []
@@ -151,10 +157,20 @@ class FrameCache:
     and, for every frame file, its relative path, size and modification time (one ``stat`` per
     frame: seconds for MARS's million frames, no reading). If it matches, the cache is reused
     without decoding anything; otherwise it is rebuilt. The build writes to a temporary name and
-    then ``os.replace``s it into place, so an interrupted build never leaves a half-written cache
-    that looks valid; processes building the same cache at once each write their own temporary
-    file and the last replace wins (wasteful, never corrupt). DDP training builds on rank 0 and
-    the other ranks ``open`` the result: one decode, not one per rank.
+    then ``os.replace``s it into place (fsynced), so an interrupted build never leaves a
+    half-written cache that looks valid, and the temporary a killed build leaves (of any size in
+    the folder) is deleted by the next build or reuse there; processes building the same cache at
+    once each write their own temporary file and the last replace wins (wasteful, never corrupt).
+    DDP training builds on rank 0 and the other ranks ``open`` the result: one decode, not one per rank.
+
+    The index also records the ``.npy`` file's size and modification time: a cache written to
+    since it was built (rows zeroed or overwritten) is re-hashed against the checksums of the
+    build before it is reused, and rebuilt, with a warning, when any chunk differs.
+
+    What the fingerprint cannot see: a frame file replaced by other bytes of the same size with
+    its modification time set back (a restored backup, a ``touch -r``). After such a change,
+    delete the cache (``DATASET/.cache/frames_HxW.*``, or the ``data.cache_dir`` folder) and it
+    is rebuilt from the files.
 
     Reading: ``gather`` serves rows from a copy ``upload``ed to a device when it holds them all
     (one ``index_select``), else from the memory map on the host.
@@ -266,15 +282,21 @@ class FrameCache:
         except OSError as e:
             raise ManifestError(f"cannot create the frame-cache folder {npy_path.parent} ({e.strerror}); set "
                                 f"data.cache_dir (or --cache-dir) to a writable folder") from None
+        remove_stale_temporaries_in(npy_path.parent)  # a killed build (of any size) left its temporary
         fingerprint = cls.fingerprint_of(manifest, height, width)
         existing = cls._open_existing(manifest, height, width, cache_dir, fingerprint)
         if existing is not None:
-            return existing
+            damaged = cls._changed_since_built(npy_path, progress)
+            if not damaged:
+                return existing
+            del existing
+            warnings.warn(f"{npy_path}: frame rows {', '.join(f'{a}–{b - 1}' for a, b in damaged[:5])} were "
+                          f"written to since the cache was built (their checksums differ): rebuilding it", stacklevel=2)
 
         lengths = manifest.lengths.copy()
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         total = int(lengths.sum())
-        with atomic_write(npy_path, suffix=".npy") as tmp:  # (removes stale temporaries first)
+        with atomic_write(npy_path, suffix=".npy", durable=True) as tmp:
             check_disk_space(npy_path.parent, total * height * width * 3 + INDEX_BYTES,
                              shutil.disk_usage(npy_path.parent).free)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
@@ -286,10 +308,27 @@ class FrameCache:
         index = {"format_version": CACHE_VERSION, "height": height, "width": width, "total": total,
                  "fingerprint": fingerprint, "tracklet_ids": manifest.tracklet_ids.tolist(),
                  "offsets": offsets.tolist(), "lengths": lengths.tolist(),
-                 "chunk_frames": CHUNK_FRAMES, "chunk_sha256": checksums}
+                 "chunk_frames": CHUNK_FRAMES, "chunk_sha256": checksums, "npy_stat": _stat(npy_path)}
         write_text(json_path, json.dumps(index))
         frames = np.load(npy_path, mmap_mode="c")
         return cls(frames, offsets, lengths, npy_path, fingerprint, built=True)
+
+    @classmethod
+    def _changed_since_built(cls, npy_path: Path, progress: bool) -> list[tuple[int, int]]:
+        """The damaged row ranges of a cache whose ``.npy`` changed on disk since its build (size or
+        modification time differ from the index's): re-hashed (:meth:`verify`). [] when unchanged,
+        intact (the index then records the new time) or built without checksums."""
+        json_path = npy_path.with_suffix(".json")
+        try:
+            index = json.loads(json_path.read_text())
+        except (OSError, ValueError):
+            return []
+        if index.get("npy_stat") == _stat(npy_path) or "chunk_sha256" not in index:
+            return []
+        damaged = cls.verify(npy_path, progress)
+        if not damaged:
+            write_text(json_path, json.dumps({**index, "npy_stat": _stat(npy_path)}))
+        return damaged
 
     @staticmethod
     def verify(npy_path: str | Path, progress: bool = False) -> list[tuple[int, int]]:

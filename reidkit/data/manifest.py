@@ -12,6 +12,7 @@ own check: the writer stamps ``format_version`` itself.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -100,6 +101,7 @@ class Manifest:
         self.camids = np.array([t.camid for t in self.tracklets], dtype=np.int64)
         self.tracklet_ids = np.array([t.tracklet_id for t in self.tracklets], dtype=np.int64)
         self.lengths = np.array([t.num_frames for t in self.tracklets], dtype=np.int64)
+        self.fingerprint: str | None = None  # manifest_fingerprint of the files it was loaded from
 
     # -- reading -------------------------------------------------------------------------
     @classmethod
@@ -111,7 +113,9 @@ class Manifest:
         meta = _read_meta(root / "meta.json")
         tracklets = _read_tracklets(root / "tracklets.csv")
         splits = _read_splits(root / "splits.json", {t.tracklet_id: t.pid for t in tracklets})
-        return cls(root, tracklets, splits, meta)
+        manifest = cls(root, tracklets, splits, meta)
+        manifest.fingerprint = manifest_fingerprint(root)
+        return manifest
 
     # -- lookups -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -153,6 +157,22 @@ class Manifest:
     def frame_paths(self, position: int) -> list[Path]:
         """Absolute paths of a tracklet's frames, in temporal order."""
         return [self.root / f for f in self.tracklets[position].frames]
+
+
+def manifest_fingerprint(root) -> str:
+    """SHA-256 of a dataset's manifest files (``tracklets.csv``, ``splits.json``, ``meta.json``):
+    what a run records about the data it was made from. A moved or copied dataset keeps it (frame
+    paths are relative); a regenerated (another seed or occlusion level) or re-converted one with
+    other content does not. Frame pixels are not read (see ``FrameCache`` for those)."""
+    h = hashlib.sha256()
+    for name in ("tracklets.csv", "splits.json", "meta.json"):
+        try:
+            data = (Path(root) / name).read_bytes()
+        except OSError as e:
+            raise ManifestError(f"{Path(root) / name}: cannot be read ({e.strerror})") from None
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

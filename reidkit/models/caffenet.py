@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidkit.files import unreadable_torch_file
+
 # (name, out_channels, kernel, stride, padding, groups) for the five convolutions.
 _CONVS = (
     ("conv1", 96, 11, 4, 0, 1),
@@ -321,8 +323,8 @@ def read_weights(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or holding pickled code
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {type(e).__name__}: "
-                                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: "
+                                     f"{unreadable_torch_file(path, e)}") from None
     if isinstance(state, dict) and {"model", "config"} <= set(state):
         state = _checkpoint_cnn(path, state)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
