@@ -77,8 +77,11 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def verify_state(path: str | Path, state: dict) -> dict:
     """``state`` (read from ``path``) without its checksum, after checking that checksum; a
     mismatch is a ``CheckpointError`` naming the file."""
-    saved = state.pop(CHECKSUM_KEY, None)  # checkpoints written before checksums have none
-    if saved is not None and saved != state_checksum(state):
+    saved = state.pop(CHECKSUM_KEY, None)
+    if saved is None:
+        raise CheckpointError(f"{path} has no checksum: it was not written by reidkit's save_checkpoint "
+                              f"(`reidkit train` or `reidkit pretrain`)")
+    if saved != state_checksum(state):
         raise CheckpointError(f"{path} is damaged: its contents do not match the checksum written with it "
                               f"(use another epoch_XXX.pt of the run, or train again)")
     return state

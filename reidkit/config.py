@@ -9,9 +9,15 @@ A run is described by four sections::
 
 ``Config.from_yaml("configs/cpu.yaml", ["train.lr=0.01", "model.variant=cnn"])`` reads a file
 and applies overrides. Every value is parsed and checked against the field's type, and an
-error names the key and the value: ``train.lr: expected float, got 'abc'``. Unknown keys are
-errors too, so a typo never silently does nothing, and so is a key given twice in one YAML
-mapping (plain YAML loaders keep the last one without a word).
+error names the file, the key and the value: ``train.lr: expected float, got 'abc'``. Unknown
+keys are errors too, so a typo never silently does nothing, and so is a key given twice in one
+YAML mapping (plain YAML loaders keep the last one without a word). Only ``true``/``false``
+are booleans (YAML 1.2): ``amp: off`` is the string ``"off"``, as ``train.amp=off`` is.
+
+``configs/default.yaml`` lists every key once, with the values of the dataclasses below; the
+other files are overlays that name their base (``extends: default.yaml``, relative to the
+overlay's folder) and list only what differs. ``ModelConfig.cpu()`` is ``configs/cpu.yaml``'s
+model section.
 
 The variant is ``model.variant``, a field of the ``ModelConfig`` (``config.model``) handed to
 ``build_model``.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,8 +44,16 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names it."""
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the shipped configs (default.yaml: every key)
+EXTENDS = "extends"  # a config file's key naming the file it overlays
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping and reads only
+    true/false as booleans (YAML 1.1 also reads on/off/yes/no: ``amp: off`` would be False)."""
+
+    yaml_implicit_resolvers = {first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -56,8 +71,36 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                       list("tTfF"))
+
+
 def _load_yaml(text: str):
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _read_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[str, Any]]:
+    """``[(file, its nested dict)]`` of a config file and, before it, of the files its ``extends``
+    names (relative to its folder), base first: applied in this order, the overlay wins."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
+    try:
+        d = _load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    base = d.pop(EXTENDS, None) if isinstance(d, dict) else None
+    if base is None:
+        return [(str(path), d)]
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: {EXTENDS}: expected the file name of the config it overlays, got {base!r}")
+    base_path = path.parent / base
+    seen = (*chain, path)
+    if base_path.resolve() in {p.resolve() for p in seen}:
+        raise ConfigError(f"{path}: {EXTENDS}: {base} makes a cycle ({' → '.join(map(str, (*seen, base_path)))})")
+    return [*_read_layers(base_path, seen), (str(path), d)]
 
 
 def _choices(*values):
@@ -110,7 +153,6 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     # bf16 autocast: "auto" = on CUDA, and on CPUs with native bf16 (AVX-512 BF16 / AMX), where it
     # runs ~2x faster than fp32; "bf16" forces it (slow emulation on other CPUs); "off" = fp32.
-    # true/false are read as auto/off (older configs and checkpoints).
     amp: str = field(default="auto", metadata=_choices("auto", "bf16", "off"))
     channels_last: bool = True           # NHWC layout for the CNN (CUDA; on CPU 1.4x fp32, 2.2x with bf16)
     compile: bool = False                # torch.compile the frame CNN (CUDA only; the rest breaks graphs)
@@ -206,27 +248,26 @@ class Config:
 
         ``source`` (e.g. the YAML path) prefixes errors about the dict's own keys and values.
         """
+        return cls._build([(source, d)], overrides, settings)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                  settings: dict[str, Any] | None = None) -> "Config":
+        """Read a YAML file (None: the defaults) on top of the file its ``extends`` names, if any
+        (recursively), then ``settings`` and ``overrides`` as in ``from_dict``. Errors name the
+        file that holds the bad key."""
+        return cls._build(_read_layers(Path(path)) if path is not None else [], overrides, settings)
+
+    @classmethod
+    def _build(cls, layers, overrides, settings) -> "Config":
+        """The defaults, then each ``(source, nested dict)`` of ``layers`` in order, then
+        ``settings`` and ``overrides``; validated."""
         config = cls()
-        try:
-            d = copy.deepcopy(d) if d is not None else {}
-            if not isinstance(d, dict):
-                raise ConfigError(f"expected a mapping of sections, got {type(d).__name__}")
-            for section, values in d.items():
-                if section not in _SECTIONS:
-                    raise ConfigError(f"unknown config section {section!r} (expected one of {', '.join(_SECTIONS)})")
-                if values is None:
-                    continue
-                if not isinstance(values, dict):
-                    raise ConfigError(f"{section}: expected a mapping, got {values!r}")
-                for key, value in values.items():
-                    if (section, key) in _REMOVED:
-                        if value is None or value == getattr(config.model, key):
-                            continue  # older configs and checkpoints wrote data.height/width: null
-                        raise ConfigError(f"{section}.{key} was removed: the frame cache follows the model's "
-                                          f"input size, set model.{key}={value}")
-                    config.set(f"{section}.{key}", value)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+        for source, d in layers:
+            try:
+                config._update(d)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}" if source else str(e)) from None
         for key, value in (settings or {}).items():
             if value is not None:
                 config.set(key, value)
@@ -234,23 +275,20 @@ class Config:
             config.apply_override(item)
         return config.validate()
 
-    @classmethod
-    def from_yaml(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
-                  settings: dict[str, Any] | None = None) -> "Config":
-        """Read a YAML file (None: the defaults), then ``settings`` and ``overrides`` as in ``from_dict``."""
-        if path is None:
-            return cls.from_dict({}, overrides, settings=settings)
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            d = _load_yaml(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = " ".join(str(getattr(e, "problem", None) or e).split())
-            raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
-        return cls.from_dict(d, overrides, source=str(path), settings=settings)
+    def _update(self, d) -> None:
+        """Set every ``section: {key: value}`` of ``d`` (None: nothing)."""
+        d = copy.deepcopy(d) if d is not None else {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a mapping of sections, got {type(d).__name__}")
+        for section, values in d.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown config section {section!r} (expected one of {', '.join(_SECTIONS)})")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: expected a mapping, got {values!r}")
+            for key, value in values.items():
+                self.set(f"{section}.{key}", value)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -289,9 +327,6 @@ class Config:
             raise ConfigError(f"unknown config key {key!r} (expected section.name with section in "
                               f"{', '.join(_SECTIONS)})")
         section, name = parts
-        if (section, name) in _REMOVED:
-            raise ConfigError(f"{key} was removed: the frame cache follows the model's input size, "
-                              f"set model.{name} instead")
         obj = getattr(self, section)
         names = [f.name for f in dataclasses.fields(obj)]
         if name not in names:
@@ -300,7 +335,6 @@ class Config:
 
 
 _SECTIONS = ("data", "model", "train", "eval")
-_REMOVED = {("data", "height"), ("data", "width")}  # read from old files when they agree with the model
 
 
 def _coerce(key: str, value: Any, hint: Any, raw: str | None, choices=None) -> Any:
@@ -341,15 +375,12 @@ def _coerce(key: str, value: Any, hint: Any, raw: str | None, choices=None) -> A
             raise bad(hint.__name__)
         out = hint(out)
     elif hint is str:
-        legacy_switch = choices is not None and "auto" in choices and "off" in choices  # train.amp was a bool
-        if legacy_switch and (isinstance(value, bool) or (raw or "").strip().lower() in ("true", "false")):
-            out = "auto" if value is True or (raw or "").strip().lower() == "true" else "off"
-        elif raw is not None:
+        if raw is not None:
             out = raw.strip()
         elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
             out = str(value)
         else:
-            raise bad("string")
+            raise bad(f"one of {', '.join(map(str, choices))}" if choices is not None else "string")
     else:
         raise TypeError(f"{key}: unsupported field type {hint!r}")  # a new field type needs a rule here
     if choices is not None and out not in choices:

@@ -96,15 +96,15 @@ RESUMABLE_CHANGES = {"data.dataset", "data.cache_dir", "train.epochs", "train.ou
 
 
 def config_changes(saved: dict, now: dict, allowed=RESUMABLE_CHANGES) -> list[str]:
-    """``"section.key: old → new"`` for every setting that differs, except ``allowed`` ones and
-    the removed ``data.height/width``. (``data.dataset`` may move on disk: a run records its
-    dataset's ``manifest_fingerprint`` instead, see :func:`check_resume`.)"""
+    """``"section.key: old → new"`` for every setting that differs, except ``allowed`` ones.
+    (``data.dataset`` may move on disk: a run records its dataset's ``manifest_fingerprint``
+    instead, see :func:`check_resume`.)"""
     changes = []
     for section in sorted(set(saved) | set(now)):
         a, b = saved.get(section) or {}, now.get(section) or {}
         for key in sorted(set(a) | set(b)):
             name = f"{section}.{key}"
-            if name in allowed or name in ("data.height", "data.width"):
+            if name in allowed:
                 continue
             if a.get(key, "<unset>") != b.get(key, "<unset>"):
                 changes.append(f"{name}: {a.get(key, '<unset>')!r} → {b.get(key, '<unset>')!r}")

@@ -34,12 +34,15 @@ def test_shipped_configs_parse():
 
 def test_overrides_are_typed():
     c = Config.from_yaml(CONFIGS / "cpu.yaml", [
-        "train.lr=1e-3", "train.epochs=5", "train.amp=true", "train.steps_per_epoch=null",
+        "train.lr=1e-3", "train.epochs=5", "train.amp=off", "train.steps_per_epoch=null",
         "model.variant=cnn_srm", "data.dataset=some/dir", "train.grad_clip=none", "model.dropout=0",
         "data.cache_dir=123"])
     assert c.train.lr == 1e-3 and isinstance(c.train.lr, float)  # YAML reads "1e-3" as a string
-    assert c.train.epochs == 5 and c.train.amp == "auto"  # the former bool: true = auto, false = off
-    assert Config.from_dict({"train": {"amp": False}}).train.amp == "off"
+    assert c.train.epochs == 5 and c.train.amp == "off"  # "off" stays text: only true/false are booleans
+    with pytest.raises(ConfigError, match="train.amp: expected one of auto, bf16, off, got False"):
+        Config.from_dict({"train": {"amp": False}})
+    with pytest.raises(ConfigError, match="train.amp: expected one of auto, bf16, off, got 'true'"):
+        Config.from_dict({}, ["train.amp=true"])
     assert c.train.steps_per_epoch is None and c.train.grad_clip is None
     assert c.model.variant == "cnn_srm" and c.data.dataset == "some/dir"
     assert c.model.dropout == 0.0 and isinstance(c.model.dropout, float)
@@ -59,7 +62,7 @@ def test_overrides_are_typed():
     ("train.lr", "expected section.key=value"),
     ("train.epochs=0", "train.epochs: expected a positive integer, got 0"),
     ("model.height=20", "model: input 20×227 is too small"),
-    ("data.height=100", "data.height was removed: the frame cache follows the model's input size, set model.height"),
+    ("data.height=100", "unknown config key 'data.height' (known data keys: dataset, split, cache_dir, val_ids)"),
     ("train.K=1", "train.K: the triplet and pair losses need positive pairs"),
     ("train.hard_negative_fraction=1.5", "train.hard_negative_fraction: expected a value in [0, 1], got 1.5"),
     ("model.norm=group", "model: unknown norm 'group'"),
@@ -102,13 +105,44 @@ def test_settings_sit_between_the_file_and_the_overrides():
         Config.from_dict({}, settings={"train.P": "many"})
 
 
-def test_old_checkpoint_configs_with_data_height_still_load():
-    old = Config().to_dict()
-    old["data"].update(height=None, width=227)  # what checkpoints before model.variant moved wrote
-    assert Config.from_dict(old).model.height == 227
-    old["data"]["height"] = 100
-    with pytest.raises(ConfigError, match="data.height was removed.*model.height=100"):
-        Config.from_dict(old)
+def test_yaml_booleans_are_true_and_false_only(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n  progress: no\n  channels_last: on\n  compile: true\n")
+    t = Config.from_yaml(path).train
+    assert (t.amp, t.progress, t.channels_last, t.compile) == ("off", False, True, True)
+
+
+def test_overlays_extend_a_base(tmp_path):
+    """A shipped overlay lists only what differs from default.yaml; ``extends`` is relative to the
+    overlay's folder, chains, and errors name the file that holds the bad key."""
+    import yaml
+
+    default = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    for name in ("cpu", "smoke", "paper_imagenet"):
+        overlay = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+        assert overlay.pop("extends") == "default.yaml"
+        same = [f"{s}.{k}" for s, keys in overlay.items() for k, v in (keys or {}).items()
+                if v == default[s][k] and k != "cache_dir"]  # cache_dir: kept for its comment
+        assert not same, f"{name}.yaml repeats default.yaml's {same}"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.5\n  epochs: 7\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("extends: ../base.yaml\ntrain:\n  epochs: 3\n")
+    (tmp_path / "top.yaml").write_text("extends: sub/mid.yaml\nmodel:\n  variant: cnn\n")
+    c = Config.from_yaml(tmp_path / "top.yaml", ["train.epochs=2"])
+    assert (c.train.lr, c.train.epochs, c.model.variant, c.train.P) == (0.5, 2, "cnn", 16)
+    assert Config.from_yaml(tmp_path / "sub" / "mid.yaml").train.epochs == 3
+    (tmp_path / "base.yaml").write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"base.yaml: train.lr: expected float, got 'fast'"):
+        Config.from_yaml(tmp_path / "top.yaml")
+    (tmp_path / "base.yaml").write_text("extends: top.yaml\n")
+    with pytest.raises(ConfigError, match=r"base.yaml: extends: top.yaml makes a cycle"):
+        Config.from_yaml(tmp_path / "top.yaml")
+    (tmp_path / "top.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing.yaml \(extended by .*top.yaml\)"):
+        Config.from_yaml(tmp_path / "top.yaml")
+    (tmp_path / "top.yaml").write_text("extends: [a, b]\n")
+    with pytest.raises(ConfigError, match=r"top.yaml: extends: expected the file name"):
+        Config.from_yaml(tmp_path / "top.yaml")
 
 
 def test_eval_section_is_validated_up_front():

@@ -63,7 +63,7 @@ def tiny_config(dataset, out, *overrides) -> Config:
         "train.P=2", "train.K=2", "train.steps_per_epoch=2", "train.epochs=2", "train.lr=0.01",
         "train.device=cpu", "train.log_every=1", "train.progress=false", f"train.out_dir={out}",
         "train.seed=3", "train.warmup=0", "train.schedule=none", "train.optimizer=sgd", "train.eval_every=0",
-        "train.keep_last=null", "train.amp=false", *overrides])
+        "train.keep_last=null", "train.amp=off", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +211,10 @@ def test_checkpoint_load_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="unsafe.pt") as info:
         load_checkpoint(unsafe)
     assert "not written by reidkit" in str(info.value) and "weights_only" not in str(info.value)  # no unsafe advice
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": {}, "config": {}}, plain)  # torch.save, not save_checkpoint: no checksum
+    with pytest.raises(CheckpointError, match="plain.pt has no checksum: it was not written by reidkit"):
+        load_checkpoint(plain)
     text = tmp_path / "history.json"
     text.write_text('{"epochs": []}')
     with pytest.raises(CheckpointError, match=r"history.json: it is not a PyTorch file \(it starts with b'\{"):

@@ -62,19 +62,12 @@ class ModelConfig:
 
     @classmethod
     def cpu(cls, **overrides) -> ModelConfig:
-        """The CPU-sized setting: 128×64 frames, ``caffenet_light`` at a quarter of the channels.
+        """The CPU-sized setting: the model section of ``configs/cpu.yaml`` (128×64 frames,
+        ``caffenet_light`` at a quarter of the channels; the file says why), with ``overrides``."""
+        from reidkit.config import CONFIG_DIR, Config  # noqa: PLC0415 (reidkit.config imports this package)
 
-        conv1 runs at stride 2 instead of 4 so pool5 is an 8×4 grid (the standard CaffeNet
-        gives 3×1 at 128×64, leaving the spatial sweeps nothing to sweep); ``width_mult=0.25``
-        gives conv1..conv5 = 24, 64, 96, 96, 64 channels; fc6 = fc7 = 256 = the LSTM state; the
-        other heads shrink to match. Sized so all six ablation variants train in minutes on two CPU cores.
-        """
-        base = dict(
-            height=128, width=64, cnn="caffenet_light", width_mult=0.25, fc_dim=256,
-            rnn_hidden=256, attention_dim=64, srm_in=32, srm_hidden=16, srm_out=16,
-        )
-        base.update(overrides)
-        return cls(**base)
+        model = Config.from_yaml(CONFIG_DIR / "cpu.yaml").model
+        return cls.from_dict({**model.to_dict(), **overrides}) if overrides else model
 
     @property
     def pool5_grid(self) -> tuple[int, int]:
