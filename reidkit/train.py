@@ -362,7 +362,55 @@ class Trainer:
         self.config = config.validate()
         self.callbacks = list(callbacks)
         t = config.train
-        # ---- distributed setup (torchrun sets these variables)
+        self._join_processes()  # rank, world size, device (torchrun sets the variables)
+        self.out_dir = Path(t.out_dir)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+        # ---- data: the manifest, its frame cache, the P×K clip loader of the training split
+        if manifest is None:
+            if not config.data.dataset:
+                raise ValueError("data.dataset is not set: pass --dataset DIR or data.dataset=DIR")
+            manifest = Manifest.load(config.data.dataset)
+        self._check_data(manifest)  # cheap checks first: decoding every frame may take hours
+        self.manifest, self.cache = manifest, cache if cache is not None else self._build_cache(manifest)
+        # data.val_ids: some training identities become a validation split (what eval_every scores)
+        self.train_manifest, self.train_split = (
+            with_validation(manifest, config.data.split, config.data.val_ids) if config.data.val_ids
+            else (manifest, config.data.split))
+        self.dataset = dataset_record(manifest)  # recorded in every checkpoint
+        configure_cuda_backends(self.device, t.cudnn_benchmark)  # benchmark; fp32 regions in true fp32
+        self.amp = use_amp(self.device, t.amp)  # bf16 autocast (CUDA, or a CPU with native bf16)
+        self.loader = self._make_loader()
+        self.steps_per_epoch = len(self.loader)
+
+        # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
+        seed_everything(t.seed)
+        self.model = self._build_model()
+        tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
+        self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
+        self.terms = TERMS + (ATTENTION_TERMS if tam is not None else ())
+        self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight,
+                                           t.camera_balanced_pairs, t.hard_negative_fraction, self.device)
+        self.optimizer = self._make_optimizer()
+        self.step_fn = self._wrap_for_processes()  # the objective, or DDP around it
+        if self.device.type == "cuda" and t.compile:  # the frame CNN only: the mining, the LSTMs and the
+            self.model.cnn.compile()  # generator break graphs; in place, so the state-dict keys stay the same
+        # per-rank seeds for dropout and pair subsampling (the data are sharded separately)
+        seed_everything(t.seed + 1000 * self.rank)
+        self.objective.generator.manual_seed(t.seed + 7919 * self.rank)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps completed
+        self.history: list[dict] = []  # one row per epoch
+        self.step_history: list[dict] = []  # one row per on_step_end call
+        self.should_stop = False
+
+    # ------------------------------------------------------------------ setup helpers
+    def _join_processes(self) -> None:
+        """Rank, world size and device from torchrun's variables (one process: rank 0 of 1); makes
+        this rank's GPU the current device (also when the caller created the process group) and
+        initialises the group if needed (nccl on CUDA, gloo on CPU)."""
+        t = self.config.train
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -378,99 +426,83 @@ class Trainer:
             # (MARS: tens of minutes); NCCL's default 10-minute timeout would kill the run
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
         self.is_main = self.rank == 0
-        self.out_dir = Path(t.out_dir)
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
 
-        # ---- data
-        if manifest is None:
-            if not config.data.dataset:
-                raise ValueError("data.dataset is not set: pass --dataset DIR or data.dataset=DIR")
-            manifest = Manifest.load(config.data.dataset)
-        self._check_data(manifest)  # cheap checks first: decoding every frame may take hours
-        if cache is None:
-            size = (manifest, config.model.height, config.model.width, config.data.cache_dir)
-            if not self.distributed:
-                cache = FrameCache.build(*size, progress=self.is_main and t.progress)
-            else:  # rank 0 decodes, the others open its cache after it: one decode, not one per rank
-                error = [None]
-                if self.is_main:
-                    try:
-                        cache = FrameCache.build(*size, progress=t.progress)
-                    except Exception as e:
-                        error = [f"{type(e).__name__}: {e}"]
-                        dist.broadcast_object_list(error, src=0, device=self.device)  # the others raise too
-                        raise
-                dist.broadcast_object_list(error, src=0, device=self.device)  # waits for rank 0's build
-                if error[0] is not None:
-                    raise ManifestError(f"rank 0 could not build the frame cache: {error[0]}")
-                if not self.is_main:
-                    cache = FrameCache.open(*size)
-        self.manifest, self.cache = manifest, cache
-        # data.val_ids: some training identities become a validation split (what eval_every scores)
-        self.train_manifest, self.train_split = (
-            with_validation(manifest, config.data.split, config.data.val_ids) if config.data.val_ids
-            else (manifest, config.data.split))
-        self.dataset = dataset_record(manifest)  # recorded in every checkpoint
-        cuda = self.device.type == "cuda"
-        configure_cuda_backends(self.device, t.cudnn_benchmark)  # benchmark; fp32 regions in true fp32
-        self.amp = use_amp(self.device, t.amp)  # bf16 autocast (CUDA, or a CPU with native bf16)
-        train_positions = manifest.positions(self.train_manifest.split(self.train_split).train)
-        lengths = manifest.lengths[train_positions]
-        # only the training frames go to the GPU (MARS at 227x227: 78.8 of 184 GB); test frames
-        # are read from the memory map a batch at a time when evaluating. A copy made by an
-        # earlier Trainer on this cache (the ablation) needs no new memory.
-        resident = cuda and self._cache_fits(cache.upload_bytes(self.device, cache.tracklet_rows(train_positions)))
-        self.loader = TrainClipLoader(
-            self.train_manifest, cache, split=self.train_split, P=t.P, K=t.K, T=config.model.seq_len,
+    def _build_cache(self, manifest) -> FrameCache:
+        """The manifest's frame cache at the model's input size. Under DDP rank 0 decodes and the
+        others open its cache after it (one decode, not one per rank); a failed build on rank 0
+        is raised on every rank."""
+        c = self.config
+        size = (manifest, c.model.height, c.model.width, c.data.cache_dir)
+        if not self.distributed:
+            return FrameCache.build(*size, progress=self.is_main and c.train.progress)
+        error, cache = [None], None
+        if self.is_main:
+            try:
+                cache = FrameCache.build(*size, progress=c.train.progress)
+            except Exception as e:
+                error = [f"{type(e).__name__}: {e}"]
+                dist.broadcast_object_list(error, src=0, device=self.device)  # the others raise too
+                raise
+        dist.broadcast_object_list(error, src=0, device=self.device)  # waits for rank 0's build
+        if error[0] is not None:
+            raise ManifestError(f"rank 0 could not build the frame cache: {error[0]}")
+        return cache if self.is_main else FrameCache.open(*size)
+
+    def _make_loader(self) -> TrainClipLoader:
+        """The training split's clip loader: its frames on the GPU when they fit (``_frames_fit_gpu``),
+        bf16 clips under CUDA autocast; warns about tracklets shorter than ``model.seq_len``."""
+        c, t, cuda = self.config, self.config.train, self.device.type == "cuda"
+        positions = self.manifest.positions(self.train_manifest.split(self.train_split).train)
+        loader = TrainClipLoader(
+            self.train_manifest, self.cache, split=self.train_split, P=t.P, K=t.K, T=c.model.seq_len,
             steps_per_epoch=t.steps_per_epoch, seed=t.seed, device=self.device, mirror=True,
-            rank=self.rank, world_size=self.world_size, resident=resident, frame_erasing=t.frame_erasing,
-            dtype=torch.bfloat16 if self.amp and cuda else torch.float32, progress=self.is_main and t.progress)
-        self.steps_per_epoch = len(self.loader)
-        short = lengths < config.model.seq_len
+            rank=self.rank, world_size=self.world_size, resident=self._frames_fit_gpu(positions),
+            frame_erasing=t.frame_erasing, dtype=torch.bfloat16 if self.amp and cuda else torch.float32,
+            progress=self.is_main and t.progress)
+        lengths = self.manifest.lengths[positions]
+        short = lengths < c.model.seq_len
         if short.any() and self.is_main:  # padded clips repeat frames: say so, never silently
             warnings.warn(f"{int(short.sum())} of {len(lengths)} training tracklets are shorter than model.seq_len = "
-                          f"{config.model.seq_len} frames (shortest {int(lengths.min())}): their clips repeat frames "
-                          f"to fill T", stacklevel=2)
+                          f"{c.model.seq_len} frames (shortest {int(lengths.min())}): their clips repeat frames "
+                          f"to fill T", stacklevel=3)
+        return loader
 
-        # ---- model, objective, optimiser (same seed on every rank: identical initial weights)
-        seed_everything(t.seed)
-        self.model = build_model(config=config.model)
-        if config.model.pretrained:  # a pretrained frame CNN; a resume then replaces it with the checkpoint's
-            message, skipped = load_pretrained_cnn(self.model, config.model.pretrained)
+    def _frames_fit_gpu(self, positions) -> bool:
+        """Whether the training frames of the tracklets at ``positions`` go to the GPU: only they
+        (MARS at 227x227: 78.8 of 184 GB; test frames are read from the memory map a batch at a
+        time when evaluating), and a copy made by an earlier Trainer on this cache (the ablation)
+        needs no new memory (``FrameCache.upload_bytes``); see ``_cache_fits``."""
+        if self.device.type != "cuda":
+            return False
+        return self._cache_fits(self.cache.upload_bytes(self.device, self.cache.tracklet_rows(positions)))
+
+    def _build_model(self):
+        """``config.model`` on the device: with the pretrained frame CNN of ``model.pretrained`` (a
+        resume then replaces it with the checkpoint's), then ``train.init``'s weights, if set."""
+        c, t = self.config, self.config.train
+        model = build_model(config=c.model)
+        if c.model.pretrained:
+            message, skipped = load_pretrained_cnn(model, c.model.pretrained)
             if self.is_main and skipped:
-                warnings.warn(message, stacklevel=2)
+                warnings.warn(message, stacklevel=3)
             elif self.is_main and t.progress:
                 print(message)
-        self.model.to(self.device)
+        model.to(self.device)
         if t.init:
-            self._load_init(Path(t.init))
-        tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
-        self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
-        self.terms = TERMS + (ATTENTION_TERMS if tam is not None else ())
+            self._load_init(model, Path(t.init))
         if t.channels_last:  # NHWC convolutions and pooling: faster on CUDA and in oneDNN on CPU
-            self.model.to(memory_format=torch.channels_last)
-        self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight,
-                                           t.camera_balanced_pairs, t.hard_negative_fraction, self.device)
-        self.optimizer = self._make_optimizer()
-        self.step_fn = self.objective
-        if self.distributed:
-            # build_model creates only the modules a variant uses, but a head may still skip
-            # parameters on some batches; a dry run decides whether DDP must look for them
-            self.step_fn = DDP(self.objective, device_ids=[self.device.index] if cuda else None,
-                               find_unused_parameters=self._has_unused_parameters())
-        if cuda and t.compile:  # the frame CNN only: the mining, the LSTMs and the generator break
-            self.model.cnn.compile()  # graphs; in place, so the state-dict keys stay the same
-        # per-rank seeds for dropout and pair subsampling (the data are sharded separately)
-        seed_everything(t.seed + 1000 * self.rank)
-        self.objective.generator.manual_seed(t.seed + 7919 * self.rank)
-        self.epoch = 0  # epochs completed
-        self.step = 0  # optimizer steps completed
-        self.history: list[dict] = []  # one row per epoch
-        self.step_history: list[dict] = []  # one row per on_step_end call
-        self.should_stop = False
+            model.to(memory_format=torch.channels_last)
+        return model
 
-    # ------------------------------------------------------------------ setup helpers
+    def _wrap_for_processes(self):
+        """The objective, wrapped in DistributedDataParallel when several processes train."""
+        if not self.distributed:
+            return self.objective
+        # build_model creates only the modules a variant uses, but a head may still skip
+        # parameters on some batches; a dry run decides whether DDP must look for them
+        return DDP(self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                   find_unused_parameters=self._has_unused_parameters())
+
     def _check_data(self, manifest) -> None:
         """What can be refused from the manifest alone, before any frame is decoded."""
         c, t = self.config, self.config.train
@@ -485,13 +517,13 @@ class Trainer:
         if identities < t.P:
             raise ValueError(f"train.P={t.P} identities per batch, but split {c.data.split} of "
                              f"{manifest.root / 'splits.json'} has {identities} training identities: lower train.P")
-    def _load_init(self, path: Path) -> None:
+    def _load_init(self, model, path: Path) -> None:
         """``train.init``: another run's model weights (and BatchNorm statistics), nothing else —
         the optimiser, schedule, step counters and history start fresh (fine-tuning, Table 3)."""
         state = load_checkpoint(path, map_location="cpu")
         if "model" not in state:
             raise CheckpointError(f"train.init={path}: not a checkpoint written by `reidkit train` (no model weights)")
-        missing, unexpected, mismatched = state_dict_differences(self.model.state_dict(), state["model"])
+        missing, unexpected, mismatched = state_dict_differences(model.state_dict(), state["model"])
         problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected] + mismatched
         if problems:
             saved = (state.get("config") or {}).get("model", {})
@@ -501,7 +533,7 @@ class Trainer:
                 f"({self.config.model.variant}, {self.config.model.cnn}, {self.config.model.height}×"
                 f"{self.config.model.width}): {'; '.join(problems[:6])}{' …' if len(problems) > 6 else ''}. "
                 f"Use the checkpoint's model settings.")
-        self.model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
 
     def _cache_fits(self, needed: int) -> bool:
         """Whether ``needed`` bytes of training frames go to the GPU (``train.gpu_cache``, ``plan_gpu_cache``).
@@ -513,7 +545,7 @@ class Trainer:
         free, _ = torch.cuda.mem_get_info(self.device)
         resident, reason = plan_gpu_cache(self.config.train.gpu_cache, needed, free)
         if reason and self.is_main:
-            warnings.warn(reason, stacklevel=3)
+            warnings.warn(reason, stacklevel=5)  # where the Trainer is made
         return resident
 
     def _make_optimizer(self):
@@ -584,7 +616,7 @@ class Trainer:
                 lr = self.lr_at(self.step, epoch)
                 window.append(self.train_step(batch, lr))
                 if len(window) == t.log_every or i == self.steps_per_epoch - 1:
-                    values = self._sync(window, epoch)  # (len(window), 4) floats, checked finite
+                    values = self._read_logged_values(window, epoch)  # (len(window), terms) floats, checked finite
                     now = time.perf_counter()
                     logs = dict(zip(self.terms, values.mean(0).tolist()))
                     logs.update(lr=lr, epoch=epoch, frames_per_s=frames_per_step * len(window) / (now - tick))
@@ -647,8 +679,8 @@ class Trainer:
             for b in self.model.buffers():
                 torch.distributed.broadcast(b, src=0)
 
-    def _sync(self, window: list[torch.Tensor], epoch: int) -> torch.Tensor:
-        """Bring the window's per-step values to the host (averaged over ranks); stop on NaN/inf."""
+    def _read_logged_values(self, window: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        """The window's per-step values on the host, averaged over ranks; ``TrainingDiverged`` on NaN/inf."""
         values = torch.stack(window)
         if self.distributed:
             values = values.to(self.device)
