@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 
 from .cache import FrameCache, gather_workers
 from .manifest import Manifest
-from .prefetch import Prefetcher
+from .prefetch import pipeline
 from .sampling import PKSampler, test_frame_indices, train_frame_indices
 
 # ImageNet RGB statistics on the 0-1 scale (what ImageNet-initialised CNNs expect).
@@ -277,73 +277,84 @@ class TrainClipLoader:
         epoch = self.epoch
         self.sampler.set_epoch(epoch)
         steps = list(self.sampler)  # positions per step: the sampler's state stays on this thread
-        rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
-        erase_rng = np.random.default_rng([self.seed, epoch, self.rank, 2])
-        m, cache, dev = self.manifest, self.cache, self.device
-        cuda = dev.type == "cuda"
-        on_host = dev.type == "cpu"  # then the whole batch is built on the prefetch thread
-        buffers = []  # one reused uint8 buffer per slot (pinned for CUDA): no allocation per step
-        if not self.resident:
-            shape = (self.sampler.batch_size, self.T, cache.height, cache.width, 3)
-            buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda) for _ in range(max(1, self.prefetch))]
-        copier = DeviceCopy(dev) if cuda and not self.resident else None
-
-        def sample(positions, slot):
-            """The step's random draws (in the order they have always been drawn) and its host
-            frames; on CUDA their copy to the GPU is started (on the side stream)."""
-            frame_idx = np.stack([train_frame_indices(int(m.lengths[p]), self.T, rng) for p in positions])
-            flips = rng.random(len(positions)) < 0.5 if self.mirror else np.zeros(len(positions), bool)
-            rows = cache.rows(positions, frame_idx)
-            raw = None if self.resident else cache.host_gather(rows, out=buffers[slot], workers=self.gather_workers)
-            moving = copier.start(raw) if copier is not None else None
-            return positions, frame_idx, flips, rows, raw, moving, clip_visibility(m, positions, frame_idx)
-
-        def assemble(positions, frame_idx, flips, rows, raw, moving, vis):
-            """Frames on the device, erased, normalised, mirrored; returns the batch and the CUDA
-            event after which the host buffer may be refilled (None: free now)."""
-            event = None
-            if raw is None:
-                raw = cache.gather(rows, dev)
-            elif moving is not None:
-                raw, event = copier.finish(*moving), moving[1]
-            elif not on_host:
-                raw = raw.to(dev)
-            if self.frame_erasing > 0:  # its own stream: the clips drawn do not depend on it
-                raw = erase_frames(raw, erase_rng, self.frame_erasing)[0]
-            clips = normalize_clips(raw, torch.from_numpy(flips), self.dtype)  # CPU flags: no sync
-            to_dev = lambda a: torch.from_numpy(a).to(dev, non_blocking=True)  # noqa: E731
-            return ClipBatch(
-                clips=clips,
-                pids=to_dev(m.pids[positions]),
-                camids=to_dev(m.camids[positions]),
-                tracklet_ids=to_dev(m.tracklet_ids[positions]),
-                positions=to_dev(positions),
-                frame_idx=to_dev(frame_idx),
-                visibility=to_dev(vis) if vis is not None else None,
-                mirrored=to_dev(flips),
-                host_pids=m.pids[positions],
-                host_camids=m.camids[positions],
-            ), event
-
-        if not self.prefetch:
-            event = None
-            for positions in steps:
-                if event is not None:
-                    event.synchronize()  # the one buffer's last copy to the GPU has finished
-                batch, event = assemble(*sample(positions, 0))
-                yield batch
-        elif on_host:
-            with Prefetcher(steps, lambda p, slot: assemble(*sample(p, slot))[0], self.prefetch) as ahead:
-                for batch, slot in ahead:
-                    ahead.release(slot)  # normalising made new tensors: the buffer is free
-                    yield batch
-        else:
-            with Prefetcher(steps, sample, self.prefetch, device=dev) as ahead:
-                for drawn, slot in ahead:
-                    batch, event = assemble(*drawn)
-                    ahead.release(slot, event)
-                    yield batch
+        batches = _EpochBatches(self, epoch)
+        # on the CPU the prefetch thread builds whole batches; elsewhere it draws and gathers
+        yield from pipeline(steps, batches.draw, batches.assemble, self.prefetch, self.device,
+                            finish_ahead=self.device.type == "cpu")
         self.epoch = epoch + 1
+
+
+class _Drawn(NamedTuple):
+    """A training step between ``_EpochBatches.draw`` and ``.assemble``."""
+
+    positions: np.ndarray       # the tracklets (manifest positions)
+    frame_idx: np.ndarray       # (N, T) frames in each
+    flips: np.ndarray           # (N,) bool: mirror the clip
+    rows: np.ndarray            # (N, T) cache rows
+    host: torch.Tensor | None   # uint8 frames gathered on the host (None: the device copy holds them)
+    moving: tuple | None        # ``DeviceCopy.start``'s (tensor, event): the host frames on their way to the GPU
+    visibility: np.ndarray | None
+
+
+class _EpochBatches:
+    """One epoch of a ``TrainClipLoader``: its random streams, its reused host buffers (one per
+    prefetch slot, pinned for CUDA: no allocation per step) and the two stages of a batch."""
+
+    def __init__(self, loader: TrainClipLoader, epoch: int):
+        self.loader = loader
+        self.rng = np.random.default_rng([loader.seed, epoch, loader.rank, 1])
+        self.erase_rng = np.random.default_rng([loader.seed, epoch, loader.rank, 2])  # erasing: its own stream
+        cuda = loader.device.type == "cuda"
+        self.buffers = []
+        if not loader.resident:
+            shape = (loader.sampler.batch_size, loader.T, loader.cache.height, loader.cache.width, 3)
+            self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda) for _ in range(max(1, loader.prefetch))]
+        self.copier = DeviceCopy(loader.device) if cuda and not loader.resident else None
+
+    def draw(self, positions, slot: int) -> _Drawn:
+        """The step's random draws (in the order they have always been drawn) and its host frames
+        in slot ``slot``'s buffer; on CUDA their copy to the GPU is started (on the side stream)."""
+        lo, m = self.loader, self.loader.manifest
+        frame_idx = np.stack([train_frame_indices(int(m.lengths[p]), lo.T, self.rng) for p in positions])
+        flips = self.rng.random(len(positions)) < 0.5 if lo.mirror else np.zeros(len(positions), bool)
+        rows = lo.cache.rows(positions, frame_idx)
+        host = None if lo.resident else lo.cache.host_gather(rows, out=self.buffers[slot], workers=lo.gather_workers)
+        moving = self.copier.start(host) if self.copier is not None else None
+        return _Drawn(positions, frame_idx, flips, rows, host, moving, clip_visibility(m, positions, frame_idx))
+
+    def _frames(self, d: _Drawn):
+        """The step's uint8 frames on the device (on the CPU: the host buffer itself) and the CUDA
+        event after which the host buffer may be refilled (None: free now)."""
+        dev = self.loader.device
+        if d.host is None:
+            return self.loader.cache.gather(d.rows, dev), None
+        if d.moving is not None:
+            return self.copier.finish(*d.moving), d.moving[1]
+        return (d.host, None) if dev.type == "cpu" else (d.host.to(dev), None)
+
+    def assemble(self, d: _Drawn) -> tuple[ClipBatch, object]:
+        """The batch on the device: frames erased, normalised, mirrored; with ``_frames``' event."""
+        lo, m, dev = self.loader, self.loader.manifest, self.loader.device
+        raw, event = self._frames(d)
+        if lo.frame_erasing > 0:  # its own stream: the clips drawn do not depend on it
+            raw = erase_frames(raw, self.erase_rng, lo.frame_erasing)[0]
+        clips = normalize_clips(raw, torch.from_numpy(d.flips), lo.dtype)  # CPU flags: no sync
+        return ClipBatch(
+            clips=clips,
+            pids=_to_device(m.pids[d.positions], dev),
+            camids=_to_device(m.camids[d.positions], dev),
+            tracklet_ids=_to_device(m.tracklet_ids[d.positions], dev),
+            positions=_to_device(d.positions, dev),
+            frame_idx=_to_device(d.frame_idx, dev),
+            visibility=_to_device(d.visibility, dev) if d.visibility is not None else None,
+            mirrored=_to_device(d.flips, dev),
+            host_pids=m.pids[d.positions],
+            host_camids=m.camids[d.positions],
+        ), event
+
+
+def _to_device(a: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(a).to(device, non_blocking=True)
 
 
 def num_test_clips(manifest: Manifest, positions, T: int, mode: str = "chunks") -> int:
@@ -391,46 +402,40 @@ def iter_test_clips(manifest: Manifest, cache: FrameCache, positions, T: int, mo
     batches = _test_batches(manifest, cache, positions, T, mode, batch_size)
     prefetch = default_prefetch(device) if prefetch is None else prefetch
     workers = _gather_workers(device) if gather_workers is None else gather_workers
-    cuda, on_host = device.type == "cuda", device.type == "cpu"
-    copier = DeviceCopy(device) if cuda else None
-    buffers: dict[int, torch.Tensor] = {}  # per slot, made when first needed (pinned for CUDA)
+    stages = _TestStages(cache, device, dtype, (batch_size, T, cache.height, cache.width, 3), workers)
+    # on the CPU the prefetch thread also normalises (new tensors: its buffer is free at once)
+    yield from pipeline(batches, stages.gather, stages.finish, prefetch, device, finish_ahead=device.type == "cpu")
 
-    def gather(batch, slot):
-        """The batch's uint8 frames: from the device copy, or gathered on the host (and, on
-        CUDA, their copy started; on the CPU, normalised here on the prefetch thread)."""
+
+class _TestStages:
+    """The two stages of ``iter_test_clips``' batches, with their reused host buffers (one per
+    slot, made when first needed, pinned for CUDA)."""
+
+    def __init__(self, cache: FrameCache, device: torch.device, dtype: torch.dtype, shape: tuple, workers: int):
+        self.cache, self.device, self.dtype, self.shape, self.workers = cache, device, dtype, shape, workers
+        self.copier = DeviceCopy(device) if device.type == "cuda" else None
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def gather(self, batch, slot: int):
+        """``(frames, event, owners)``: the batch's uint8 frames from the device copy, or gathered
+        on the host into slot ``slot``'s buffer (on CUDA: their copy started, with its event)."""
         rows, owners = batch
-        if cache.resident_rows(rows, device) is not None:
-            return cache.gather(rows, device), None, owners
-        if slot not in buffers:
-            buffers[slot] = torch.empty((batch_size, T, cache.height, cache.width, 3), dtype=torch.uint8,
-                                        pin_memory=cuda)
-        raw = cache.host_gather(rows, out=buffers[slot][:len(rows)], workers=workers)
-        if copier is not None:
-            return *copier.start(raw), owners
-        if on_host and prefetch:
-            return normalize_clips(raw, None, dtype), None, owners  # new tensors: the buffer is free
+        if self.cache.resident_rows(rows, self.device) is not None:
+            return self.cache.gather(rows, self.device), None, owners
+        if slot not in self.buffers:
+            self.buffers[slot] = torch.empty(self.shape, dtype=torch.uint8, pin_memory=self.copier is not None)
+        raw = self.cache.host_gather(rows, out=self.buffers[slot][:len(rows)], workers=self.workers)
+        if self.copier is not None:
+            return *self.copier.start(raw), owners
         return raw, None, owners
 
-    def finish(raw, event, owners):
+    def finish(self, gathered):
+        """``((clips, owners), event)``: the frames normalised on the device."""
+        raw, event, owners = gathered
         if event is not None:
-            raw = copier.finish(raw, event)
-        if raw.dtype == torch.uint8:
-            raw = normalize_clips(raw if raw.device == device else raw.to(device), None, dtype)
-        return raw, owners
-
-    if not prefetch:
-        event = None
-        for batch in batches:
-            if event is not None:
-                event.synchronize()  # the one buffer's last copy has finished
-            raw, event, owners = gather(batch, 0)
-            yield finish(raw, event, owners)
-        return
-    with Prefetcher(batches, gather, prefetch, device=device) as ahead:
-        for (raw, event, owners), slot in ahead:
-            clips = finish(raw, event, owners)
-            ahead.release(slot, event)
-            yield clips
+            raw = self.copier.finish(raw, event)
+        raw = raw if raw.device == self.device else raw.to(self.device)
+        return (normalize_clips(raw, None, self.dtype), owners), event
 
 
 def even_frame_indices(manifest: Manifest, positions, T: int) -> np.ndarray:

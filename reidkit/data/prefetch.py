@@ -1,12 +1,13 @@
 """A background thread that prepares the next training step while the current one runs.
 
-``TrainClipLoader`` hands it the epoch's steps and a ``work(step, slot)`` function (sampling the
-frames, copying them out of the memory map, which releases the GIL, and on CUDA starting their
-copy to the GPU); the training loop reads the results in order. ``iter_test_clips`` does the same
-with the test batches. ``slots`` bound how far ahead it runs: each slot owns a reused buffer, and
-a slot is refilled only after the consumer ``release``s it, waiting first for the CUDA event of
-an asynchronous copy still reading that buffer (a blocking event: the thread sleeps, it does not
-spin a core).
+The loaders (``TrainClipLoader``, ``iter_test_clips``) make each batch in two stages: ``prepare``
+(sampling the frames, copying them out of the memory map into a slot's reused buffer, which
+releases the GIL, and on CUDA starting their copy to the GPU) and ``finish`` (the batch on the
+device). ``pipeline`` runs them one after the other, or, ``ahead`` > 0, wraps ``prepare`` in a
+``Prefetcher``: a thread that runs it up to ``slots`` items ahead while the training loop reads
+the results in order. A slot is refilled only after the consumer ``release``s it, waiting first
+for the CUDA event of an asynchronous copy still reading that buffer (a blocking event: the
+thread sleeps, it does not spin a core).
 """
 
 from __future__ import annotations
@@ -90,3 +91,34 @@ class Prefetcher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def pipeline(items: Iterable, prepare: Callable[[Any, int], Any], finish: Callable[[Any], tuple[Any, Any]],
+             ahead: int = 0, device=None, finish_ahead: bool = False) -> Iterator:
+    """``finish(prepare(item, slot))[0]`` for each of ``items``, in order.
+
+    ``prepare(item, slot)`` fills slot ``slot``'s buffer; ``finish(prepared)`` returns ``(result,
+    event)``, ``event`` the CUDA event after which that buffer may be refilled (None: free now).
+    ``ahead`` = 0: both here, in one slot, waiting for its last copy before refilling it.
+    ``ahead`` > 0: a ``Prefetcher`` on ``device`` runs ``prepare`` that many items ahead and
+    ``finish`` runs here; ``finish_ahead`` (batches made on the CPU, where ``finish`` makes new
+    tensors) runs both on the thread.
+    """
+    if not ahead:
+        event = None
+        for item in items:
+            if event is not None:
+                event.synchronize()  # the one buffer's last copy to the GPU has finished
+            result, event = finish(prepare(item, 0))
+            yield result
+    elif finish_ahead:
+        with Prefetcher(items, lambda item, slot: finish(prepare(item, slot))[0], ahead, device=device) as thread:
+            for result, slot in thread:
+                thread.release(slot)  # finish made new tensors: the buffer is free
+                yield result
+    else:
+        with Prefetcher(items, prepare, ahead, device=device) as thread:
+            for prepared, slot in thread:
+                result, event = finish(prepared)
+                thread.release(slot, event)
+                yield result
