@@ -7,7 +7,8 @@ The objective (Sec. 3.1, 4.2 of the paper) on a batch of P identities × K track
 
 Feature-only variants use the first term, metric-only variants the second, ``all`` both. M's
 pairs come from the same batch (``reidkit.losses.mine_pairs``): every positive pair plus as
-many of the hardest negatives; M re-uses the pool5 maps of the one CNN pass.
+many negatives, ``train.hard_negative_fraction`` of them the hardest (camera-balanced), the rest
+random; M re-uses the pool5 maps of the one CNN pass.
 
 Usage::
 
