@@ -78,8 +78,11 @@ def test_variant_shapes(variant, config, batch):
         if model.has_metric_branch:
             from_pool5 = model.metric(out.pool5, out.pool5.flip(0))
             assert from_pool5.shape == (batch,)
-            from_clips = model.metric(clips, clips.flip(0))  # clips are told apart by 3 channels
+            from_clips = model.metric(clips, clips.flip(0))  # clips are told apart by their frame shape
             assert torch.allclose(from_pool5, from_clips, atol=1e-4)
+            assert model.input_kind(clips) == "clips" and model.input_kind(out.pool5) == "pool5"
+            with pytest.raises(ValueError, match=r"expected clips \(N, T, 3, .*\) or pool5 maps .*got shape"):
+                model.metric(clips[..., :-1], clips[..., :-1])  # frames of another size
         else:
             with pytest.raises(RuntimeError, match="no metric branch"):
                 model.metric(out.pool5, out.pool5)

@@ -41,9 +41,9 @@ class JSTRNN(nn.Module):
     """Joint spatial and temporal RNNs (Fig. 2) in the ``config.variant`` of ``VARIANTS`` (Table 2).
 
     - ``features(clips)`` → :class:`FeatureOutput` (one CNN pass; also ``forward``).
-    - ``metric(a, b)`` → logits (N,) of "same person"; ``a``/``b`` are clips (N, T, 3, H, W) or
-      cached pool5 maps (N, T, C, h, w), told apart by the channel axis: 3 means frames
-      (pool5 always has more channels, ``config.pool5_channels``).
+    - ``metric(a, b)`` → logits (N,) of "same person"; ``a``/``b`` are clips (N, T, 3, H, W) at
+      the config's frame size or cached pool5 maps (N, T, C, h, w) of this CNN, told apart by
+      their exact per-frame shape (``input_kind``); any other shape is an error naming both.
     - ``pair_score(feat_a, feat_b, logits)`` → the score pairs are ranked by (Eq. 2, with the
       config's λ): −F, M or S, as ``ranking`` says.
     """
@@ -95,25 +95,30 @@ class JSTRNN(nn.Module):
     def forward(self, clips: torch.Tensor) -> FeatureOutput:
         return self.features(clips)
 
-    def _as_pool5(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5:
-            raise ValueError(f"expected clips (N,T,3,H,W) or pool5 maps (N,T,C,h,w), got shape {tuple(x.shape)}")
-        if x.shape[2] == 3:
-            return self.pool5_and_fc7(x)[0]
-        expected = (self.cnn.out_channels, *self.cnn.grid)
-        if tuple(x.shape[2:]) != expected:
-            raise ValueError(f"pool5 maps must be (N,T,{expected[0]},{expected[1]},{expected[2]}), got {tuple(x.shape)}")
-        return x
+    def input_kind(self, x: torch.Tensor) -> str:
+        """``"clips"`` for frames (N, T, 3, H, W) at the config's ``height`` × ``width``, ``"pool5"``
+        for this CNN's maps (N, T, C, h, w); a ``ValueError`` naming both shapes otherwise."""
+        c = self.config
+        frames, maps = (3, c.height, c.width), (self.cnn.out_channels, *self.cnn.grid)
+        per_frame = tuple(x.shape[2:]) if x.dim() == 5 else None
+        if per_frame == frames:
+            return "clips"
+        if per_frame == maps:
+            return "pool5"
+        raise ValueError(f"expected clips (N, T, {', '.join(map(str, frames))}) or pool5 maps "
+                         f"(N, T, {', '.join(map(str, maps))}), got shape {tuple(x.shape)}")
 
     def metric(self, a: torch.Tensor, b: torch.Tensor, return_maps: bool = False):
-        """Logits of M(a, b) (Sec. 3.3), row by row: a[k] is compared with b[k]."""
+        """Logits of M(a, b) (Sec. 3.3), row by row: a[k] is compared with b[k]; clips or pool5
+        maps (``input_kind``), clips of both sides in one CNN pass."""
         if self.head is None:
             raise RuntimeError(f"variant {self.variant!r} has no metric branch (M); use a cnn_diff, cnn_srm or all model")
-        if a.dim() == 5 and b.dim() == 5 and a.shape[2] == 3 and b.shape[2] == 3 and a.shape[1:] == b.shape[1:]:
+        kinds = self.input_kind(a), self.input_kind(b)
+        if kinds == ("clips", "clips") and a.shape[1:] == b.shape[1:]:
             pool5 = self.pool5_and_fc7(torch.cat([a, b]))[0]  # one CNN pass for both sides
             pa, pb = pool5[: len(a)], pool5[len(a):]
         else:
-            pa, pb = self._as_pool5(a), self._as_pool5(b)
+            pa, pb = (self.pool5_and_fc7(x)[0] if kind == "clips" else x for x, kind in zip((a, b), kinds))
         return self.head(pa, pb, return_maps=return_maps)
 
     def pair_score(self, feat_a: torch.Tensor | None, feat_b: torch.Tensor | None,
