@@ -36,8 +36,9 @@ import dataclasses
 import io
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from reidkit.config import Config, EvalConfig
 from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import evaluate
 from reidkit.files import folder_entries, write_json, write_text
+from reidkit.metrics import METRICS, sample_std
 from reidkit.models import METHOD_NAMES, VARIANTS, build_model, load_pretrained_cnn
 from reidkit.checkpoint import load_checkpoint, load_model
 from reidkit.significance import describe, rank1_hits, variant_interval, verdict
@@ -53,11 +55,11 @@ from reidkit.train import (RESUMABLE_CHANGES, RunExistsError, Trainer, config_ch
                            resume_point, seed_everything)
 
 __all__ = ["PAPER_RANK1", "PAPER_CONCLUSIONS", "PRETRAINED_FLOOR", "run_ablation", "summarize", "format_cell",
-           "write_tables", "earlier_run", "claim_ablation", "write_csv", "conclusions", "learning_curves"]
+           "write_tables", "earlier_run", "train_and_score", "RunOutcome", "claim_ablation", "write_csv", "conclusions",
+           "learning_curves"]
 
 # Zhou et al. (CVPR 2017), Table 2: rank-1 on MARS; the method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
-METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP")
 COLUMNS = ("method", "variant", "trained", "seed", *METRICS, "ranking",
            "convention", "num_queries", "num_skipped", "epochs", "steps", "train_s", "eval_s", "paper_rank1_mars")
 SUMMARY_COLUMNS = ("method", "variant", "trained", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")),
@@ -67,7 +69,7 @@ SUMMARY_COLUMNS = ("method", "variant", "trained", "seeds", *(f"{m}_{s}" for m i
 def _row(method, variant, trained, seed, result, seconds: dict, config: Config | None, steps: int) -> dict:
     return {
         "method": method, "variant": variant, "trained": trained, "seed": seed,
-        **{k: round(float(getattr(result, k)), 2) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")},
+        **{k: round(float(getattr(result, k)), 2) for k in METRICS},
         "ranking": result.ranking, "convention": result.convention,
         "num_queries": result.num_queries, "num_skipped": result.num_skipped,
         "epochs": config.train.epochs if trained else 0, "steps": steps,
@@ -76,18 +78,19 @@ def _row(method, variant, trained, seed, result, seconds: dict, config: Config |
     }
 
 
-def summarize(rows: list[dict], over: str = "seed") -> list[dict]:
+def summarize(rows: list[dict], over: str = "seed", extra=("paper_rank1_mars",)) -> list[dict]:
     """One row per method over its seeds: ``<metric>_mean/_std/_min/_max`` (std with n − 1; 0 for
-    one seed) and ``seeds``, in the order the methods first appear. ``over="split"`` summarises
-    rows that differ by ``split`` instead (``reidkit.protocol``), listed as ``splits``."""
+    one seed), ``seeds`` and the ``extra`` columns of its first row, in the order the methods
+    first appear. ``over="split"`` summarises rows that differ by ``split`` instead
+    (``reidkit.protocol``, no extra columns), listed as ``splits``."""
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         runs = [r for r in rows if r["method"] == method]
         row = {"method": method, "variant": runs[0]["variant"], "trained": runs[0]["trained"],
-               f"{over}s": [r[over] for r in runs], "paper_rank1_mars": runs[0].get("paper_rank1_mars", "")}
+               f"{over}s": [r[over] for r in runs], **{k: runs[0].get(k, "") for k in extra}}
         for m in METRICS:
             v = np.array([r[m] for r in runs], dtype=np.float64)
-            row.update({f"{m}_mean": round(float(v.mean()), 2), f"{m}_std": round(float(v.std(ddof=1)), 2) if len(v) > 1 else 0.0,
+            row.update({f"{m}_mean": round(float(v.mean()), 2), f"{m}_std": round(sample_std(v), 2),
                         f"{m}_min": float(v.min()), f"{m}_max": float(v.max())})
         out.append(row)
     return out
@@ -172,6 +175,58 @@ def earlier_run(run_dir: Path, config: Config, allowed=RESUMABLE_CHANGES,
     if epoch == config.train.epochs and point.name == "last.pt":
         return "finished", state
     return "unfinished", None
+
+
+@dataclass
+class RunOutcome:
+    """What ``train_and_score`` did with one run: ``earlier`` is what ``earlier_run`` found
+    ("finished", "unfinished", "none"); ``how`` "kept" (finished earlier, ``reuse`` gave its
+    scores), "evaluated again" (finished earlier), "resumed" or "trained"; ``epochs``/``steps``
+    done; ``stopped``: a callback ended training before ``train.epochs``; ``scores``: what
+    ``score`` (or ``reuse``) returned."""
+
+    earlier: str
+    how: str
+    epochs: int = 0
+    steps: int = 0
+    history: list = field(default_factory=list)
+    train_s: float = 0.0
+    stopped: bool = False
+    scores: Any = None
+
+
+def train_and_score(run_config: Config, manifest: Manifest, cache: FrameCache,
+                    score: Callable[[Any, RunOutcome], Any], *, allowed=RESUMABLE_CHANGES, device=None,
+                    callbacks=(), reuse: Callable[[dict], Any] | None = None) -> RunOutcome:
+    """One run of an ablation or of the ten-split protocol, in ``run_config.train.out_dir``: a run
+    an earlier call finished with these settings (``earlier_run``, ``allowed`` changes) is kept,
+    an unfinished one resumes, otherwise it trains; then ``score(model, outcome)`` evaluates it
+    and its result becomes ``outcome.scores``. ``reuse(state)``, given, may return the scores an
+    earlier call wrote for a finished run: then nothing is loaded or scored. A run of other
+    settings or data is refused (``RunExistsError``), never trained over."""
+    device = device if device is not None else resolve_device(run_config.train.device)
+    run_dir = Path(run_config.train.out_dir)
+    tick = time.perf_counter()
+    earlier, state = earlier_run(run_dir, run_config, allowed, manifest.fingerprint)
+    if earlier == "finished":
+        scores = reuse(state) if reuse is not None else None
+        done = (int(state["epoch"]), int(state["step"]), list(state.get("history", [])))
+        if scores is not None:
+            return RunOutcome(earlier, "kept", *done, scores=scores)
+        model, _ = load_model(run_dir / "last.pt", device=device)
+        outcome = RunOutcome(earlier, "evaluated again", *done)
+    else:  # a fresh run, or resume an unfinished one of this config
+        trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
+        trainer.fit(resume=earlier == "unfinished", force=True)
+        model = trainer.model
+        outcome = RunOutcome(earlier, "resumed" if earlier == "unfinished" else "trained", trainer.epoch, trainer.step,
+                             trainer.history, time.perf_counter() - tick, stopped=trainer.epoch < run_config.train.epochs)
+        del trainer
+    outcome.scores = score(model, outcome)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return outcome
 
 
 RUN_FILE = "run.json"
@@ -287,25 +342,15 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
             run_dir = out_dir / variant / f"seed_{seed}"
             run_config = Config.from_dict(config.to_dict(), settings={
                 "model.variant": variant, "train.seed": seed, "train.out_dir": str(run_dir)})
-            tick = time.perf_counter()
-            earlier, state = earlier_run(run_dir, run_config, ALLOWED_CHANGES, manifest.fingerprint)  # eval: again
-            if earlier == "finished":  # an earlier, interrupted ablation finished this run: keep it
-                model, _ = load_model(run_dir / "last.pt", device=device)
-                steps, history, how = int(state["step"]), list(state.get("history", [])), "kept from an earlier run"
-            else:  # a fresh run, or resume an unfinished one of this config
-                trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
-                trainer.fit(resume=earlier == "unfinished", force=True)
-                model, steps, history, how = trainer.model, trainer.step, trainer.history, "trained"
-                del trainer
-            train_s = time.perf_counter() - tick
             method = METHOD_NAMES[variant]
-            histories.setdefault(method, {})[seed] = history
-            result = score(model, method, variant, True, seed, {"train": train_s}, run_config, steps)
-            write_json(run_dir / "eval.json", result.to_dict(per_query=False), indent=1)
-            log(f"[ablate] {method}, seed {seed}: {result.summary()} ({how}, {train_s:.0f}s)")
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            run = train_and_score(  # eval settings may change: every run is evaluated again
+                run_config, manifest, cache, allowed=ALLOWED_CHANGES, device=device, callbacks=callbacks,
+                score=lambda model, run: score(model, method, variant, True, seed, {"train": run.train_s},
+                                               run_config, run.steps))  # noqa: B023 - called in this iteration
+            histories.setdefault(method, {})[seed] = run.history
+            write_json(run_dir / "eval.json", run.scores.to_dict(per_query=False), indent=1)
+            how = "kept from an earlier run" if run.earlier == "finished" else "trained"
+            log(f"[ablate] {method}, seed {seed}: {run.scores.summary()} ({how}, {run.train_s:.0f}s)")
 
     curves = {m: [float(c) for c in np.mean(np.stack(v), axis=0)] for m, v in cmcs.items()}
     trained = {m: h for m, h in hits.items() if m in METHOD_NAMES.values()}
@@ -320,7 +365,7 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
 
 
 def format_cell(row: dict, metric: str, over: str = "seed") -> str:
-    """A summary cell: the value (one seed), mean and min–max (two), mean ± std and min–max (more).
+    """A summary cell: the value (one seed), mean and min–max (two), mean ± std (n − 1) and min–max (more).
     ``over="split"`` for :func:`summarize` rows over splits."""
     n, mean = len(row[f"{over}s"]), row[f"{metric}_mean"]
     if n == 1:

@@ -413,11 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("ten-split", help="Table 3: one model per split of iLIDS-VID/PRID2011, mean ± std over splits",
+    p = sub.add_parser("ten-split", help="Table 3: one model per split of iLIDS-VID/PRID2011, mean ± std (n − 1) over splits",
                        description="The iLIDS-VID / PRID2011 protocol (Sec. 4): for each split i of a two-camera "
                                    "dataset, train the config with data.split=i into OUT/split_<i>/ and evaluate it on "
                                    "split i's test persons; writes OUT/split_<i>/metrics.json, splits.csv, "
-                                   "summary.json and summary.md (mean ± std over the splits). Run again to resume: "
+                                   "summary.json and summary.md (mean ± std (n − 1) over the splits). Run again to resume: "
                                    "finished splits are kept, an interrupted one continues from its last.pt.")
     p.add_argument("--config", type=Path, default=None, help="YAML config shared by all splits (e.g. configs/cpu.yaml)")
     p.add_argument("--dataset", required=True, help="manifest folder of a two-camera dataset with several splits")

@@ -41,7 +41,7 @@ Protocols (``manifest.protocol``):
   the two differ by about a point.
 - ``"two_camera"`` (iLIDS-VID, PRID2011): ten splits; features are extracted once for all
   tracklets of all splits, then per split query = the camera-1 test tracklets and gallery = the
-  camera-2 ones (as listed by the manifest); results are the mean ± std over the splits.
+  camera-2 ones (as listed by the manifest); results are the mean ± std (n − 1) over the splits.
   Mind what the model has seen: the paper trains one model per split and averages the ten
   results. A model trained on split k's train persons must be evaluated with ``split=k``
   (the other splits' test persons overlap its training persons); ``split=None`` (all splits,
@@ -58,7 +58,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ from tqdm.auto import tqdm
 from .config import EvalConfig
 from .data import even_frame_indices, iter_test_clips, num_test_clips
 from .files import DiskFullError, atomic_write, jsonable
-from .metrics import FLAG_IGNORED, evaluate_order, match_flags
+from .metrics import FLAG_IGNORED, METRICS, evaluate_order, match_flags, sample_std
 from .models import eval_mode, feature_distance_matrix, model_device
 from .models.caffenet import disable_cudnn_tf32
 
@@ -339,7 +339,7 @@ def describe_convention(protocol: str, convention: str, num_splits: int = 1) -> 
     """One sentence saying how queries, gallery and averages were defined."""
     if protocol == "two_camera":
         return (f"two-camera: query = camera-1 tracklets of the test persons, gallery = camera-2 "
-                f"tracklets; distractors wrong, junk ignored; mean ± std over {num_splits} split(s)")
+                f"tracklets; distractors wrong, junk ignored; mean ± std (n − 1) over {num_splits} split(s)")
     if convention == "official":
         return ("MARS official (MATLAB): gallery = all test tracklets incl. the queries; same pid "
                 "& same camera (the query itself included) and junk (pid -1) removed; "
@@ -383,7 +383,7 @@ class EvalResult:
     """CMC/mAP of one evaluation, in percent, with what produced them.
 
     ``cmc``: percent at ranks 1..len(cmc). For ``two_camera`` the headline values are means over
-    ``splits`` (one ``EvalResult`` each), ``std`` holds the standard deviations, ``per_query``
+    ``splits`` (one ``EvalResult`` each), ``std`` holds the standard deviations (n − 1), ``per_query``
     is split 0's, and ``num_queries``/``num_skipped`` are totals over the splits.
     """
 
@@ -408,8 +408,7 @@ class EvalResult:
 
     def to_dict(self, per_query: bool = True) -> dict:
         """Everything as JSON-serialisable values (NaN → None)."""
-        d = {k: getattr(self, k) for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "cmc",
-                                           "convention", "ranking", "num_queries", "num_skipped",
+        d = {k: getattr(self, k) for k in (*METRICS, "cmc", "convention", "ranking", "num_queries", "num_skipped",
                                            "num_gallery", "protocol", "convention_name", "dataset", "std",
                                            "seconds")}
         d["splits"] = [s.to_dict(per_query=False) for s in self.splits]
@@ -435,7 +434,7 @@ class EvalResult:
 
     def table_row(self, label: str = "") -> str:
         """A Markdown table row (see ``table_header``), e.g. for Table 2."""
-        cells = [self._fmt(n) for n in ("rank1", "rank5", "rank10", "rank20", "mAP")]
+        cells = [self._fmt(n) for n in METRICS]
         return f"| {label or self.dataset} | " + " | ".join(cells) + " |"
 
 
@@ -463,41 +462,76 @@ def _pair_scorer(model, feats: TrackletFeatures, q_rows: np.ndarray, g_rows: np.
     return score
 
 
-def _evaluate_split(model, manifest, feats: TrackletFeatures, query_ids, gallery_ids, convention, protocol,
-                    rerank_top_k, exact, pair_batch, keep_top, max_rank, progress, device, score,
-                    lam) -> EvalResult:
+@dataclass(frozen=True)
+class _Scoring:
+    """How ``evaluate_features`` ranks and reports each split, beside its ``EvalConfig``: the
+    score and λ to rank by (None: the variant's), M's pairs per call, the CMC's length, the
+    entries kept per query, a progress bar, the device M runs on."""
+
+    device: torch.device
+    score: str | None = None
+    lam: float | None = None
+    pair_batch: int = 4096
+    max_rank: int = 20
+    keep_top: int = 50
+    progress: bool = True
+
+
+class _SplitSides(NamedTuple):
+    """A split's queries and gallery: manifest positions, feature rows, labels, F between them."""
+
+    q_pos: np.ndarray
+    g_pos: np.ndarray
+    q_rows: np.ndarray
+    g_rows: np.ndarray
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_cams: np.ndarray
+    g_cams: np.ndarray
+    dist: torch.Tensor  # (queries, gallery) feature distance F, on the features' device
+
+
+def _split_sides(manifest, feats: TrackletFeatures, query_ids, gallery_ids) -> _SplitSides:
     q_pos, g_pos = manifest.positions(query_ids), manifest.positions(gallery_ids)
     q_rows, g_rows = feats.rows(q_pos), feats.rows(g_pos)
-    t0 = time.perf_counter()
     dev = feats.features.device
     dist = feature_distance_matrix(feats.features[torch.from_numpy(q_rows).to(dev)],
                                    feats.features[torch.from_numpy(g_rows).to(dev)])
-    rescore = model.has_metric_branch and (score or model.ranking) != "distance"
-    scorer = _pair_scorer(model, feats, q_rows, g_rows, device, score, lam) if rescore else None
+    return _SplitSides(q_pos, g_pos, q_rows, g_rows, manifest.pids[q_pos], manifest.pids[g_pos],
+                       manifest.camids[q_pos], manifest.camids[g_pos], dist)
+
+
+def _evaluate_split(model, manifest, feats: TrackletFeatures, query_ids, gallery_ids, e: EvalConfig,
+                    how: _Scoring) -> EvalResult:
+    """One split's ranking and metrics (``evaluate_features`` step by step)."""
+    t0 = time.perf_counter()
+    sides = _split_sides(manifest, feats, query_ids, gallery_ids)
+    rescore = model.has_metric_branch and (how.score or model.ranking) != "distance"
+    scorer = (_pair_scorer(model, feats, sides.q_rows, sides.g_rows, how.device, how.score, how.lam)
+              if rescore else None)
     with eval_mode(model):
-        ranking = rank_gallery(dist, scorer, rerank_top_k, exact, pair_batch, progress)
+        ranking = rank_gallery(sides.dist, scorer, e.rerank_top_k, e.exact, how.pair_batch, how.progress)
     t1 = time.perf_counter()
 
-    q_pids, g_pids = manifest.pids[q_pos], manifest.pids[g_pos]
-    q_cams, g_cams = manifest.camids[q_pos], manifest.camids[g_pos]
-    m = evaluate_order(ranking.order, q_pids, g_pids, q_cams, g_cams, convention, max_rank)
-    per_query = _per_query(ranking, m, np.asarray(query_ids), np.asarray(gallery_ids),
-                           q_pids, g_pids, q_cams, g_cams, keep_top)
+    m = evaluate_order(ranking.order, sides.q_pids, sides.g_pids, sides.q_cams, sides.g_cams, e.convention,
+                       how.max_rank)
+    per_query = _per_query(ranking, m, np.asarray(query_ids), np.asarray(gallery_ids), sides, how.keep_top)
     t2 = time.perf_counter()
     cmc = 100.0 * m.cmc
     at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
+    protocol = manifest.protocol
     return EvalResult(
         rank1=at(1), rank5=at(5), rank10=at(10), rank20=at(20), mAP=100.0 * m.mAP, cmc=cmc,
-        convention=describe_convention(protocol, convention), ranking=describe_ranking(
-            model, rerank_top_k, exact, len(gallery_ids), score, lam),
+        convention=describe_convention(protocol, e.convention), ranking=describe_ranking(
+            model, e.rerank_top_k, e.exact, len(gallery_ids), how.score, how.lam),
         num_queries=m.num_queries, num_skipped=m.num_skipped, num_gallery=len(gallery_ids),
-        protocol=protocol, convention_name=convention, dataset=getattr(manifest, "name", ""),
+        protocol=protocol, convention_name=e.convention, dataset=getattr(manifest, "name", ""),
         per_query=per_query,
         seconds={"ranking": t1 - t0, "metrics": t2 - t1})
 
 
-def _per_query(ranking: Ranking, m, query_ids, gallery_ids, q_pids, g_pids, q_cams, g_cams,
-               keep_top) -> PerQuery:
+def _per_query(ranking: Ranking, m, query_ids, gallery_ids, sides: _SplitSides, keep_top) -> PerQuery:
+    q_pids, g_pids, q_cams, g_cams = sides.q_pids, sides.g_pids, sides.q_cams, sides.g_cams
     num_q, num_g = ranking.order.shape
     # Ignored entries are dropped, so look far enough down to still find keep_top that count.
     ignored = (g_pids[None, :] == -1) | ((g_pids[None, :] == q_pids[:, None])
@@ -575,33 +609,32 @@ def evaluate_features(model, manifest, feats: TrackletFeatures, eval_cfg: EvalCo
     ``pair_score``.
     """
     e = eval_cfg if eval_cfg is not None else EvalConfig()
-    convention, rerank_top_k, exact = e.convention, e.rerank_top_k, e.exact
+    convention = e.convention
     _check(manifest, convention)
     device = torch.device(device) if device is not None else feats.features.device
     _cuda_precision(device)
     sets = _split_sets(manifest, _resolve_splits(manifest, split), convention)
     protocol = manifest.protocol
     pairs = sum(len(q) * len(g) for q, g in sets)
-    if exact and model.has_metric_branch and device.type == "cpu" and pairs > EXACT_CPU_PAIRS:
+    if e.exact and model.has_metric_branch and device.type == "cpu" and pairs > EXACT_CPU_PAIRS:
         warnings.warn(f"eval.exact: M scores all {pairs:,} query × gallery pairs on the CPU (a MARS-sized gallery "
                       f"takes hours there; a few thousand pairs/s); eval.exact=false re-scores the top "
-                      f"eval.rerank_top_k = {rerank_top_k} per query instead", stacklevel=2)
+                      f"eval.rerank_top_k = {e.rerank_top_k} per query instead", stacklevel=2)
+    how = _Scoring(device, score, lam, pair_batch, max_rank, keep_top, progress)
     results = []
     for index, (q, g) in zip(_resolve_splits(manifest, split), sets):
         try:
-            results.append(_evaluate_split(model, manifest, feats, q, g, convention, protocol, rerank_top_k, exact,
-                                           pair_batch, keep_top, max_rank, progress, device, score, lam))
-        except ValueError as e:  # e.g. no query with a correct match: name the split it comes from
-            raise ValueError(f"{Path(manifest.root) / 'splits.json'}, split {index}: {e}") from None
+            results.append(_evaluate_split(model, manifest, feats, q, g, e, how))
+        except ValueError as err:  # e.g. no query with a correct match: name the split it comes from
+            raise ValueError(f"{Path(manifest.root) / 'splits.json'}, split {index}: {err}") from None
     for r in results:
         r.seconds["features"] = feats.seconds
         r.seconds["features_from_cache"] = float(feats.from_cache)
     if len(results) == 1 and (protocol != "two_camera" or isinstance(split, (int, np.integer))):
         return results[0]  # one split asked for: its own result, no mean ± std
 
-    names = ("rank1", "rank5", "rank10", "rank20", "mAP")
-    mean = {n: float(np.mean([getattr(r, n) for r in results])) for n in names}
-    std = {n: float(np.std([getattr(r, n) for r in results])) for n in names}
+    mean = {n: float(np.mean([getattr(r, n) for r in results])) for n in METRICS}
+    std = {n: sample_std([getattr(r, n) for r in results]) for n in METRICS}  # n − 1, as over seeds
     return EvalResult(
         **mean, cmc=np.mean([r.cmc for r in results], axis=0),
         convention=describe_convention(protocol, convention, len(results)),
@@ -633,11 +666,8 @@ def eq2_breakdown(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig
     e = eval_cfg if eval_cfg is not None else EvalConfig()
     device = torch.device(device) if device is not None else feats.features.device
     query_ids, gallery_ids = _split_sets(manifest, _resolve_splits(manifest, split)[:1], e.convention)[0]
-    q_pos, g_pos = manifest.positions(query_ids), manifest.positions(gallery_ids)
-    q_rows, g_rows = feats.rows(q_pos), feats.rows(g_pos)
-    dev = feats.features.device
-    dist = feature_distance_matrix(feats.features[torch.from_numpy(q_rows).to(dev)],
-                                   feats.features[torch.from_numpy(g_rows).to(dev)])
+    sides = _split_sides(manifest, feats, query_ids, gallery_ids)
+    q_rows, g_rows, dist, dev = sides.q_rows, sides.g_rows, sides.dist, feats.features.device
     num_q, num_g = dist.shape
     logit_of = _pair_scorer(model, feats, q_rows, g_rows, device, "logit")
     qi, gi = torch.arange(num_q).repeat_interleave(num_g), torch.arange(num_g).repeat(num_q)
@@ -653,8 +683,6 @@ def eq2_breakdown(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig
             return model.pair_score(fq[q.to(dev)], fg[g.to(dev)], logits[q, g].to(dev), kind=kind, lam=lam)
         return score
 
-    q_pids, g_pids = manifest.pids[q_pos], manifest.pids[g_pos]
-    q_cams, g_cams = manifest.camids[q_pos], manifest.camids[g_pos]
     rows = []
     plans = [("F only", "distance", None), ("M only", "metric", None)] + [
         (f"S, λ = {lam:g}", "similarity", float(lam)) for lam in lambdas]
@@ -663,9 +691,9 @@ def eq2_breakdown(model, manifest, feats: TrackletFeatures, eval_cfg: EvalConfig
         for mode, exact in modes:
             scorer = None if kind == "distance" else lookup(kind, lam)
             ranking = rank_gallery(dist, scorer, e.rerank_top_k, bool(exact), pair_batch)
-            m = evaluate_order(ranking.order, q_pids, g_pids, q_cams, g_cams, e.convention, max_rank)
-            per_query = _per_query(ranking, m, np.asarray(query_ids), np.asarray(gallery_ids), q_pids, g_pids,
-                                   q_cams, g_cams, keep_top)
+            m = evaluate_order(ranking.order, sides.q_pids, sides.g_pids, sides.q_cams, sides.g_cams, e.convention,
+                               max_rank)
+            per_query = _per_query(ranking, m, np.asarray(query_ids), np.asarray(gallery_ids), sides, keep_top)
             rows.append({"ranking": label, "score": kind, "lam": lam, "mode": mode,
                          "rank1": 100.0 * float(m.cmc[0]), "mAP": 100.0 * float(m.mAP), "per_query": per_query})
     return rows

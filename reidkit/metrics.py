@@ -64,6 +64,15 @@ from dataclasses import dataclass
 import numpy as np
 
 CONVENTIONS = ("common", "official")
+# What every result reports, in percent: CMC at ranks 1, 5, 10, 20 and mAP (the columns of Tables 2 and 3)
+METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP")
+
+
+def sample_std(values) -> float:
+    """The standard deviation of ``values`` with n − 1 (0 for a single value): the "std (n − 1)"
+    of every "mean ± std" over seeds or splits."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 # Flags for one gallery entry seen from one query (used by the per-query retrieval records).
 FLAG_IGNORED = -1      # junk (pid -1) or same pid & same camera: removed before ranking

@@ -19,9 +19,10 @@ the persons it trained on. One manifest and one frame cache serve every split. I
 Run it again on the same ``out_dir`` and a split whose run finished and whose metrics.json matches
 it (same epoch and step, same ``config.eval``) is neither trained nor evaluated again; a finished
 run without matching metrics is evaluated again; an interrupted one resumes from its ``last.pt``
-(``Trainer.fit(resume=True)``), as ``reidkit.ablate`` does. ``train.epochs`` may grow between
-calls (every split then resumes) and ``eval`` may change (every model is evaluated again); any
-other setting, or another dataset, is refused: that ``out_dir`` holds another experiment.
+(``Trainer.fit(resume=True)``): ``reidkit.ablate.train_and_score``, the loop the ablation runs
+too. ``train.epochs`` may grow between calls (every split then resumes) and ``eval`` may change
+(every model is evaluated again); any other setting, or another dataset, is refused: that
+``out_dir`` holds another experiment.
 
 The paper fine-tunes a model trained on MARS for these datasets (Table 3): ``train.init`` (or
 ``--init CHECKPOINT``) starts every split from that checkpoint's weights with a fresh optimiser;
@@ -39,16 +40,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from reidkit.ablate import earlier_run, format_cell, summarize, write_csv
-from reidkit.checkpoint import load_model
+from reidkit.ablate import format_cell, summarize, train_and_score, write_csv
 from reidkit.config import Config, EvalConfig
 from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import describe_convention, evaluate
 from reidkit.files import folder_entries, write_json, write_text
+from reidkit.metrics import METRICS
 from reidkit.models import METHOD_NAMES
-from reidkit.train import RESUMABLE_CHANGES, RunExistsError, Trainer, config_changes, resolve_device
+from reidkit.train import RESUMABLE_CHANGES, RunExistsError, config_changes, resolve_device
 
 __all__ = ["PAPER_TABLE3", "METRICS", "run_splits", "check_dataset", "dataset_digest", "write_summary"]
 
@@ -56,7 +56,6 @@ __all__ = ["PAPER_TABLE3", "METRICS", "run_splits", "check_dataset", "dataset_di
 # keyed by the manifest's meta.json "source"
 PAPER_TABLE3 = {"ilidsvid": {"rank1": 55.2, "rank5": 86.5, "rank20": 97.0},
                 "prid2011": {"rank1": 79.4, "rank5": 94.4, "rank20": 99.3}}
-METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP")
 COLUMNS = ("split", "method", "variant", *METRICS, "num_queries", "num_gallery", "epochs", "steps", "how",
            "train_s", "eval_s", "ranking")
 RUN_FILE = "run.json"
@@ -167,38 +166,30 @@ def run_splits(config: Config, out_dir, splits: Sequence[int] | None = None, pro
         run_config = Config.from_dict(config.to_dict(), settings={"data.split": i, "train.out_dir": str(run_dir)})
         metrics_path = run_dir / "metrics.json"
         start = time.perf_counter()
-        # eval settings may change: evaluate again; a run of other settings or data is refused
-        earlier, state = earlier_run(run_dir, run_config, allowed=ALLOWED_CHANGES, fingerprint=manifest.fingerprint)
-        metrics = _kept_metrics(metrics_path, state, run_config.eval) if earlier == "finished" else None
-        if metrics is not None:
-            how = "kept"
-        else:
-            if earlier == "finished":  # trained by an earlier call; its metrics are missing or of other eval settings
-                model, _ = load_model(run_dir / "last.pt", device=device)
-                steps, final_loss = int(state["step"]), state["history"][-1]["loss"]
-                how, train_s = "evaluated again", 0.0
-            else:  # a fresh run, or resume one that stopped early
-                trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
-                trainer.fit(resume=earlier == "unfinished", force=True)
-                if trainer.epoch < run_config.train.epochs:  # a callback stopped it: no metrics for half a run
-                    log(f"[ten-split] split {i}: stopped at epoch {trainer.epoch} of {run_config.train.epochs}; "
-                        f"run again to resume it")
-                    return None
-                model, steps, final_loss = trainer.model, trainer.step, trainer.history[-1]["loss"]
-                how = "resumed" if earlier == "unfinished" else "trained"
-                train_s = time.perf_counter() - start
-                del trainer
+
+        def score(model, run, i=i, run_config=run_config, metrics_path=metrics_path):
+            """Split i's metrics.json: the model on its own test half (none for a stopped run)."""
+            if run.stopped:  # a callback stopped it: no metrics for half a run
+                return None
             tick = time.perf_counter()
             result = evaluate(model, manifest, cache, run_config.eval, split=i, device=device, progress=progress)
             test_pids = sorted({int(p) for p in manifest.pids[manifest.positions(manifest.split(i).query)]})
             metrics = {"split": i, "variant": config.model.variant, "epochs": run_config.train.epochs,
-                       "steps": steps, "final_loss": final_loss, "test_pids": test_pids,
-                       "eval": dataclasses.asdict(run_config.eval), "train_s": round(train_s, 1),
+                       "steps": run.steps, "final_loss": run.history[-1]["loss"], "test_pids": test_pids,
+                       "eval": dataclasses.asdict(run_config.eval), "train_s": round(run.train_s, 1),
                        "eval_s": round(time.perf_counter() - tick, 1), **result.to_dict(per_query=False)}
             write_json(metrics_path, metrics, indent=1)
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            return metrics
+
+        # eval settings may change: evaluate again; a run of other settings or data is refused
+        run = train_and_score(run_config, manifest, cache, score, allowed=ALLOWED_CHANGES, device=device,
+                              callbacks=callbacks,
+                              reuse=lambda state: _kept_metrics(metrics_path, state, run_config.eval))  # noqa: B023
+        if run.stopped:
+            log(f"[ten-split] split {i}: stopped at epoch {run.epochs} of {run_config.train.epochs}; "
+                f"run again to resume it")
+            return None
+        metrics, how = run.scores, run.how
         rows.append({"split": i, "method": method, "variant": config.model.variant, "trained": True,
                      **{m: round(float(metrics[m]), 2) for m in METRICS},
                      "num_queries": metrics["num_queries"], "num_gallery": metrics["num_gallery"],
@@ -216,8 +207,7 @@ def write_summary(rows: list[dict], cmcs: list[np.ndarray], out_dir, config: Con
     """splits.csv, summary.json and summary.md of the per-split ``rows`` (as ``run_splits`` makes them)."""
     out_dir = Path(out_dir)
     write_csv(out_dir / "splits.csv", COLUMNS, [{k: r[k] for k in COLUMNS} for r in rows])
-    summary = summarize(rows, over="split")[0]
-    del summary["paper_rank1_mars"]  # Table 2's MARS column: see paper_table3 instead
+    summary = summarize(rows, over="split", extra=())[0]  # the paper's numbers: paper_table3
     splits = summary["splits"]
     source = str(manifest.meta.get("source", ""))
     convention = describe_convention("two_camera", config.eval.convention, len(splits))

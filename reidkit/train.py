@@ -78,6 +78,7 @@ from reidkit.data import (FrameCache, Manifest, ManifestError, TrainClipLoader, 
 from reidkit.files import DiskFullError, disk_full_error, write_text
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
+from reidkit.metrics import METRICS
 from reidkit.models import TemporalAttention, build_model, load_pretrained_cnn, state_dict_differences
 from reidkit.models.caffenet import disable_cudnn_tf32
 
@@ -712,7 +713,7 @@ class Trainer:
             with _eager():  # a compiled CNN would recompile for eval mode, no_grad and the eval batch
                 result = evaluate(self.model, self.train_manifest, self.cache, self.config.eval,
                                   split=self.train_split, device=self.device, progress=False)
-            metrics = {k: float(getattr(result, k)) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")}
+            metrics = {k: float(getattr(result, k)) for k in METRICS}
             metrics["scored_on"] = "validation" if self.config.data.val_ids else "test"
         self.model.train()
         if self.distributed:

@@ -222,9 +222,9 @@ def test_two_camera_averages_over_splits(make_manifest):
     for name in ("rank1", "rank5", "mAP"):
         values = [getattr(s, name) for s in result.splits]
         assert getattr(result, name) == pytest.approx(np.mean(values))
-        assert result.std[name] == pytest.approx(np.std(values))
+        assert result.std[name] == pytest.approx(np.std(values, ddof=1))  # n − 1, as over seeds
     assert result.num_queries == sum(len(s.query) for s in manifest.splits)
-    assert "±" in result.summary() and "3 split" in result.convention
+    assert "±" in result.summary() and "std (n − 1) over 3 split" in result.convention
     single = run(model, manifest, cache, split=1)
     assert single.rank1 == result.splits[1].rank1 and not single.splits
     with pytest.raises(ValueError, match="official"):
