@@ -55,8 +55,8 @@ from reidkit.train import (RESUMABLE_CHANGES, RunExistsError, Trainer, config_ch
                            resume_point, seed_everything)
 
 __all__ = ["PAPER_RANK1", "PAPER_CONCLUSIONS", "PRETRAINED_FLOOR", "run_ablation", "summarize", "format_cell",
-           "write_tables", "earlier_run", "train_and_score", "RunOutcome", "claim_ablation", "write_csv", "conclusions",
-           "learning_curves"]
+           "write_tables", "earlier_run", "train_and_score", "RunOutcome", "read_run_record", "claim_ablation",
+           "write_csv", "conclusions", "learning_curves"]
 
 # Zhou et al. (CVPR 2017), Table 2: rank-1 on MARS; the method names are reidkit.models.METHOD_NAMES
 PAPER_RANK1 = {"cnn": 58.5, "cnn_rnn": 60.3, "cnn_tam": 62.7, "cnn_diff": 63.0, "cnn_srm": 64.2, "all": 70.6}
@@ -219,8 +219,9 @@ def train_and_score(run_config: Config, manifest: Manifest, cache: FrameCache,
         trainer = Trainer(run_config, callbacks=callbacks, manifest=manifest, cache=cache)
         trainer.fit(resume=earlier == "unfinished", force=True)
         model = trainer.model
-        outcome = RunOutcome(earlier, "resumed" if earlier == "unfinished" else "trained", trainer.epoch, trainer.step,
-                             trainer.history, time.perf_counter() - tick, stopped=trainer.epoch < run_config.train.epochs)
+        outcome = RunOutcome(earlier, "resumed" if earlier == "unfinished" else "trained", trainer.epoch,
+                             trainer.step, trainer.history, time.perf_counter() - tick,
+                             stopped=trainer.epoch < run_config.train.epochs)
         del trainer
     outcome.scores = score(model, outcome)
     del model
@@ -238,6 +239,19 @@ ALLOWED_CHANGES = (RESUMABLE_CHANGES | {"model.variant", "train.seed"}
 _TABLES = {"ablation.csv", "summary.csv", "ablation.md", "cmc.json", "cmc.png", RUN_FILE}
 
 
+def read_run_record(path: Path, kind: str, what: str) -> dict:
+    """The ``run.json`` an earlier call of ``kind`` wrote (``what``: its name in errors); a
+    ``RunExistsError`` when it is unreadable or another command's."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunExistsError(f"{path}: unreadable ({e}); choose another --out") from None
+    found = earlier.get("kind") if isinstance(earlier, dict) else None
+    if found != kind:
+        raise RunExistsError(f"{path} is not {what}'s record (kind {found!r}): choose another --out")
+    return earlier
+
+
 def claim_ablation(out_dir: Path, config: Config, manifest: Manifest) -> None:
     """Refuse an ``out_dir`` that holds anything but an ablation of this dataset and these settings
     (see the module docstring), before any work; then record them in ``out_dir/run.json``."""
@@ -245,13 +259,7 @@ def claim_ablation(out_dir: Path, config: Config, manifest: Manifest) -> None:
     record = {"kind": ABLATION_KIND, "dataset": dataset_record(manifest), "config": config.to_dict()}
     path = out_dir / RUN_FILE
     if path.is_file():
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RunExistsError(f"{path}: unreadable ({e}); choose another --out") from None
-        if not isinstance(earlier, dict) or earlier.get("kind") != ABLATION_KIND:
-            kind = earlier.get("kind") if isinstance(earlier, dict) else None
-            raise RunExistsError(f"{path} is not an ablation's record (kind {kind!r}): choose another --out")
+        earlier = read_run_record(path, ABLATION_KIND, "an ablation")
         old = earlier.get("dataset") or {}
         if old.get("fingerprint") and manifest.fingerprint and old["fingerprint"] != manifest.fingerprint:
             raise RunExistsError(f"{out_dir} holds an ablation on another dataset ({old.get('name')} at "

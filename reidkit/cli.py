@@ -63,6 +63,25 @@ def _override(text: str) -> str:
     return text
 
 
+def _add_runs_options(p: argparse.ArgumentParser, run: str, dataset: str) -> None:
+    """--config, --dataset, --out and --device of the commands that train one run per ``run``
+    (ablate: per variant and seed, ten-split: per split) into sub-folders of OUT."""
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"YAML config shared by all {run}s (e.g. configs/cpu.yaml)")
+    p.add_argument("--dataset", required=True, help=dataset)
+    p.add_argument("--out", required=True, help=f"output folder (one sub-folder per {run})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+
+
+def _add_overrides(p: argparse.ArgumentParser, func, quiet: str | None = None) -> None:
+    """The end of a training command's options: --quiet (its help ``quiet``, if given), the
+    key=value overrides, and the function that runs it."""
+    if quiet is not None:
+        p.add_argument("--quiet", action="store_true", help=quiet)
+    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
+    p.set_defaults(func=func)
+
+
 def _load_config(args):
     """--config, then the command's options (--dataset, --variant, --out, --device), then key=value."""
     from reidkit.config import Config  # noqa: PLC0415
@@ -353,8 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "resume; e.g. a MARS model fine-tuned on iLIDS-VID (Table 3)")
     p.add_argument("--force", action="store_true",
                    help="replace the run already in OUT (without --resume), or resume although the config changed")
-    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_train)
+    _add_overrides(p, cmd_train)
 
     p = sub.add_parser("pretrain", help="pretrain the frame CNN on a synthetic population of other people",
                        description="The kit's ImageNet: generate (once) a synthetic population that shares no "
@@ -369,8 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"generator seed of the population (default {POPULATION_SEED}; the lessons' datasets use 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--force", action="store_true", help="replace another run already in OUT")
-    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_pretrain)
+    _add_overrides(p, cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="CMC/mAP of a checkpoint on a dataset",
                        description="Evaluate a training checkpoint; defaults come from the checkpoint's config.")
@@ -399,39 +416,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "again to resume: finished runs are kept, an interrupted one continues; only "
                                    "train.epochs (growing) and eval.* may change, other settings or another dataset "
                                    "are refused (OUT/run.json records them).")
-    p.add_argument("--config", type=Path, default=None, help="YAML config shared by all variants (e.g. configs/cpu.yaml)")
-    p.add_argument("--dataset", required=True, help="manifest folder")
-    p.add_argument("--out", required=True, help="output folder (one sub-folder per variant)")
+    _add_runs_options(p, "variant", "manifest folder")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all six)")
     p.add_argument("--seeds", type=_int_list("integers", negative=True),
                    help="comma-separated training seeds, e.g. 0,1,2: every variant is trained once per seed "
                         "and the table shows the spread (default: train.seed only)")
     p.add_argument("--no-baselines", action="store_true", help="skip the untrained CNN/ALL rows")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--plot", action="store_true", help="also draw OUT/cmc.png (needs matplotlib)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-variant lines")
-    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_ablate)
+    _add_overrides(p, cmd_ablate, quiet="no progress bars or per-variant lines")
 
-    p = sub.add_parser("ten-split", help="Table 3: one model per split of iLIDS-VID/PRID2011, mean ± std (n − 1) over splits",
+    p = sub.add_parser("ten-split",
+                       help="Table 3: one model per split of iLIDS-VID/PRID2011, mean ± std (n − 1) over splits",
                        description="The iLIDS-VID / PRID2011 protocol (Sec. 4): for each split i of a two-camera "
                                    "dataset, train the config with data.split=i into OUT/split_<i>/ and evaluate it on "
                                    "split i's test persons; writes OUT/split_<i>/metrics.json, splits.csv, "
-                                   "summary.json and summary.md (mean ± std (n − 1) over the splits). Run again to resume: "
-                                   "finished splits are kept, an interrupted one continues from its last.pt.")
-    p.add_argument("--config", type=Path, default=None, help="YAML config shared by all splits (e.g. configs/cpu.yaml)")
-    p.add_argument("--dataset", required=True, help="manifest folder of a two-camera dataset with several splits")
-    p.add_argument("--out", required=True, help="output folder (one sub-folder per split)")
+                                   "summary.json and summary.md (mean ± std (n − 1) over the splits). Run again to "
+                                   "resume: finished splits are kept, an interrupted one continues from its last.pt.")
+    _add_runs_options(p, "split", "manifest folder of a two-camera dataset with several splits")
     p.add_argument("--splits", type=_int_list("split indices", negative=False),
                    help="comma-separated split indices, e.g. 0,1,2 (default: every split in the dataset's "
                         "splits.json)")
     p.add_argument("--variant", choices=VARIANTS, help="model.variant (default: the config's)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start every split from this run's weights (train.init), e.g. a MARS model, as Table 3 does")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-split lines")
-    p.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help=OVERRIDES_HELP)
-    p.set_defaults(func=cmd_ten_split)
+    _add_overrides(p, cmd_ten_split, quiet="no progress bars or per-split lines")
 
     p = sub.add_parser("verify-cache", help="check frame caches against the checksums written when they were built",
                        description="Re-hash frame caches (DATASET/.cache/frames_HxW.npy, or a folder of them) and "

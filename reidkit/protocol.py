@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from reidkit.ablate import format_cell, summarize, train_and_score, write_csv
+from reidkit.ablate import format_cell, read_run_record, summarize, train_and_score, write_csv
 from reidkit.config import Config, EvalConfig
 from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import describe_convention, evaluate
@@ -103,12 +103,7 @@ def _claim(out_dir: Path, config: Config, manifest: Manifest) -> None:
               "config": config.to_dict()}
     path = out_dir / RUN_FILE
     if path.is_file():
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RunExistsError(f"{path}: unreadable ({e}); choose another --out") from None
-        if earlier.get("kind") != record["kind"]:
-            raise RunExistsError(f"{path} is not a ten-split run's record: choose another --out")
+        earlier = read_run_record(path, record["kind"], "a ten-split run")
         old = earlier.get("dataset") or {}
         other_files = old.get("fingerprint") and manifest.fingerprint and old["fingerprint"] != manifest.fingerprint
         if old.get("digest") != record["dataset"]["digest"] or other_files:

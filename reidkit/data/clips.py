@@ -308,7 +308,8 @@ class _EpochBatches:
         self.buffers = []
         if not loader.resident:
             shape = (loader.sampler.batch_size, loader.T, loader.cache.height, loader.cache.width, 3)
-            self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda) for _ in range(max(1, loader.prefetch))]
+            self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
+                            for _ in range(max(1, loader.prefetch))]
         self.copier = DeviceCopy(loader.device) if cuda and not loader.resident else None
 
     def draw(self, positions, slot: int) -> _Drawn:
