@@ -114,11 +114,11 @@ viz.attention_heatmap(attention[k], title="ω: row t = LSTM step, column i = fra
 if has_vis:
     w_k, v_k = frame_weights(attention[k]) * T, np.asarray(vis[k])
     lo, hi = int(np.argmin(v_k)), int(np.argmax(v_k))
-    verdict = ("less" if w_k[lo] < w_k[hi] else "more" if w_k[lo] > w_k[hi] else "the same")
+    weighting = ("less" if w_k[lo] < w_k[hi] else "more" if w_k[lo] > w_k[hi] else "the same")
     display(Markdown(
         f"In this clip the least visible frame (frame {lo}, {v_k[lo]:.0%} visible) gets {w_k[lo]:.2f} of the uniform "
         f"weight and the most visible one (frame {hi}, {v_k[hi]:.0%}) gets {w_k[hi]:.2f}: the degraded frame counts "
-        f"**{verdict}** than the clean one. The heatmap's cells range from {attention[k].min():.3f} to "
+        f"**{weighting}** than the clean one. The heatmap's cells range from {attention[k].min():.3f} to "
         f"{attention[k].max():.3f} (uniform: {1 / T:.3f})."))
 
 # %% [markdown]
