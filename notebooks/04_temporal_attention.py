@@ -268,7 +268,7 @@ if has_vis:
 # (`python -m data_prep synthetic --occlusion none|default|heavy`) and compare rank-1, and the
 # TAM's ρ. This takes real training runs — too slow for the `default` profile. The `full`
 # profile runs it (`make report PROFILE=full`); other profiles show the newest stored result
-# only if this very code produced it on this machine.
+# only if it was made with the configuration this lesson would run, by the same reidkit version.
 
 # %%
 dose, dose_source = None, ""
