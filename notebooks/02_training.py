@@ -82,6 +82,7 @@ from IPython.display import Markdown, display
 from reidkit import viz
 from reidkit.checkpoint import load_checkpoint
 from reidkit.config import Config
+from reidkit.data import Manifest
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.lessons import REPO_ROOT, write_metrics
@@ -108,15 +109,18 @@ weights = pretrain(pre_config, people, pretrain_dir, progress=False, force=True)
 pretrain_s = time.perf_counter() - t0
 pre_state = load_checkpoint(pretrain_dir / "last.pt")
 pre_history = pre_state["history"]
-print(f"population: {people.name} — {len(list((people / 'bbox').iterdir()))} person folders; pretrained "
+pre_manifest = Manifest.load(people)
+pre_ids = np.unique(pre_manifest.pids[pre_manifest.positions(pre_manifest.split(0).train)])
+print(f"population: {pre_manifest.name}, {len(pre_ids[pre_ids > 0])} training identities; pretrained "
       f"{pre_state['step']} steps of the cnn variant in {pretrain_s:.0f}s → {weights.relative_to(work_dir)}")
 viz.training_curves(pre_history, keys=("triplet",), title="pretraining on the other population: triplet loss per epoch")
 
 # %% [markdown]
-# **A second floor: the pretrained CNN alone.** Before any fine-tuning, how well does the
-# pretrained CNN, with plain averaging of its fc7 over the frames (the `cnn` variant as it comes
-# out of pretraining), already match this dataset's test people? Lesson 3 adds the first floor,
-# the same architecture with random weights.
+# ## Fine-tuning `all` from the pretrained CNN
+#
+# The fine-tuning configuration names the pretrained file (`model.pretrained`); the trainer
+# loads its convolutions and fc layers into the new model, and the heads (the attention, the
+# LSTM, the SRM) start from random weights.
 
 # %%
 config = Config.from_yaml(ROOT / config_file, [
@@ -243,8 +247,8 @@ start = ("already below 90 % of it" if tri[0] < 0.9 * plateau else "near it" if 
 display(Markdown(
     f"At the first logged step the triplet term was {tri[0]:.3f}, {start} "
     f"({'log 2, the soft margin' if config.train.margin is None else 'the margin'}: {plateau:.3f}); the batch's "
-    f"features before fine-tuning were already {gaps.mean():.2f} apart on average (largest possible 2), because the "
-    f"pretrained CNN tells people apart. "
+    f"L2-normalised features before fine-tuning were {gaps.mean():.2f} apart on average (0 if every clip got the same "
+    f"feature, 2 at most). "
     + (f"It was first below 90 % of that value at step {left_at} of {trainer.step}. " if left_at is not None
        else f"It stayed within 10 % of that value for all {trainer.step} steps. ")
     + f"The pair loss of $M$ averaged {bce_last:.3f} over the last tenth of the logged steps, "
@@ -289,7 +293,7 @@ gain = paired_bootstrap(rank1_hits(result), rank1_hits(floor))
 display(Markdown(
     f"Fine-tuning `all` for {trainer.step} steps took rank-1 from {floor.rank1:.1f} (the pretrained CNN alone) to "
     f"{result.rank1:.1f}: {describe(gain)} (a paired bootstrap over the {len(rank1_hits(result))} queries: the same "
-    f"queries scored by two models). Lesson 3 asks which of the model's parts that gain comes from."))
+    f"queries scored by two models). Lesson 3 asks what each part of the model adds."))
 
 # %%
 _ = write_metrics(metrics_path, {

@@ -47,17 +47,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from reidkit import viz
-from reidkit.attention import (attention_spread, clean_positions, find_result, frame_weights, occlusion_probe,
-                               test_people, visibility_stats)
-from reidkit.data import clip_visibility, normalize_clips
+from reidkit.attention import (attention_spread, clean_positions, fc7_diagnostics, find_result, frame_weights,
+                               low_visibility_discount, occlusion_probe, row_variation, test_people,
+                               tracklet_fc7, training_dynamics, visibility_oracle, visibility_stats)
+from reidkit.data import clip_visibility
 from reidkit.evaluate import even_clip_outputs
-from reidkit.metrics import cmc_map
-from reidkit.significance import Interval, describe, paired_bootstrap, verdict
+from reidkit.significance import describe, paired_bootstrap, verdict
 from reidkit.lessons import REPO_ROOT, open_run, write_metrics
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
@@ -77,7 +75,6 @@ print(f"{model.variant} model from {run_dir / 'last.pt'}, T = {T}, {config.model
 # the weights, and the ground truth of the same frames.
 
 # %%
-split = manifest.split(0)
 test = test_people(manifest, 0)  # real people only: distractors and junk have no "person"
 rng = np.random.default_rng(seed)
 positions = np.sort(rng.choice(test, size=min(max_tracklets, len(test)), replace=False))
@@ -114,11 +111,11 @@ viz.attention_heatmap(attention[k], title="ω: row t = LSTM step, column i = fra
 if has_vis:
     w_k, v_k = frame_weights(attention[k]) * T, np.asarray(vis[k])
     lo, hi = int(np.argmin(v_k)), int(np.argmax(v_k))
-    verdict = ("less" if w_k[lo] < w_k[hi] else "more" if w_k[lo] > w_k[hi] else "the same")
+    weighting = ("less" if w_k[lo] < w_k[hi] else "more" if w_k[lo] > w_k[hi] else "the same")
     display(Markdown(
         f"In this clip the least visible frame (frame {lo}, {v_k[lo]:.0%} visible) gets {w_k[lo]:.2f} of the uniform "
         f"weight and the most visible one (frame {hi}, {v_k[hi]:.0%}) gets {w_k[hi]:.2f}: the degraded frame counts "
-        f"**{verdict}** than the clean one. The heatmap's cells range from {attention[k].min():.3f} to "
+        f"**{weighting}** than the clean one. The heatmap's cells range from {attention[k].min():.3f} to "
         f"{attention[k].max():.3f} (uniform: {1 / T:.3f})."))
 
 # %% [markdown]
@@ -170,16 +167,9 @@ else:
 # %%
 history_path = run_dir / "history.json"
 steps_log = json.loads(history_path.read_text())["steps"] if history_path.exists() else []
-dyn = {}
-if any("attention_entropy" in r for r in steps_log):
+dyn = training_dynamics(steps_log)  # first and last third of the logged steps
+if dyn:
     display(viz.attention_training(steps_log, title=f"how the TAM trained ({run_dir.name})"))
-    rows = [r for r in steps_log if "attention_entropy" in r]
-    third = max(1, len(rows) // 3)
-    dyn = {"first_grad": float(np.mean([r["attention_grad_norm"] for r in rows[:third]])),
-           "last_grad": float(np.mean([r["attention_grad_norm"] for r in rows[-third:]])),
-           "first_entropy": float(np.mean([r["attention_entropy"] for r in rows[:third]])),
-           "last_entropy": float(np.mean([r["attention_entropy"] for r in rows[-third:]])),
-           "last_triplet": float(np.mean([r["triplet"] for r in rows[-third:]]))}
     display(Markdown(
         f"Over the first third of training the gradient reaching the attention sub-net averaged "
         f"{dyn['first_grad']:.2e}, over the last third {dyn['last_grad']:.2e} "
@@ -197,33 +187,16 @@ else:
 
 # %%
 diag = {}
-fc7_of = {}  # every frame's fc7, per tracklet position: computed once, reused by the oracle below
+fc7_memo = {}  # every frame's fc7, per tracklet position: computed once, reused by the oracle below
 
 
-def tracklet_fc7(p, chunk=64):
-    """fc7 (L, D) of all L frames of the tracklet at position p, through the CNN ``chunk`` frames at a time."""
-    if p not in fc7_of:
-        parts = []
-        with torch.no_grad():
-            for a in range(0, int(manifest.lengths[p]), chunk):
-                x = torch.from_numpy(np.asarray(cache.clip(p, np.arange(a, min(a + chunk, manifest.lengths[p])))))
-                parts.append(model.pool5_and_fc7(normalize_clips(x[None]).to(dev))[1][0].float().cpu())
-        fc7_of[p] = torch.cat(parts)
-    return fc7_of[p]
+def fc7_of(p):
+    return tracklet_fc7(model, manifest, cache, p, dev, memo=fc7_memo)
 
 
 if has_vis:
-    model.eval()
-    fc7 = [tracklet_fc7(p) for p in positions]
-    vis_all = [np.asarray(manifest.tracklets[p].visibility) for p in positions]
-    cos = np.concatenate([(1 - F.normalize(f, dim=1) @ F.normalize(f.mean(0), dim=0)).numpy() for f in fc7])
-    norms = np.concatenate([f.norm(dim=1).numpy() for f in fc7])
-    va = np.concatenate(vis_all)
-    bad, good = va < 0.5, va > 0.9
-    if bad.any() and good.any():
-        diag = {"cosine_distance_below_0.5": float(cos[bad].mean()), "cosine_distance_above_0.9": float(cos[good].mean()),
-                "norm_ratio_below_0.5": float(norms[bad].mean() / norms[good].mean()),
-                "fraction_frames_below_0.5": float(bad.mean())}
+    diag = fc7_diagnostics([fc7_of(p) for p in positions], [manifest.tracklets[p].visibility for p in positions])
+    if diag:
         display(Markdown(
             f"Frames under 50 % visible sit at cosine distance {diag['cosine_distance_below_0.5']:.3f} from their "
             f"tracklet's mean fc7, frames over 90 % visible at {diag['cosine_distance_above_0.9']:.3f}: the CNN "
@@ -244,24 +217,7 @@ if has_vis:
 # %%
 oracle, oracle_hits = {}, {}
 if has_vis:
-    q_pos, g_pos = manifest.positions(split.query), manifest.positions(split.gallery)
-
-    def descriptors(ps, weighted):
-        out = []
-        for p in ps:
-            f = tracklet_fc7(p)
-            v = manifest.tracklets[p].visibility
-            w = (torch.tensor(np.asarray(v), dtype=torch.float32).clamp_min(1e-3) ** 4
-                 if weighted and v is not None else torch.ones(len(f)))
-            out.append((w[:, None] * f).sum(0) / w.sum())
-        return F.normalize(torch.stack(out), dim=1)
-
-    for name, weighted in (("mean", False), ("visibility_weighted", True)):
-        d = torch.cdist(descriptors(q_pos, weighted), descriptors(g_pos, weighted)).numpy()
-        details = cmc_map(d, manifest.pids[q_pos], manifest.pids[g_pos], manifest.camids[q_pos],
-                          manifest.camids[g_pos], return_details=True)
-        oracle[name] = {"rank1": float(details.cmc[0] * 100), "mAP": float(details.mAP * 100)}
-        oracle_hits[name] = (details.first_hit[details.valid] == 1).astype(float)
+    oracle, oracle_hits = visibility_oracle(fc7_of, manifest, split=0, power=4)
     gain = paired_bootstrap(oracle_hits["visibility_weighted"], oracle_hits["mean"])
     oracle["gain"] = gain.to_dict() | {"verdict": verdict(gain)}
     display(Markdown(
@@ -312,15 +268,19 @@ if has_vis:
 # (`python -m data_prep synthetic --occlusion none|default|heavy`) and compare rank-1, and the
 # TAM's ρ. This takes real training runs — too slow for the `default` profile. The `full`
 # profile runs it (`make report PROFILE=full`); other profiles show the newest stored result
-# only if this very code produced it on this machine.
+# only if it was made with the configuration this lesson would run, by the same reidkit version.
 
 # %%
 dose, dose_source = None, ""
+if dose_response in ("run", "show"):
+    from reidkit.config import Config
+
+    dose_cfg = Config.from_yaml(ROOT / dose_config_file, [f"train.seed={seed}", f"train.device={device}",
+                                                         "train.progress=false", *dose_overrides])
 if dose_response == "run":
     from data_prep.synthetic import generate  # the study makes its own datasets
 
     from reidkit.attention import dose_response as run_dose_response
-    from reidkit.config import Config
 
     datasets = {}
     for level in dose_levels:
@@ -328,13 +288,11 @@ if dose_response == "run":
         if not (root / "tracklets.csv").exists():
             generate(root, preset=dose_preset, seed=seed, occlusion=level, progress=False)
         datasets[level] = root
-    dose_cfg = Config.from_yaml(ROOT / dose_config_file, [f"train.seed={seed}", f"train.device={device}",
-                                                         "train.progress=false", *dose_overrides])
     t0 = time.perf_counter()
     dose = run_dose_response(dose_cfg, datasets, work_dir / "dose_response")
     dose_source = f"run in this report ({time.perf_counter() - t0:.0f} s)"
 elif dose_response == "show":
-    dose, dose_source = find_result(ROOT / "reports")
+    dose, dose_source = find_result(ROOT / "reports", dose_cfg)  # one made with this config by this version
 if dose is not None:
     rows = dose["rows"]
     display(viz.dose_response_plot(rows, title="dose-response: rank-1 and ρ against the occlusion level"))
@@ -381,7 +339,7 @@ viz.spread_of_attention(attention, title=f"spread of the attention over {len(pos
 # spread of the weights over frames.
 
 # %%
-row_var = np.abs(attention - attention.mean(axis=1, keepdims=True)).max(axis=(1, 2))
+row_var = row_variation(attention)  # per clip: max over t, i of |ω_t,i − mean over t|
 frame_spread = float(spread["spread"].mean())
 ratio = float(row_var.mean() / frame_spread) if frame_spread > 0 else float("nan")
 display(Markdown(
@@ -403,14 +361,7 @@ if interactive:
 patch_weight = probe.get("patch", {}).get(1, {}).get("occluded") if probe else None
 claims = []
 if vstats.get("relative_weight_visibility_below_0.5") is not None:
-    low = []  # per clip: the mean relative weight of its frames under half visible (clips resampled)
-    for w_row, v_row in zip(attention.mean(axis=1) * T, clip_vis):
-        mask = np.asarray(v_row) < 0.5
-        if mask.any():
-            low.append(float(w_row[mask].mean()))
-    boot = np.random.default_rng(seed).choice(np.asarray(low), size=(2000, len(low))).mean(axis=1)
-    lo, hi = np.percentile((1 - boot) * 100, [2.5, 97.5])
-    discount = Interval(float((1 - np.mean(low)) * 100), float(lo), float(hi), 0.95, 2000)
+    discount = low_visibility_discount(attention, clip_vis, below=0.5, seed=seed)  # clips resampled
     claims.append({"claim": "the attention discounts frames under half visible (Fig. 1): % below the uniform weight",
                    "diff": discount.diff, "interval": [discount.low, discount.high], "verdict": verdict(discount)})
 _ = write_metrics(metrics_path, {

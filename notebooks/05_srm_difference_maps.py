@@ -46,6 +46,7 @@ from IPython.display import Markdown, display
 from scipy.stats import spearmanr
 
 from reidkit import explain, viz
+from reidkit.attention import test_people
 from reidkit.data import even_clip, even_frame_indices
 from reidkit.evaluate import even_clip_outputs
 from reidkit.checkpoint import load_model
@@ -68,8 +69,7 @@ print(f"{model.variant} model, pool5 grid {config.model.pool5_grid} × {config.m
 # %%
 split = manifest.split(0)
 rng = np.random.default_rng(seed)
-test = manifest.positions(split.query + split.gallery)
-test = test[manifest.pids[test] >= 1]
+test = test_people(manifest, 0)  # real people only: distractors and junk have no "person"
 
 
 def frames_and_clip(p):

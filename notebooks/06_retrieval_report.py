@@ -318,7 +318,8 @@ print("packages:", ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v
 # **Only statistically:** another thread count, another CPU (oneDNN picks its kernels by
 # instruction set, e.g. native bf16 or not), other package versions or a GPU sum in other
 # orders, and the runs drift apart from the first step. There the honest error bar is the
-# spread across training seeds that lesson 3 measures, printed below when lesson 3 ran.
+# spread across training seeds that lesson 3 measures (printed below when lesson 3 ran), which
+# its bootstrap intervals take into account.
 # The settings that decide which case applies are recorded in `reproducibility.json`.
 
 # %%
@@ -327,7 +328,8 @@ print("threads: torch", determinism["torch_threads"], "/ inter-op", determinism[
       "| env", {k: v for k, v in determinism["env"].items() if v} or "(unset)",
       "| deterministic algorithms:", determinism["deterministic_algorithms"],
       "| native bf16:", determinism["cpu_native_bf16"], "| CPU:", determinism["cpu_model"])
-spread = metrics.get("03_ablations", {}).get("seed_spread") or {}
+spread = {r["method"]: r["rank1_max"] - r["rank1_min"] for r in metrics.get("03_ablations", {}).get("summary", [])
+          if r.get("trained") and len(r.get("seeds", [])) > 1}
 if spread:
     widest = max(spread, key=spread.get)
     print(f"lesson 3's seed spread (rank-1 max − min across seeds, this run): widest {spread[widest]:.1f} points "

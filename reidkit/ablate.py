@@ -236,7 +236,8 @@ ABLATION_KIND = "reidkit ablation"
 # (every run is evaluated again), and what run_ablation sets per run
 ALLOWED_CHANGES = (RESUMABLE_CHANGES | {"model.variant", "train.seed"}
                    | {f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)})
-_TABLES = {"ablation.csv", "summary.csv", "ablation.md", "cmc.json", "cmc.png", RUN_FILE}
+_TABLES = {"ablation.csv", "summary.csv", "ablation.md", "cmc.json", "cmc.png", "hits.json", "learning_curves.json",
+           "conclusions.json", RUN_FILE}
 
 
 def read_run_record(path: Path, kind: str, what: str) -> dict:

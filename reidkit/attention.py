@@ -1,49 +1,59 @@
 """Does the temporal attention (Eq. 3) look past degraded frames? Measurements for lesson 4.
 
 Per-clip analysis of ω: :func:`frame_weights` (one weight per frame), :func:`attention_spread`
-(distance from uniform: spread and normalised entropy) and :func:`correlations` (Pearson r and
-Spearman ρ), which the figures in ``viz`` draw. Three tools, all reading ground-truth
-visibility only to *measure* (training never sees it):
+(distance from uniform: spread and normalised entropy), :func:`row_variation` (does ω_t change
+with the step t?) and :func:`correlations` (Pearson r and Spearman ρ), which the figures in
+``viz`` draw; :func:`training_dynamics` summarises how the attention trained from the logged
+steps. The tools that read ground-truth visibility read it only to *measure* (training never
+sees it):
 
 - :func:`visibility_stats` — how the TAM's per-frame weight T·ω̄_i relates to each frame's
   ground-truth visibility over many clips: Spearman ρ over all frames and over the frames of
   clips that hold a degraded frame, the mean relative weight of frames below 0.5 visibility
-  (1 = the uniform weight 1/T), the spread and entropy of ω.
+  (1 = the uniform weight 1/T), the spread and entropy of ω; :func:`low_visibility_discount`
+  puts a bootstrap interval on how much those frames are discounted.
+- :func:`fc7_diagnostics` and :func:`visibility_oracle` — do degraded frames look different to
+  the CNN (fc7 of every frame, :func:`tracklet_fc7`), and what would weighting the frames by
+  their true visibility buy over plain averaging (the room the TAM has)?
 - :func:`occlusion_probe` — the controlled experiment behind the paper's Fig. 1: take clean
   test clips, occlude k of their T frames (blanked to grey, or covered by a patch of another
   clip, as ``data.erase_frames`` does), and measure where ω moves.
 - :func:`dose_response` — train CNN (averaging) and CNN+TAM on datasets of increasing
   occlusion, and report rank-1 and the attention statistics of each (slow: the ``full``
-  report profile). Its JSON records a code fingerprint and the machine, so a lesson can show a
-  stored result only when this code on this machine produced it (:func:`find_result`).
+  report profile). Its JSON records the config and the code version (reidkit's version and
+  the git commit), so a lesson shows a stored result only when it was made with the config
+  the lesson would run and by this version of reidkit (:func:`find_result`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import stats as sps
 
+from reidkit import __version__
 from reidkit.config import Config
 from reidkit.data import FrameCache, Manifest, clip_visibility, erase_frames, even_frame_indices, normalize_clips
 from reidkit.evaluate import even_clip_outputs, evaluate
 from reidkit.files import write_json
+from reidkit.lessons import git_info
+from reidkit.metrics import cmc_map
 from reidkit.models import METHOD_NAMES, eval_mode
+from reidkit.significance import Interval
 from reidkit.train import Trainer
 
-__all__ = ["DEGRADED", "frame_weights", "attention_spread", "flatten", "correlations", "visibility_stats",
-           "test_people", "clean_positions", "occlusion_probe", "dose_response", "code_fingerprint", "machine_id",
-           "find_result"]
+__all__ = ["DEGRADED", "frame_weights", "attention_spread", "row_variation", "flatten", "correlations",
+           "visibility_stats", "low_visibility_discount", "training_dynamics", "test_people", "tracklet_fc7",
+           "fc7_diagnostics", "visibility_oracle", "clean_positions", "occlusion_probe", "dose_response",
+           "code_version", "find_result"]
 
 DEGRADED = 0.7  # a clip "holds a degraded frame" when one of its frames is less than 70 % visible
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def frame_weights(attention) -> np.ndarray:
@@ -76,6 +86,17 @@ def attention_spread(attention_batch) -> dict[str, np.ndarray]:
     p = np.clip(a, 1e-12, None)
     ent = -(a * np.log(p)).sum(-1) / np.log(T) if T > 1 else np.ones(a.shape[:2])
     return {"spread": spread, "entropy": ent.mean(-1)}
+
+
+def row_variation(attention_batch) -> np.ndarray:
+    """Does ω depend on the step t? Per clip, ``max_{t,i} |ω_{t,i} − (1/T) Σ_s ω_{s,i}|``: the
+    largest difference between a row of the T×T map and the mean of its rows (0 when every
+    step weights the frames alike). ``attention_batch``: ``(N, T, T)``; returns ``(N,)`` in the
+    input's float type."""
+    a = np.asarray(attention_batch)
+    if a.ndim != 3:
+        raise ValueError(f"expected (N, T, T), got shape {a.shape}")
+    return np.abs(a - a.mean(axis=1, keepdims=True)).max(axis=(1, 2))
 
 
 def flatten(values) -> np.ndarray:
@@ -136,6 +157,53 @@ def visibility_stats(attention, visibility) -> dict:
     }
 
 
+def low_visibility_discount(attention, visibility, below: float = 0.5, n_boot: int = 2000,
+                            seed: int = 0) -> Interval | None:
+    """How much the TAM discounts frames under ``below`` visibility, in % of the uniform weight.
+
+    Per clip that holds such frames, their mean relative weight T·ω̄_i (``attention`` (N, T, T),
+    ``visibility`` (N, T)); the estimate is ``(1 − mean over those clips) × 100`` (positive: the
+    frames get less than the uniform weight), with a 95 % percentile bootstrap interval that
+    resamples the clips. None when no clip holds such a frame.
+    """
+    a = np.asarray(attention)
+    T = a.shape[-1]
+    low = []  # per clip: the mean relative weight of its frames under ``below`` visible
+    for w_row, v_row in zip(a.mean(axis=1) * T, visibility):
+        mask = np.asarray(v_row) < below
+        if mask.any():
+            low.append(float(w_row[mask].mean()))
+    if not low:
+        return None
+    boot = np.random.default_rng(seed).choice(np.asarray(low), size=(n_boot, len(low))).mean(axis=1)
+    lo, hi = np.percentile((1 - boot) * 100, [2.5, 97.5])
+    return Interval(float((1 - np.mean(low)) * 100), float(lo), float(hi), 0.95, n_boot)
+
+
+def training_dynamics(steps_log) -> dict[str, float]:
+    """How the attention trained, from the trainer's logged steps (``history.json``'s ``steps``).
+
+    Of the logged steps that carry attention statistics (models with the TAM), the first and the
+    last third (at least one step each): the mean norm of the gradient reaching the attention
+    sub-net (``first_grad``, ``last_grad``), the mean normalised entropy of ω (``first_entropy``,
+    ``last_entropy``) and the mean triplet loss of the last third (``last_triplet``). Empty when
+    no step carries them.
+    """
+    rows = [r for r in steps_log if "attention_entropy" in r]
+    if not rows:
+        return {}
+    third = max(1, len(rows) // 3)
+
+    def mean(key, part):
+        return float(np.mean([r[key] for r in part]))
+
+    return {"first_grad": mean("attention_grad_norm", rows[:third]),
+            "last_grad": mean("attention_grad_norm", rows[-third:]),
+            "first_entropy": mean("attention_entropy", rows[:third]),
+            "last_entropy": mean("attention_entropy", rows[-third:]),
+            "last_triplet": mean("triplet", rows[-third:])}
+
+
 def test_people(manifest, split: int = 0) -> np.ndarray:
     """Manifest positions of the real-person test tracklets (query + gallery, pid >= 1): the
     clips the attention is measured on (distractors and junk have no person to look at)."""
@@ -145,6 +213,89 @@ def test_people(manifest, split: int = 0) -> np.ndarray:
 
 
 test_people.__test__ = False  # a library function, not a test: tell pytest not to collect it
+
+
+def tracklet_fc7(model, manifest, cache, position: int, device="cpu", chunk: int = 64,
+                 memo: dict | None = None) -> torch.Tensor:
+    """fc7 ``(L, D)`` (float32, on the CPU) of all L frames of the tracklet at ``position``,
+    through the model's CNN in eval mode, ``chunk`` frames at a time.
+
+    ``memo``: a dict the results are kept in (by position) and read from, so that analyses of
+    the same tracklets share one pass of the CNN; the caller owns it (one per model).
+    """
+    p = int(position)
+    if memo is not None and p in memo:
+        return memo[p]
+    n = int(manifest.lengths[p])
+    parts = []
+    with eval_mode(model):
+        for a in range(0, n, chunk):
+            x = torch.from_numpy(np.asarray(cache.clip(p, np.arange(a, min(a + chunk, n)))))
+            parts.append(model.pool5_and_fc7(normalize_clips(x[None]).to(device))[1][0].float().cpu())
+    fc7 = torch.cat(parts)
+    if memo is not None:
+        memo[p] = fc7
+    return fc7
+
+
+def fc7_diagnostics(fc7, visibility, below: float = 0.5, above: float = 0.9) -> dict[str, float]:
+    """Do degraded frames look different to the CNN? From the fc7 ``(L, D)`` of whole tracklets
+    (a list, e.g. from :func:`tracklet_fc7`) and their per-frame ``visibility`` (a list of (L,)).
+
+    Per frame: the cosine distance of its fc7 to its tracklet's mean fc7, and its fc7 norm.
+    Returns the mean cosine distance of the frames under ``below`` visibility and over ``above``
+    (``cosine_distance_below_0.5`` / ``_above_0.9``, named for the defaults), the ratio of their
+    mean norms (``norm_ratio_below_0.5``) and the fraction of frames under ``below``. Empty when
+    either group has no frame.
+    """
+    fc7 = [torch.as_tensor(f) for f in fc7]
+    cos = np.concatenate([(1 - F.normalize(f, dim=1) @ F.normalize(f.mean(0), dim=0)).numpy() for f in fc7])
+    norms = np.concatenate([f.norm(dim=1).numpy() for f in fc7])
+    va = np.concatenate([np.asarray(v) for v in visibility])
+    if va.shape != cos.shape:
+        raise ValueError(f"{len(va)} visibility values for {len(cos)} frames")
+    bad, good = va < below, va > above
+    if not (bad.any() and good.any()):
+        return {}
+    return {"cosine_distance_below_0.5": float(cos[bad].mean()), "cosine_distance_above_0.9": float(cos[good].mean()),
+            "norm_ratio_below_0.5": float(norms[bad].mean() / norms[good].mean()),
+            "fraction_frames_below_0.5": float(bad.mean())}
+
+
+def visibility_oracle(fc7_of, manifest, split: int = 0, power: float = 4) -> tuple[dict, dict]:
+    """What perfect frame selection would buy: rank the test set with each tracklet's fc7
+    averaged over all its frames (weights 1, as evaluation averages) and weighted by its
+    ground-truth visibility ``v ** power`` (v clamped to at least 1e-3; occluded frames nearly
+    ignored), both L2-normalised, by Euclidean distance (``metrics.cmc_map``).
+
+    ``fc7_of(position)`` returns the fc7 ``(L, D)`` of all frames of a tracklet (e.g.
+    :func:`tracklet_fc7` with a ``memo``); a tracklet without visibility gets weights 1 either way.
+    Returns ``(scores, hits)``: ``scores[name] = {"rank1": …, "mAP": …}`` (in %) and
+    ``hits[name]`` the rank-1 outcome (0/1) of every query the metric counts, in query order, for
+    a paired comparison (``significance.paired_bootstrap``); ``name`` is ``"mean"`` or
+    ``"visibility_weighted"``.
+    """
+    s = manifest.split(split)
+    q_pos, g_pos = manifest.positions(s.query), manifest.positions(s.gallery)
+
+    def descriptors(ps, weighted):
+        out = []
+        for p in ps:
+            f = fc7_of(p)
+            v = manifest.tracklets[p].visibility
+            w = (torch.tensor(np.asarray(v), dtype=torch.float32).clamp_min(1e-3) ** power
+                 if weighted and v is not None else torch.ones(len(f)))
+            out.append((w[:, None] * f).sum(0) / w.sum())
+        return F.normalize(torch.stack(out), dim=1)
+
+    scores, hits = {}, {}
+    for name, weighted in (("mean", False), ("visibility_weighted", True)):
+        d = torch.cdist(descriptors(q_pos, weighted), descriptors(g_pos, weighted)).numpy()
+        details = cmc_map(d, manifest.pids[q_pos], manifest.pids[g_pos], manifest.camids[q_pos],
+                          manifest.camids[g_pos], return_details=True)
+        scores[name] = {"rank1": float(details.cmc[0] * 100), "mAP": float(details.mAP * 100)}
+        hits[name] = (details.first_hit[details.valid] == 1).astype(float)
+    return scores, hits
 
 
 def clean_positions(manifest, positions, T: int, min_visibility: float = 0.9) -> np.ndarray:
@@ -215,24 +366,24 @@ def occlusion_probe(model, manifest, cache, positions, ks=(0, 1, 2, 3), kinds=("
 # The dose-response study (slow) and where its results may be shown
 # --------------------------------------------------------------------------------------------
 
-def code_fingerprint(root: Path = REPO_ROOT) -> str:
-    """SHA-256 of the code and configs that produce a result: reidkit/, data_prep/, configs/."""
-    h = hashlib.sha256()
-    for sub, pattern in (("reidkit", "*.py"), ("data_prep", "*.py"), ("configs", "*.yaml")):
-        for path in sorted((root / sub).rglob(pattern)):
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+def code_version() -> dict:
+    """The code a result is made by: reidkit's version, and the git commit of the checkout with
+    whether it had uncommitted changes (None where this is not a git checkout)."""
+    git = git_info()
+    return {"reidkit": __version__, "commit": git["commit"], "dirty": git["dirty"]}
 
 
-def machine_id() -> dict:
-    """What identifies the machine a result was produced on (host, CPU model, torch, threads)."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+def _plain(config) -> dict:
+    """A config (``Config`` or its dict) as JSON would store it, to compare with a stored one."""
+    return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config))
+
+
+def _differing_keys(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix or "(the whole config)"]
+    return [k for key in sorted(set(a) | set(b), key=str)
+            for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}" if not prefix else f"{prefix}.{key}")]
 
 
 def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), progress: bool = False,
@@ -242,11 +393,12 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
     Every run uses ``config`` (only the dataset and variant change) and is scored with
     ``config.eval``; models with the TAM are also measured with :func:`visibility_stats` on one
     evenly spaced clip per real-person test tracklet. Writes ``out_dir/dose_response.json``
-    (results, config, code fingerprint, machine, wall time) and returns the same dict.
+    (results, config, code version as :func:`code_version` gives it, wall time) and returns the
+    same dict.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = code_fingerprint()  # the code this study starts with (edits during the run don't count)
+    code = code_version()  # the code this study starts with (edits during the run don't count)
     started = time.perf_counter()
     rows = []
     for level, root in datasets.items():
@@ -274,7 +426,7 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
                 + (f", ρ {row['spearman_rho']:.2f}" if "spearman_rho" in row else "") + f" ({row['seconds']:.0f} s)")
     result = {
         "rows": rows, "levels": [str(k) for k in datasets], "variants": list(variants),
-        "config": config.to_dict(), "code_fingerprint": fingerprint, "machine": machine_id(),
+        "config": config.to_dict(), "code": code,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -282,16 +434,21 @@ def dose_response(config, datasets: dict, out_dir, variants=("cnn", "cnn_tam"), 
     return result
 
 
-def find_result(search_root: Path, pattern: str = "*/work/dose_response/dose_response.json") -> tuple[dict | None, str]:
-    """The newest stored dose-response result made by this code on this machine, if any.
+def find_result(search_root: Path, config, pattern: str = "*/work/dose_response/dose_response.json"
+                ) -> tuple[dict | None, str]:
+    """The newest stored dose-response result made with ``config`` by this version of reidkit.
 
-    Returns ``(result, reason)``: ``result`` is None when nothing qualifies, and ``reason``
-    says why (none found, or the newest was made by other code / on another machine).
+    ``config``: the study's base config (a ``Config`` or its dict), as :func:`dose_response`
+    would be called with it. A stored result qualifies when its recorded config equals it and it
+    was made by the same ``reidkit.__version__``; the git commit is reported, not compared.
+    Returns ``(result, reason)``: ``result`` is None when nothing qualifies, and ``reason`` says
+    why (none found, or the newest were made with another config or version), else where the
+    result comes from.
     """
     found = sorted(Path(search_root).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
         return None, f"no dose-response result under {search_root} (run the `full` report profile)"
-    fingerprint, machine = code_fingerprint(), machine_id()
+    wanted, here = _plain(config), code_version()
     reasons = []
     for path in found:
         try:
@@ -299,14 +456,22 @@ def find_result(search_root: Path, pattern: str = "*/work/dose_response/dose_res
         except (OSError, json.JSONDecodeError) as e:
             reasons.append(f"{path}: unreadable ({e})")
             continue
-        if result.get("code_fingerprint") != fingerprint:
-            reasons.append(f"{path}: made by other code (fingerprint {str(result.get('code_fingerprint'))[:12]}…, "
-                           f"this code {fingerprint[:12]}…)")
+        code = result.get("code") or {}
+        if code.get("reidkit") != here["reidkit"]:
+            reasons.append(f"{path}: made by reidkit {code.get('reidkit', 'of unknown version')}, "
+                           f"this is {here['reidkit']}")
             continue
-        stored = result.get("machine", {})
-        if (stored.get("host"), stored.get("cpu")) != (machine["host"], machine["cpu"]):
-            reasons.append(f"{path}: made on another machine ({stored.get('host')}, {stored.get('cpu')})")
+        differ = _differing_keys(result.get("config"), wanted)
+        if differ:
+            reasons.append(f"{path}: made with another config (differs in {', '.join(differ[:5])}"
+                           + (", …)" if len(differ) > 5 else ")"))
             continue
         result["path"] = str(path)
-        return result, f"{path}: made by this code on this machine on {result.get('created')}"
+        commit = code.get("commit")
+        made = (f"commit {commit[:12]}" + (" with uncommitted changes" if code.get("dirty") else "")
+                if commit else "no git commit recorded")
+        if commit and here["commit"] and commit != here["commit"]:
+            made += f"; this checkout is at {here['commit'][:12]}"
+        return result, (f"{path}: made with this config by reidkit {code['reidkit']} ({made}) "
+                        f"on {result.get('created')}")
     return None, "; ".join(reasons[:3])

@@ -136,6 +136,7 @@ class TrainConfig:
     optimizer: str = field(default="adam", metadata=_choices("sgd", "adam"))
     lr: float = 3e-4
     cnn_lr_scale: float = 1.0            # the CNN's lr = lr × this (the TAM/SRM heads use lr)
+    attention_lr_scale: float = 1.0      # the TAM's attention sub-net (U, V, W, w of Eq. 3): lr × this
     momentum: float = 0.9                # SGD momentum (Adam: beta1)
     weight_decay: float = 5e-4
     schedule: str = field(default="cosine", metadata=_choices("step", "cosine", "none"))
@@ -210,6 +211,9 @@ class Config:
                 raise ConfigError(f"train.{key}: expected a finite number, got {value}")
         if not t.lr > 0:
             raise ConfigError(f"train.lr: expected a positive float, got {t.lr}")
+        for name in ("cnn_lr_scale", "attention_lr_scale"):
+            if not getattr(t, name) > 0:
+                raise ConfigError(f"train.{name}: expected a positive float, got {getattr(t, name)}")
         if not 0.0 <= t.hard_negative_fraction <= 1.0:
             raise ConfigError(f"train.hard_negative_fraction: expected a value in [0, 1], got {t.hard_negative_fraction}")
         if t.margin is not None and t.margin < 0:

@@ -390,7 +390,7 @@ class Trainer:
         seed_everything(t.seed)
         self.model = self._build_model()
         tam = self.model.temporal if isinstance(self.model.temporal, TemporalAttention) else None
-        self._attention_params = [p for n, p in tam.named_parameters() if not n.startswith("cell.")] if tam else []
+        self._attention_params = tam.attention_parameters() if tam else []
         self.terms = TERMS + (ATTENTION_TERMS if tam is not None else ())
         self.objective = TrainingObjective(self.model, t.margin, t.triplet_weight, t.bce_weight,
                                            t.camera_balanced_pairs, t.hard_negative_fraction, self.device)
@@ -554,7 +554,8 @@ class Trainer:
         t = self.config.train
         # two groups: the CNN at lr × cnn_lr_scale, the temporal model and metric head at lr
         # (see JSTRNN.parameter_groups)
-        params = self.model.parameter_groups(t.lr * t.cnn_lr_scale, t.lr)
+        params = self.model.parameter_groups(t.lr * t.cnn_lr_scale, t.lr,
+                                             t.lr * t.attention_lr_scale if t.attention_lr_scale != 1 else None)
         for group in params:
             group["lr_scale"] = group["lr"] / t.lr
         fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for all parameters

@@ -319,3 +319,15 @@ def test_init_from_another_architecture_is_refused_clearly(tiny, tmp_path):
         Trainer(tiny_config(tiny, tmp_path / "all", "model.variant=all", f"train.init={tmp_path / 'cnn' / 'last.pt'}"))
     with pytest.raises(CheckpointError, match="not found"):
         Trainer(tiny_config(tiny, tmp_path / "x", f"train.init={tmp_path / 'nowhere.pt'}"))
+
+
+def test_attention_lr_scale_puts_the_attention_subnet_in_its_own_group(tmp_path, tiny):
+    trainer = Trainer(tiny_config(tiny, tmp_path / "r", "model.variant=cnn_tam", "train.attention_lr_scale=10"))
+    groups = trainer.optimizer.param_groups
+    attention = {id(p) for p in trainer.model.temporal.attention_parameters()}
+    assert len(groups) == 3 and {id(p) for p in groups[2]["params"]} == attention
+    assert groups[2]["lr_scale"] == pytest.approx(10.0) and groups[1]["lr_scale"] == pytest.approx(1.0)
+    assert not attention & {id(p) for g in groups[:2] for p in g["params"]}  # each weight in one group only
+    assert sum(len(g["params"]) for g in groups) == len(list(trainer.model.parameters()))
+    plain = Trainer(tiny_config(tiny, tmp_path / "r2", "model.variant=cnn_tam"))
+    assert len(plain.optimizer.param_groups) == 2  # scale 1: the groups as before

@@ -161,15 +161,21 @@ class JSTRNN(nn.Module):
                 "feature_dim": self.feature_dim, "lam": c.lam,
                 "srm": {"in": c.srm_in, "hidden": c.srm_hidden, "out": c.srm_out}}
 
-    def parameter_groups(self, cnn_lr: float, head_lr: float) -> list[dict]:
-        """Optimizer groups: the CNN at ``cnn_lr``, the temporal model and metric head at ``head_lr``.
+    def parameter_groups(self, cnn_lr: float, head_lr: float, attention_lr: float | None = None) -> list[dict]:
+        """Optimizer groups: the CNN at ``cnn_lr``, the temporal model and metric head at ``head_lr``,
+        and, with ``attention_lr``, the TAM's attention sub-net (U, V, W, w of Eq. 3) at that rate.
 
-        ``train.cnn_lr_scale`` sets the ratio. With CaffeNet's LRN and fc dropout (``norm="lrn"``)
-        a slower CNN kept the TAM's LSTM from saturating; with the default BatchNorm one rate
-        for both (scale 1) trains every variant (docs/experiments.md, "Training from scratch").
+        ``train.cnn_lr_scale`` and ``train.attention_lr_scale`` set the ratios. With CaffeNet's LRN
+        and fc dropout (``norm="lrn"``) a slower CNN kept the TAM's LSTM from saturating; with the
+        default BatchNorm one rate for both (scale 1) trains every variant (docs/experiments.md,
+        "Training from scratch").
         """
-        heads = [p for m in (self.temporal, self.head) if m is not None for p in m.parameters()]
-        return [{"params": list(self.cnn.parameters()), "lr": cnn_lr}, {"params": heads, "lr": head_lr}]
+        attention = (self.temporal.attention_parameters() if attention_lr is not None
+                     and hasattr(self.temporal, "attention_parameters") else [])
+        taken = {id(p) for p in attention}
+        heads = [p for m in (self.temporal, self.head) if m is not None for p in m.parameters() if id(p) not in taken]
+        groups = [{"params": list(self.cnn.parameters()), "lr": cnn_lr}, {"params": heads, "lr": head_lr}]
+        return groups + ([{"params": attention, "lr": attention_lr}] if attention else [])
 
 
 def build_model(variant: str | None = None, config: ModelConfig | None = None, **overrides) -> JSTRNN:

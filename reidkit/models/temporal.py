@@ -71,6 +71,10 @@ class TemporalAttention(nn.Module):
         self.cell = nn.LSTMCell(in_dim, hidden)
         self.hidden, self.out_dim = hidden, hidden
 
+    def attention_parameters(self) -> list[nn.Parameter]:
+        """The attention sub-net's weights (U, V, W, w, b of Eq. 3): everything but the LSTM cell."""
+        return [p for n, p in self.named_parameters() if not n.startswith("cell.")]
+
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # fp32 even under bf16 autocast: ω near 1/T differs from uniform by less than bf16's
         # resolution there (2^-10), and the TAM costs little next to the CNN
