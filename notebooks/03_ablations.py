@@ -113,10 +113,13 @@ if learning:
     lines = []
     for method, c in learning.items():
         if len(c["steps"]) >= 2:
-            last, before = c["mean"][-1], c["mean"][-2]
-            lines.append(f"- {method}: {before:.1f} → {last:.1f} over the last epoch ({last - before:+.1f}); "
-                         + ("still rising by more than 2 points: not converged at this budget" if last - before > 2
-                            else "within 2 points: near its plateau at this budget"))
+            (before, last), (m_before, m_last) = c["mean"][-2:], c["mAP_mean"][-2:]
+            rising = last - before > 2 or m_last - m_before > 2
+            ceiling = " (rank-1 at its ceiling: mAP still tells)" if last >= 99 else ""
+            lines.append(f"- {method}: rank-1 {before:.1f} → {last:.1f}, mAP {m_before:.1f} → {m_last:.1f} over the "
+                         f"last epoch{ceiling}; "
+                         + ("still rising by more than 2 points: not converged at this budget" if rising
+                            else "both within 2 points: near its plateau at this budget"))
     display(Markdown("\n".join(lines) or "One point per run: no slope to read."))
 else:
     print("no validation scores (data.val_ids = 0 or train.eval_every = 0): no learning curves in this run")

@@ -135,19 +135,21 @@ def conclusions(hits: dict[str, dict], n_boot: int = 2000, seed: int = 0) -> lis
 
 
 def learning_curves(histories: dict[str, dict[int, list[dict]]]) -> dict:
-    """Validation rank-1 against steps per method: ``{method: {"steps", "mean", "min", "max",
-    "per_seed"}}`` from the runs' epoch histories (rows scored on ``data.val_ids``' identities).
-    Only the steps every seed of a method was scored at are kept."""
+    """Validation rank-1 (and mAP) against steps per method: ``{method: {"steps", "mean", "min",
+    "max", "mAP_mean", "per_seed"}}`` from the runs' epoch histories (rows scored on
+    ``data.val_ids``' identities). Only the steps every seed of a method was scored at are kept."""
     out = {}
     for method, runs in histories.items():
-        scored = {s: {int(r["step"]): float(r["rank1"]) for r in rows if r.get("scored_on") == "validation"}
-                  for s, rows in runs.items()}
+        scored = {s: {int(r["step"]): (float(r["rank1"]), float(r["mAP"])) for r in rows
+                      if r.get("scored_on") == "validation"} for s, rows in runs.items()}
         steps = sorted(set.intersection(*(set(v) for v in scored.values()))) if scored else []
         if not steps:
             continue
-        values = np.array([[scored[s][k] for k in steps] for s in scored])
-        out[method] = {"steps": steps, "mean": values.mean(0).round(2).tolist(), "min": values.min(0).tolist(),
-                       "max": values.max(0).tolist(), "per_seed": {str(s): values[i].tolist() for i, s in enumerate(scored)}}
+        values = np.array([[scored[s][k] for k in steps] for s in scored])  # (seeds, steps, 2)
+        rank1 = values[..., 0]
+        out[method] = {"steps": steps, "mean": rank1.mean(0).round(2).tolist(), "min": rank1.min(0).tolist(),
+                       "max": rank1.max(0).tolist(), "mAP_mean": values[..., 1].mean(0).round(2).tolist(),
+                       "per_seed": {str(s): rank1[i].tolist() for i, s in enumerate(scored)}}
     return out
 
 

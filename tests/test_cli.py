@@ -180,3 +180,21 @@ def test_evaluate_both_conventions_extracts_once_and_matches_each(make_manifest,
     assert main(["evaluate", "--checkpoint", str(two / "last.pt"), "--quiet", "--convention", "both",
                  "--cache-dir", cache]) == 2
     assert "two_camera" in capsys.readouterr().err
+
+
+def test_learning_curves_keep_the_validation_rows_every_seed_has():
+    from reidkit.ablate import learning_curves
+
+    def rows(*points):
+        return [{"epoch": i, "step": k, "rank1": r, "mAP": r / 2, "scored_on": "validation"}
+                for i, (k, r) in enumerate(points, 1)] + [{"epoch": 9, "step": 99, "rank1": 1.0, "mAP": 1.0,
+                                                          "scored_on": "test"}]
+
+    curves = learning_curves({"CNN": {0: rows((20, 50.0), (40, 60.0), (60, 70.0)),
+                                      1: rows((20, 40.0), (40, 80.0))},
+                              "ALL": {0: [{"epoch": 1, "step": 20, "rank1": 3.0}]}})
+    assert list(curves) == ["CNN"]  # ALL was never scored on validation identities
+    c = curves["CNN"]
+    assert c["steps"] == [20, 40]  # step 60 only seed 0 reached; the test-scored row is left out
+    assert c["mean"] == [45.0, 70.0] and c["min"] == [40.0, 60.0] and c["max"] == [50.0, 80.0]
+    assert c["mAP_mean"] == [22.5, 35.0] and c["per_seed"] == {"0": [50.0, 60.0], "1": [40.0, 80.0]}
