@@ -106,9 +106,6 @@ PRESETS: dict[str, dict] = {
              "workers": 1},
     # the lesson default: ~700 tracklets, ~15k frames, under a minute on 2 cores
     "small": {"num_train_ids": 60, "num_test_ids": 60},
-    # the kit's "ImageNet": a population of other people to pretrain the frame CNN on (reidkit
-    # pretrain); almost all of them train, a handful test (the manifest needs a query/gallery)
-    "pretrain": {"num_train_ids": 150, "num_test_ids": 6},
     "medium": {"num_train_ids": 200, "num_test_ids": 200, "extra_tracklets_per_camera": 1.0,
                "median_len": 20, "max_len": 120},
     # MARS-scale identities and tracklets (625/636 ids, ~17k + ~3k distractor tracklets);
@@ -123,6 +120,9 @@ PRESETS: dict[str, dict] = {
     # for tests: 12 persons, three splits
     "pairs_tiny": {**TWO_CAMERA, "num_splits": 3, "num_train_ids": 6, "num_test_ids": 6,
                    "min_len": 4, "median_len": 6, "max_len": 10, "workers": 1},
+    # the kit's "ImageNet": a population of other people to pretrain the frame CNN on (reidkit
+    # pretrain); almost all of them train, a handful test (the manifest needs a query/gallery)
+    "pretrain": {"num_train_ids": 150, "num_test_ids": 6},
 }
 
 
