@@ -411,8 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="Table 2: train and evaluate the six variants",
-                       description="Train and evaluate every variant (once per --seeds seed), plus untrained CNN and ALL "
-                                   "as the floor; writes OUT/ablation.csv, summary.csv, ablation.md and cmc.json. Run "
+                       description="Train and evaluate every variant (once per --seeds seed), plus floors: untrained "
+                                   "CNN and ALL, and with model.pretrained the pretrained CNN alone; writes "
+                                   "OUT/ablation.csv, summary.csv, ablation.md (the paper's conclusions judged by a 95 % "
+                                   "bootstrap interval), cmc.json, hits.json, learning_curves.json (with data.val_ids "
+                                   "and train.eval_every) and conclusions.json. Run "
                                    "again to resume: finished runs are kept, an interrupted one continues; only "
                                    "train.epochs (growing) and eval.* may change, other settings or another dataset "
                                    "are refused (OUT/run.json records them).")
