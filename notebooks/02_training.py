@@ -153,7 +153,8 @@ viz.network_diagram(trainer.model.layer_shapes())
 seed_everything(seed)
 floor_model = build_model("cnn", config=config.model)
 load_pretrained_cnn(floor_model, weights)
-floor = evaluate(floor_model, trainer.manifest, trainer.cache, config.eval, progress=False)
+floor = evaluate(floor_model, trainer.manifest, trainer.cache, config.eval, feature_cache_dir=work_dir / "features",
+                 progress=False)  # lesson 3 scores the same floor: it finds these features
 print("pretrained CNN, not fine-tuned:", floor.summary())
 del floor_model
 

@@ -84,7 +84,8 @@ print(f"each variant, each of the seeds {seeds}: {t.epochs} epoch(s) × {t.steps
 
 # %%
 t0 = time.perf_counter()
-rows = run_ablation(config, ablation_dir, baselines=baselines, seeds=seeds, progress=False)
+rows = run_ablation(config, ablation_dir, baselines=baselines, seeds=seeds, progress=False,
+                    feature_cache_dir=ablation_dir.parent / "features")  # lesson 2's ALL and floor: not again
 ablation_s = time.perf_counter() - t0
 display(Markdown((ablation_dir / "ablation.md").read_text()))
 print(f"{ablation_s:.0f}s in total")

@@ -293,16 +293,19 @@ def claim_ablation(out_dir: Path, config: Config, manifest: Manifest) -> None:
 
 def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "all"), seeds=None,
                  progress: bool = True, callbacks=(),
-                 on_curves: Callable[[dict, Path], None] | None = None) -> list[dict]:
+                 on_curves: Callable[[dict, Path], None] | None = None, feature_cache_dir=None) -> list[dict]:
     """Train + evaluate ``variants`` once per seed (default: ``config.train.seed`` only) and
-    evaluate untrained ``baselines`` at the first seed; returns the per-run rows.
+    evaluate the floors (untrained ``baselines``, and the pretrained CNN alone with
+    ``model.pretrained``) at the first seed; returns the per-run rows.
 
     Run again on the same ``out_dir`` (e.g. after an interruption), runs that finished with the
-    same settings are kept and evaluated, an unfinished one resumes from its checkpoint, and a
-    run of other settings is replaced.
+    same settings are kept and evaluated, an unfinished one resumes from its checkpoint, and
+    other settings or another dataset are refused (:func:`claim_ablation`).
 
     ``on_curves(curves, out_dir)``, if given, is called with the CMC curves ({method: CMC in %,
     mean over seeds}) once the tables are written, e.g. to draw Fig. 9 (the CLI's ``--plot``).
+    ``feature_cache_dir``: test features are reused from (and saved to) there, keyed by the
+    model's weights (a model another lesson already evaluated is not extracted again).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,8 +331,8 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
 
     def score(model, method, variant, trained, seed, seconds, run_config, steps):
         tick = time.perf_counter()
-        result = evaluate(model.to(device), manifest, cache, (run_config or config).eval,
-                          split=config.data.split, device=device, progress=progress)
+        result = evaluate(model.to(device), manifest, cache, (run_config or config).eval, split=config.data.split,
+                          device=device, progress=progress, feature_cache_dir=feature_cache_dir)
         seconds = {**seconds, "eval": time.perf_counter() - tick}
         rows.append(_row(method, variant, trained, seed, result, seconds, run_config, steps))
         cmcs.setdefault(method, []).append(result.cmc)
