@@ -224,7 +224,8 @@ if has_vis:
         f"Mean fc7: rank-1 {oracle['mean']['rank1']:.1f}, mAP {oracle['mean']['mAP']:.1f}; visibility-weighted "
         f"(oracle): rank-1 {oracle['visibility_weighted']['rank1']:.1f}, mAP {oracle['visibility_weighted']['mAP']:.1f}. "
         f"Perfect frame selection against plain averaging, on the same queries: {describe(gain)} (paired "
-        f"bootstrap). That is the most a frame weighting can add to this model's fc7 on this data."))
+        f"bootstrap): what weighting frames by their true visibility adds to this model's fc7 on this data, the "
+        f"room a learned frame weighting has."))
 
 # %% [markdown]
 # **4. The evaluation's averaging.** A test tracklet's descriptor averages the features of all
