@@ -129,7 +129,7 @@ if has_vis:
 # frame is degraded.
 
 # %% tags=["headline"]
-vstats = {}
+vstats, discount = {}, None
 if has_vis:
     vstats = visibility_stats(attention, clip_vis)
     all_labels = labels if all(x is not None for x in labels) else None
@@ -137,13 +137,16 @@ if has_vis:
                                         title="temporal attention vs ground-truth visibility"))
     low_w = vstats["relative_weight_visibility_below_0.5"]
     high_w = vstats["relative_weight_visibility_above_0.9"]
+    # is the discount more than chance? resample the clips (frames of one clip move together)
+    discount = low_visibility_discount(attention, clip_vis, below=0.5, seed=seed) if low_w is not None else None
     display(Markdown(
         f"Over {vstats['num_clips']} clips: Spearman ρ(Tω̄, visibility) = **{vstats['spearman_rho']:.2f}** over all "
         f"frames and **{vstats['spearman_rho_degraded_clips']:.2f}** over the frames of the "
         f"{vstats['num_degraded_clips']} clips that hold a degraded frame. "
         + (f"The {vstats['num_frames_below_0.5']} frames less than half visible keep **{low_w:.2f}** of the uniform "
-           f"weight on average ({'discounted' if low_w < 0.95 else 'barely discounted' if low_w < 1 else 'not discounted'}), "
-           f"frames over 90 % visible {high_w:.2f}. " if low_w is not None else
+           f"weight on average, frames over 90 % visible {high_w:.2f}. Their discount below the uniform weight: "
+           f"{describe(discount).replace(' points', ' %')} (in % of the uniform weight, clips resampled). "
+           if low_w is not None else
            "No frame of these clips is less than half visible. ")
         + f"Mean spread of ω: {vstats['mean_spread']:.3f}; mean normalised entropy {vstats['mean_entropy']:.4f} "
           f"(1 = uniform)."))
@@ -361,8 +364,7 @@ if interactive:
 # %%
 patch_weight = probe.get("patch", {}).get(1, {}).get("occluded") if probe else None
 claims = []
-if vstats.get("relative_weight_visibility_below_0.5") is not None:
-    discount = low_visibility_discount(attention, clip_vis, below=0.5, seed=seed)  # clips resampled
+if discount is not None:  # computed with the statistics above
     claims.append({"claim": "the attention discounts frames under half visible (Fig. 1): % below the uniform weight",
                    "diff": discount.diff, "interval": [discount.low, discount.high], "verdict": verdict(discount)})
 _ = write_metrics(metrics_path, {
