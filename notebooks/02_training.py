@@ -86,10 +86,9 @@ from reidkit.data import Manifest
 from reidkit.evaluate import evaluate
 from reidkit.losses import batch_hard_triplet, mine_pairs, pair_bce
 from reidkit.lessons import REPO_ROOT, write_metrics
-from reidkit.models import build_model, load_pretrained_cnn
-from reidkit.pretrain import population, pretrain
+from reidkit.pretrain import population, pretrain, pretrained_only
 from reidkit.significance import describe, paired_bootstrap, rank1_hits, verdict
-from reidkit.train import Trainer, seed_everything
+from reidkit.train import Trainer
 
 ROOT = REPO_ROOT  # paths below are relative to the repository root
 dataset_dir, work_dir, run_dir, pretrain_dir = (ROOT / p for p in (dataset_dir, work_dir, run_dir, pretrain_dir))
@@ -150,9 +149,7 @@ viz.network_diagram(trainer.model.layer_shapes())
 # the same architecture with random weights.
 
 # %%
-seed_everything(seed)
-floor_model = build_model("cnn", config=config.model)
-load_pretrained_cnn(floor_model, weights)
+floor_model = pretrained_only(config.model, seed)  # the cnn variant with the pretrained CNN, not fine-tuned
 floor = evaluate(floor_model, trainer.manifest, trainer.cache, config.eval, feature_cache_dir=work_dir / "features",
                  progress=False)  # lesson 3 scores the same floor: it finds these features
 print("pretrained CNN, not fine-tuned:", floor.summary())

@@ -145,7 +145,7 @@ if has_vis:
         f"{vstats['num_degraded_clips']} clips that hold a degraded frame. "
         + (f"The {vstats['num_frames_below_0.5']} frames less than half visible keep **{low_w:.2f}** of the uniform "
            f"weight on average, frames over 90 % visible {high_w:.2f}. Their discount below the uniform weight: "
-           f"{describe(discount).replace(' points', ' %')} (in % of the uniform weight, clips resampled). "
+           f"{describe(discount, unit='%')} (in % of the uniform weight, clips resampled). "
            if low_w is not None else
            "No frame of these clips is less than half visible. ")
         + f"Mean spread of ω: {vstats['mean_spread']:.3f}; mean normalised entropy {vstats['mean_entropy']:.4f} "

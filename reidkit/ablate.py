@@ -48,7 +48,8 @@ from reidkit.data import FrameCache, Manifest
 from reidkit.evaluate import evaluate
 from reidkit.files import folder_entries, write_json, write_text
 from reidkit.metrics import METRICS, sample_std
-from reidkit.models import METHOD_NAMES, VARIANTS, build_model, load_pretrained_cnn
+from reidkit.models import METHOD_NAMES, VARIANTS, build_model
+from reidkit.pretrain import pretrained_only
 from reidkit.checkpoint import load_checkpoint, load_model
 from reidkit.significance import describe, rank1_hits, variant_interval, verdict
 from reidkit.train import (RESUMABLE_CHANGES, RunExistsError, Trainer, config_changes, dataset_record, resolve_device,
@@ -345,10 +346,7 @@ def run_ablation(config: Config, out_dir, variants=VARIANTS, baselines=("cnn", "
                        False, seeds[0], {}, None, 0)
         log(f"[ablate] untrained {METHOD_NAMES[variant]}: {result.summary()}")
     if config.model.pretrained:  # the second floor: the shared starting point, before fine-tuning
-        seed_everything(seeds[0])
-        model = build_model("cnn", config=config.model)
-        load_pretrained_cnn(model, config.model.pretrained)
-        result = score(model, PRETRAINED_FLOOR, "cnn", False, seeds[0], {}, None, 0)
+        result = score(pretrained_only(config.model, seeds[0]), PRETRAINED_FLOOR, "cnn", False, seeds[0], {}, None, 0)
         log(f"[ablate] {PRETRAINED_FLOOR}: {result.summary()}")
 
     for variant in variants:

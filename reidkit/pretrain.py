@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["POPULATION_SEED", "population", "pretrain", "export_cnn"]
+__all__ = ["POPULATION_SEED", "population", "pretrain", "export_cnn", "pretrained_only"]
 
 POPULATION_SEED = 7  # the pretraining population's generator seed (the lessons' datasets use 0)
 
@@ -56,9 +56,10 @@ def export_cnn(checkpoint: str | Path, out: str | Path) -> Path:
 
     from reidkit.checkpoint import load_checkpoint  # noqa: PLC0415
     from reidkit.files import atomic_write  # noqa: PLC0415
+    from reidkit.models.caffenet import frame_cnn_weights  # noqa: PLC0415
 
     state = load_checkpoint(checkpoint)
-    cnn = {k[len("cnn."):]: v for k, v in state["model"].items() if k.startswith("cnn.")}
+    cnn = frame_cnn_weights(state["model"])
     model = state["config"]["model"]
     meta = {"source": str(checkpoint), "dataset": state["config"]["data"]["dataset"], "variant": model["variant"],
             "cnn": model["cnn"], "width_mult": model["width_mult"], "norm": model["norm"],
@@ -76,15 +77,32 @@ def pretrain(config, population_dir: str | Path, out_dir: str | Path, progress: 
     is replaced only with ``force``."""
     from reidkit.ablate import earlier_run  # noqa: PLC0415 (ablate imports the trainer)
     from reidkit.config import Config  # noqa: PLC0415
-    from reidkit.train import Trainer  # noqa: PLC0415
+    from reidkit.data import Manifest  # noqa: PLC0415
+    from reidkit.train import RunExistsError, Trainer  # noqa: PLC0415
 
     out_dir = Path(out_dir)
     run_config = Config.from_dict(config.to_dict(), [
         "model.variant=cnn", "model.pretrained=null", "train.init=null", "data.val_ids=0", "train.eval_every=0"],
         settings={"data.dataset": str(population_dir), "train.out_dir": str(out_dir)})
-    earlier, _ = earlier_run(out_dir, run_config)
+    people = Manifest.load(population_dir)
+    try:  # a run of other settings or on another population is refused here, unless forced
+        earlier, _ = earlier_run(out_dir, run_config, fingerprint=people.fingerprint)
+    except RunExistsError:
+        if not force:
+            raise
+        earlier = "none"
     if earlier != "finished":
-        trainer = Trainer(run_config)
-        trainer.fit(resume=earlier == "unfinished", force=force)
-        del trainer
+        Trainer(run_config, manifest=people).fit(resume=earlier == "unfinished", force=force)
     return export_cnn(out_dir / "last.pt", out_dir / "cnn.pt")
+
+
+def pretrained_only(model_config, seed: int = 0):
+    """The floor of the fine-tuning protocol: the ``cnn`` variant of ``model_config`` (seeded with
+    ``seed``) with ``model_config.pretrained`` loaded and nothing fine-tuned."""
+    from reidkit.models import build_model, load_pretrained_cnn  # noqa: PLC0415
+    from reidkit.train import seed_everything  # noqa: PLC0415
+
+    seed_everything(seed)
+    model = build_model("cnn", config=model_config)
+    load_pretrained_cnn(model, model_config.pretrained)
+    return model

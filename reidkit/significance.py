@@ -127,7 +127,7 @@ def verdict(interval: Interval, claimed_sign: int = 1) -> str:
     return "inconclusive"
 
 
-def describe(interval: Interval, claimed_sign: int = 1) -> str:
-    """``"+5.9 points, 95 % interval [−1.2, +12.8]: inconclusive"``."""
-    return (f"{interval.diff:+.1f} points, {interval.level:.0%} interval [{interval.low:+.1f}, {interval.high:+.1f}]: "
-            f"{verdict(interval, claimed_sign)}").replace("95%", "95 %")
+def describe(interval: Interval, claimed_sign: int = 1, unit: str = "points") -> str:
+    """``"+5.9 points, 95 % interval [−1.2, +12.8]: inconclusive"`` (``unit`` names the difference's unit)."""
+    return (f"{interval.diff:+.1f} {unit}, {interval.level * 100:.0f} % interval "
+            f"[{interval.low:+.1f}, {interval.high:+.1f}]: {verdict(interval, claimed_sign)}")

@@ -53,8 +53,8 @@ def _rel(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-def _prose_lines(text: str):
-    """(line number, line) of a Markdown text outside fenced code blocks, inline code removed."""
+def _outside_fences(text: str):
+    """(line number, line) of a Markdown text outside fenced code blocks."""
     fence = None
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.lstrip()
@@ -66,7 +66,13 @@ def _prose_lines(text: str):
                 fence = None
             continue
         if fence is None:
-            yield number, re.sub(r"`[^`]*`", "", line)
+            yield number, line
+
+
+def _prose_lines(text: str):
+    """(line number, line) of a Markdown text outside fenced code blocks, inline code removed."""
+    for number, line in _outside_fences(text):
+        yield number, re.sub(r"`[^`]*`", "", line)
 
 
 def github_slug(heading: str) -> str:
@@ -85,17 +91,8 @@ def anchors(path: Path) -> set[str]:
     """Every heading anchor of a Markdown page, with GitHub's -1, -2 suffixes for repeats."""
     seen: dict[str, int] = {}
     out = set()
-    fence = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        stripped = line.lstrip()
-        marker = re.match(r"(`{3,}|~{3,})", stripped)
-        if marker:
-            if fence is None:
-                fence = marker.group(1)[0] * 3
-            elif stripped.startswith(fence):
-                fence = None
-            continue
-        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line) if fence is None else None
+    for _, line in _outside_fences(path.read_text(encoding="utf-8")):
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
         if not heading:
             continue
         slug = github_slug(heading.group(1))

@@ -69,6 +69,13 @@ def test_pretrain_cli_exports_a_cnn_that_any_variant_loads(tmp_path, capsys):
     # a second run reuses the finished pretraining instead of training again
     mtime = (out / "last.pt").stat().st_mtime_ns
     assert main(argv) == 0 and (out / "last.pt").stat().st_mtime_ns == mtime
+    # other settings are refused, the run kept; --force replaces it
+    other = [*argv, "train.lr=0.02"]
+    capsys.readouterr()
+    assert main(other) == 2 and "holds a run of other settings" in capsys.readouterr().err
+    assert (out / "last.pt").stat().st_mtime_ns == mtime
+    assert main([*other, "--force"]) == 0
+    assert load_checkpoint(out / "last.pt")["config"]["train"]["lr"] == 0.02
 
 
 def test_export_refuses_a_damaged_checkpoint(tmp_path):

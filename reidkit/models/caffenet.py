@@ -305,10 +305,15 @@ def _checkpoint_cnn(path: Path, state: dict) -> dict:
     from reidkit.checkpoint import verify_state  # noqa: PLC0415 (checkpoint imports this package)
 
     verify_state(path, state)
-    cnn = {k[len("cnn."):]: v for k, v in state["model"].items() if k.startswith("cnn.")}
+    cnn = frame_cnn_weights(state["model"])
     if not cnn:
         raise PretrainedWeightsError(f"{path} is a reidkit checkpoint without a frame CNN (no cnn.* weights)")
     return cnn
+
+
+def frame_cnn_weights(model_state: dict) -> dict:
+    """The ``cnn.*`` entries of a JSTRNN state dict under CaffeNet's own keys (``conv1.weight``, ...)."""
+    return {k[len("cnn."):]: v for k, v in model_state.items() if k.startswith("cnn.")}
 
 
 def read_weights(path: str | Path) -> dict:
